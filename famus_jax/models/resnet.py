@@ -1,0 +1,174 @@
+"""Post-activation ResNets (He et al. 2016).
+
+* ``CifarResNet`` -- the CIFAR ResNet-(6n+2) of He et al. Sec. 4.2: 3x3 conv
+  stem with 16 channels (+BN-ReLU), three stages of n basic blocks with
+  16 / 32 / 64 channels, global average pool, linear. Shortcuts are option A
+  (parameter-free: stride-2 subsampling + zero-padding of the new channels), as
+  in the paper and in MW-Net's long-tailed CIFAR code. ResNet-32 (n = 5):
+  464,154 parameters for 10 classes ("0.46 M" in the paper), 15 blocks.
+* ``ResNet`` -- the ImageNet ResNet in torchvision's layout (v1.5: the stride
+  sits on the 3x3 conv of the bottleneck; projection shortcuts are 1x1 conv +
+  BN). ResNet-50: 25,557,032 parameters with a 1000-class head, 16 blocks.
+
+Top-level modules: ``stem``, ``block1`` ... ``blockB``, ``head``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from famus_jax.models.common import (ClassifierHead, Dtype, batch_norm,
+                                     canonical_dtype, conv)
+
+
+class CifarStem(nn.Module):
+  """3x3 conv + BN + ReLU."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
+    x = batch_norm(train, dtype=self.dtype, name="bn")(x)
+    return nn.relu(x)
+
+
+class BasicBlock(nn.Module):
+  """conv3x3-BN-ReLU-conv3x3-BN (+ shortcut), ReLU.
+
+  ``shortcut='A'``: parameter-free (subsample + zero-pad channels);
+  ``shortcut='B'``: 1x1 conv + BN projection when the shape changes.
+  """
+  features: int
+  stride: int = 1
+  shortcut: str = "A"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = conv(self.features, 3, stride=self.stride, dtype=self.dtype,
+             name="conv1")(x)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+    y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = batch_norm(train, dtype=self.dtype, name="bn2")(y)
+    in_ch = x.shape[-1]
+    if self.stride != 1 or in_ch != self.features:
+      if self.shortcut == "A":
+        if self.features < in_ch:
+          raise ValueError("option-A shortcut cannot reduce channels")
+        x = x[:, ::self.stride, ::self.stride, :]
+        extra = self.features - in_ch
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+      elif self.shortcut == "B":
+        x = conv(self.features, 1, stride=self.stride, padding="VALID",
+                 dtype=self.dtype, name="shortcut_conv")(x)
+        x = batch_norm(train, dtype=self.dtype, name="shortcut_bn")(x)
+      else:
+        raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+    return nn.relu(y + x)
+
+
+class CifarResNet(nn.Module):
+  """CIFAR ResNet-(6n+2).
+
+  Attributes:
+    num_classes: size of the classifier.
+    depth: 6n + 2 (32 -> 5 blocks per stage).
+    width: channels of the first stage (16 in the paper); stages use
+      width, 2*width, 4*width.
+    shortcut: 'A' (paper, parameter-free) or 'B' (1x1 conv + BN projection).
+    dtype: compute dtype; params stay float32.
+  """
+  num_classes: int = 10
+  depth: int = 32
+  width: int = 16
+  shortcut: str = "A"
+  dtype: Dtype = "float32"
+
+  def __post_init__(self):
+    if (self.depth - 2) % 6 != 0 or self.depth < 8:
+      raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
+    if self.shortcut not in ("A", "B"):
+      raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    dtype = canonical_dtype(self.dtype)
+    x = jnp.asarray(x, dtype)
+    x = CifarStem(self.width, dtype=dtype, name="stem")(x, train)
+    n = (self.depth - 2) // 6
+    b = 0
+    for s in range(3):
+      for i in range(n):
+        b += 1
+        x = BasicBlock(self.width * 2**s, stride=2 if (s > 0 and i == 0) else 1,
+                       shortcut=self.shortcut, dtype=dtype,
+                       name=f"block{b}")(x, train)
+    return ClassifierHead(self.num_classes, dtype=dtype, name="head")(x, train)
+
+
+class ImageNetStem(nn.Module):
+  """7x7/2 conv + BN + ReLU + 3x3/2 max-pool (torchvision)."""
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = conv(self.features, 7, stride=2, dtype=self.dtype, name="conv")(x)
+    x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn")(x))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class Bottleneck(nn.Module):
+  """1x1 - 3x3(stride) - 1x1(x4) bottleneck with BN, projection = conv1x1+BN."""
+  features: int  # bottleneck width; output has 4x this
+  stride: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out_ch = 4 * self.features
+    y = conv(self.features, 1, padding="VALID", dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+    y = conv(self.features, 3, stride=self.stride, dtype=self.dtype,
+             name="conv2")(y)
+    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn2")(y))
+    y = conv(out_ch, 1, padding="VALID", dtype=self.dtype, name="conv3")(y)
+    y = batch_norm(train, dtype=self.dtype, name="bn3")(y)
+    if self.stride != 1 or x.shape[-1] != out_ch:
+      x = conv(out_ch, 1, stride=self.stride, padding="VALID", dtype=self.dtype,
+               name="shortcut_conv")(x)
+      x = batch_norm(train, dtype=self.dtype, name="shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """ImageNet-style bottleneck ResNet (torchvision layout).
+
+  Attributes:
+    num_classes: size of the classifier (1000 for ImageNet, 14 for Clothing1M).
+    stage_sizes: bottleneck blocks per stage; (3, 4, 6, 3) is ResNet-50.
+    width: stem channels / first-stage bottleneck width (64 in the paper).
+    dtype: compute dtype; params stay float32.
+  """
+  num_classes: int = 1000
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  dtype: Dtype = "float32"
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    dtype = canonical_dtype(self.dtype)
+    x = jnp.asarray(x, dtype)
+    x = ImageNetStem(self.width, dtype=dtype, name="stem")(x, train)
+    b = 0
+    for s, n in enumerate(self.stage_sizes):
+      for i in range(n):
+        b += 1
+        x = Bottleneck(self.width * 2**s, stride=2 if (s > 0 and i == 0) else 1,
+                       dtype=dtype, name=f"block{b}")(x, train)
+    return ClassifierHead(self.num_classes, dtype=dtype, name="head")(x, train)
