@@ -1,0 +1,181 @@
+"""Meta-Train: the meta gradient `∇_θ (1/m) Σ_j L_j^val(ŵ(θ))`, two exact paths.
+
+- `reverse`: `jax.grad` through the look-ahead (reverse over reverse): the
+  readable reference.
+- `jvp`: with `v = ∇_ŵ L^val` and `u = (∂U/∂g)ᵀ v` (`u = −α v` for plain SGD),
+  `⟨v, dŵ/dθ⟩ = ⟨u, ∂g/∂θ⟩` and `⟨u, g(θ)⟩ = Σ_i V_i(θ) ∂ℓ_i(f(w), θ)[J u]`.
+  One forward-mode product `J u = jvp(f, w)[u]` (restricted to the meta scope,
+  so layers outside it cost nothing) followed by a reverse pass through the
+  small head `θ ↦ Σ_i V_i(θ) ∂ℓ_i[J u]`; for MLC, where θ enters ℓ, this is
+  reverse over forward, for MW-Net and L2R just the VJP of V(θ).
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from famus_jax import losses as losses_lib
+from famus_jax.core import checks
+from famus_jax.core import forward as forward_lib
+from famus_jax.core import lookahead as lookahead_lib
+from famus_jax.core import virtual as virtual_lib
+
+PyTree = Any
+MODES = ('jvp', 'reverse')
+
+
+class MetaGrad(NamedTuple):
+  """Meta gradient and what came with it.
+
+  Attributes:
+    theta: ∇_θ L^val, shaped like θ.
+    gate: ∂L^val/∂r per gated leaf (params-shaped), or None without gates.
+    val_loss: mean validation loss at ŵ.
+    virtual: the `VirtualStep` the gradient was taken through.
+    val_grads: v = ∇_ŵ L^val on the leaves of the meta scope (others zero);
+      None on the `reverse` path, which never forms v explicitly.
+  """
+  theta: PyTree
+  gate: Optional[PyTree]
+  val_loss: jax.Array
+  virtual: virtual_lib.VirtualStep
+  val_grads: PyTree
+
+
+def validation_loss(apply_fn, params, batch_stats, batch, rng=None) -> jax.Array:
+  """Mean CE on the validation batch in train mode (statistics discarded)."""
+  logits, _ = forward_lib.apply_model(apply_fn, params, batch_stats, batch['image'],
+                                      train=True, rng=rng)
+  return losses_lib.mean_cross_entropy(logits, batch['label'])
+
+
+def check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f'Unknown meta-gradient mode {mode!r} (config field '
+                     f'meta.mode); known: {", ".join(MODES)}.')
+
+
+def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_model,
+             lookahead, batch_stats, mask, gate, val_rng) -> MetaGrad:
+  """jax.grad through Virtual-Train (reverse over reverse)."""
+
+  def lookahead_val_loss(theta, gate):
+    virtual = virtual_lib.virtual_from_forward(
+        fwd, theta, params, train_labels, meta_model=meta_model,
+        lookahead=lookahead, mask=mask, gate=gate)
+    loss = validation_loss(apply_fn, virtual.params, batch_stats, val_batch, val_rng)
+    return loss, virtual
+
+  argnums = (0,) if gate is None else (0, 1)
+  (loss, virtual), grads = jax.value_and_grad(
+      lookahead_val_loss, argnums=argnums, has_aux=True)(theta, gate)
+  gate_grad = None if gate is None else grads[1]
+  # v for reporting: the validation gradient at ŵ on the scope.
+  return MetaGrad(grads[0], gate_grad, loss, virtual, None)
+
+
+def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
+                  meta_model, lookahead, batch_stats, mask, gate, val_rng) -> MetaGrad:
+  """The fast exact path: one restricted JVP, then a VJP of the small head."""
+  virtual = virtual_lib.virtual_from_forward(
+      fwd, theta, params, train_labels, meta_model=meta_model,
+      lookahead=lookahead, mask=mask)
+  params_hat = jax.lax.stop_gradient(virtual.params)
+  grads = jax.lax.stop_gradient(virtual.grads)
+  hat_in, hat_out = lookahead_lib.split_by_mask(params_hat, mask)
+
+  def val_loss_of_scope(inside):
+    full = lookahead_lib.merge_by_mask(inside, hat_out, mask)
+    return validation_loss(apply_fn, full, batch_stats, val_batch, val_rng)
+
+  loss, v_in = jax.value_and_grad(val_loss_of_scope)(hat_in)
+  g_in, g_out = lookahead_lib.split_by_mask(grads, mask)
+
+  # u = (∂U/∂g)ᵀ v, on the scope (U acts leaf by leaf).
+  def update_of_scope(g_inside):
+    return lookahead_lib.split_by_mask(
+        lookahead(params, lookahead_lib.merge_by_mask(g_inside, g_out, mask)), mask)[0]
+  _, update_vjp = jax.vjp(update_of_scope, g_in)
+  u_in = update_vjp(v_in)[0]
+
+  gate_grad = None
+  if gate is not None:
+    # ∂L^val/∂r = ⟨u, g⟩ per gated leaf (straight-through surrogate), then mask u.
+    r_in, r_out = lookahead_lib.split_by_mask(gate, mask)
+    gate_grad = lookahead_lib.merge_by_mask(
+        [jnp.vdot(u, g).astype(jnp.result_type(r)) for u, g, r in zip(u_in, g_in, r_in)],
+        [jnp.zeros_like(r) for r in r_out], mask)
+    u_in = [r * u for r, u in zip(r_in, u_in)]
+
+  # J u: forward-mode product through the base network, only from the scope.
+  params_in, params_out = lookahead_lib.split_by_mask(params, mask)
+  logits_of_scope = lambda inside: fwd.logits_fn(
+      lookahead_lib.merge_by_mask(inside, params_out, mask))
+  _, logits_tangent = jax.jvp(logits_of_scope, (params_in,), (u_in,))
+  logits_tangent = jax.lax.stop_gradient(logits_tangent)
+
+  labels = train_labels
+  def head(theta):
+    weights = meta_model.weights(theta, virtual.losses)
+    _, loss_tangent = jax.jvp(lambda lg: meta_model.loss(theta, lg, labels),
+                              (fwd.logits,), (logits_tangent,))
+    return jnp.sum(weights * loss_tangent)
+
+  theta_grad = jax.grad(head)(theta)
+  v = lookahead_lib.merge_by_mask(v_in, [jnp.zeros_like(x) for x in hat_out], mask)
+  return MetaGrad(theta_grad, gate_grad, loss, virtual, v)
+
+
+PATHS = {'reverse': _reverse, 'jvp': _forward_mode}
+
+
+def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
+                           apply_fn, meta_model, lookahead, batch_stats=None,
+                           mask=None, gate=None, val_rng=None,
+                           mode: str = 'jvp') -> MetaGrad:
+  """Meta gradient from an already computed training forward (shared by steps)."""
+  if mask is None:
+    mask = lookahead_lib.scope_mask(params, None)
+  return PATHS[mode](fwd, theta, params, train_labels, val_batch,
+                     apply_fn=apply_fn, meta_model=meta_model, lookahead=lookahead,
+                     batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng)
+
+
+def meta_grad(theta: PyTree, params: PyTree, train_batch: dict, val_batch: dict, *,
+              apply_fn, meta_model, lr=None, mode: str = 'jvp',
+              batch_stats: Optional[PyTree] = None, rng: Optional[jax.Array] = None,
+              lookahead_tx=None, lookahead_state=None,
+              gate: Optional[PyTree] = None,
+              scope: Optional[frozenset] = None) -> MetaGrad:
+  """Gradient of the mean validation loss at ŵ(θ) with respect to θ.
+
+  Args:
+    theta: meta parameters in look-ahead form (`meta_model.lookahead_params`).
+    params: base parameters w.
+    train_batch: {'image': (n, ...), 'label': (n,)}.
+    val_batch: {'image': (m, ...), 'label': (m,)}, clean validation examples.
+    apply_fn, meta_model, lr, batch_stats, lookahead_tx, lookahead_state, gate,
+      scope: as in `virtual_step`.
+    mode: 'jvp' (fast, exact) or 'reverse' (jax.grad through the look-ahead);
+      static under jit.
+    rng: dropout RNG; split into the training and validation forwards.
+
+  Returns:
+    A `MetaGrad`; `.theta` is the meta gradient.
+  """
+  check_mode(mode)
+  checks.check_batch(train_batch, 'train batch')
+  checks.check_batch(val_batch, 'validation batch')
+  checks.check_labels(apply_fn, params, batch_stats, train_batch, 'train batch')
+  checks.check_labels(apply_fn, params, batch_stats, val_batch, 'validation batch')
+  lookahead_lib.check_scope(params, scope)
+  train_rng, val_rng = (None, None) if rng is None else jax.random.split(rng)
+  fwd = forward_lib.train_forward(apply_fn, params, batch_stats,
+                                  train_batch['image'], train_rng)
+  return meta_grad_from_forward(
+      fwd, theta, params, train_batch['label'], val_batch, apply_fn=apply_fn,
+      meta_model=meta_model,
+      lookahead=lookahead_lib.Lookahead(lr, lookahead_tx, lookahead_state),
+      batch_stats=batch_stats, mask=lookahead_lib.scope_mask(params, scope),
+      gate=gate, val_rng=val_rng, mode=mode)
