@@ -10,6 +10,7 @@
   reverse over forward, for MW-Net and L2R just the VJP of V(θ).
 """
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -76,11 +77,33 @@ def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_mode
 
 
 def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
-                  meta_model, lookahead, batch_stats, mask, gate, val_rng) -> MetaGrad:
-  """The fast exact path: one restricted JVP, then a VJP of the small head."""
+                  meta_model, lookahead, batch_stats, mask, gate, val_rng,
+                  levels=None, level=None) -> MetaGrad:
+  """The fast exact path: one restricted JVP, then a VJP of the small head.
+
+  With `levels` (nested static scopes) and a traced `level`, `lax.switch` runs
+  only the program of that scope: the cost follows the selected layers.
+  """
   virtual = virtual_lib.virtual_from_forward(
       fwd, theta, params, train_labels, meta_model=meta_model,
       lookahead=lookahead, mask=mask)
+  body = functools.partial(_forward_mode_body, fwd, virtual, theta, params,
+                           train_labels, val_batch, apply_fn=apply_fn,
+                           meta_model=meta_model, lookahead=lookahead,
+                           batch_stats=batch_stats, val_rng=val_rng)
+  if not levels or level is None:
+    theta_grad, gate_grad, loss, v = body(mask, gate)
+  else:
+    branches = [functools.partial(lambda g, m: body(m, g),
+                                  m=lookahead_lib.scope_mask(params, scope))
+                for scope in levels]
+    theta_grad, gate_grad, loss, v = jax.lax.switch(level, branches, gate)
+  return MetaGrad(theta_grad, gate_grad, loss, virtual, v)
+
+
+def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mask,
+                       gate, *, apply_fn, meta_model, lookahead, batch_stats, val_rng):
+  """(∇_θ, ∂/∂gate, val loss, v) with the meta path restricted to `mask`."""
   params_hat = jax.lax.stop_gradient(virtual.params)
   grads = jax.lax.stop_gradient(virtual.grads)
   hat_in, hat_out = lookahead_lib.split_by_mask(params_hat, mask)
@@ -115,16 +138,15 @@ def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
   _, logits_tangent = jax.jvp(logits_of_scope, (params_in,), (u_in,))
   logits_tangent = jax.lax.stop_gradient(logits_tangent)
 
-  labels = train_labels
   def head(theta):
     weights = meta_model.weights(theta, virtual.losses)
-    _, loss_tangent = jax.jvp(lambda lg: meta_model.loss(theta, lg, labels),
+    _, loss_tangent = jax.jvp(lambda lg: meta_model.loss(theta, lg, train_labels),
                               (fwd.logits,), (logits_tangent,))
     return jnp.sum(weights * loss_tangent)
 
   theta_grad = jax.grad(head)(theta)
   v = lookahead_lib.merge_by_mask(v_in, [jnp.zeros_like(x) for x in hat_out], mask)
-  return MetaGrad(theta_grad, gate_grad, loss, virtual, v)
+  return theta_grad, gate_grad, loss, v
 
 
 PATHS = {'reverse': _reverse, 'jvp': _forward_mode}
@@ -133,13 +155,19 @@ PATHS = {'reverse': _reverse, 'jvp': _forward_mode}
 def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
                            apply_fn, meta_model, lookahead, batch_stats=None,
                            mask=None, gate=None, val_rng=None,
-                           mode: str = 'jvp') -> MetaGrad:
-  """Meta gradient from an already computed training forward (shared by steps)."""
+                           mode: str = 'jvp', levels=None, level=None) -> MetaGrad:
+  """Meta gradient from an already computed training forward (shared by steps).
+
+  `levels`/`level`: nested static scopes and the traced index of the one to
+  run (`jvp` path only; the `reverse` reference always runs the full program).
+  """
   if mask is None:
     mask = lookahead_lib.scope_mask(params, None)
+  extra = {} if mode == 'reverse' else {'levels': levels, 'level': level}
   return PATHS[mode](fwd, theta, params, train_labels, val_batch,
                      apply_fn=apply_fn, meta_model=meta_model, lookahead=lookahead,
-                     batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng)
+                     batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng,
+                     **extra)
 
 
 def meta_grad(theta: PyTree, params: PyTree, train_batch: dict, val_batch: dict, *,

@@ -54,6 +54,8 @@ class StepSetup:
       with its momentum and weight decay).
     scope: frozenset of parameter leaf names that may carry the meta gradient,
       or None for all.
+    sampler: a layer sampler of `famus_jax.famus` ('famus', 'random'), or None
+      for the exact meta gradient.
   """
   apply_fn: Callable
   meta_model: Any
@@ -63,6 +65,7 @@ class StepSetup:
   mode: str = 'jvp'
   lookahead: str = 'sgd'
   scope: Optional[frozenset] = None
+  sampler: Any = None
 
   def __post_init__(self):
     from famus_jax.core import meta_gradient as meta_grad  # local: avoid an import cycle
@@ -88,11 +91,17 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_images: jax.Arra
                          jnp.asarray(sample_images), train=False)
   params = variables['params']
   batch_stats = variables.get('batch_stats', {})
+  meta_rng, sampler_rng = jax.random.split(meta_rng)
   meta_params = setup.meta_model.init(meta_rng, num_classes)
+  sampler_params, sampler_opt_state = {}, {}
+  if setup.sampler is not None:
+    sampler_params = setup.sampler.init(sampler_rng)
+    sampler_opt_state = setup.sampler.optimizer().init(sampler_params)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=setup.tx.init(params), meta_params=meta_params,
-      meta_opt_state=setup.meta_tx.init(meta_params), rng=state_rng)
+      meta_opt_state=setup.meta_tx.init(meta_params), rng=state_rng,
+      sampler_params=sampler_params, sampler_opt_state=sampler_opt_state)
 
 
 def sgd_with_weight_decay(learning_rate, momentum: float = 0.9,

@@ -16,6 +16,7 @@ from famus_jax.core import actual as actual_lib
 from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import meta_gradient as meta_grad_lib
+from famus_jax.core import virtual as virtual_lib
 from famus_jax.core.train_state import StepSetup, TrainState
 
 PyTree = Any
@@ -50,49 +51,80 @@ def weight_metrics(weights: jax.Array, batch: dict) -> dict:
 
 
 def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
-                    setup: StepSetup, gate: Optional[PyTree] = None
-                    ) -> tuple[TrainState, dict]:
+                    setup: StepSetup) -> tuple[TrainState, dict]:
   """One meta iteration (all three stages); pure, jit it with `setup` static.
 
   Args:
     state: the `TrainState`.
     train_batch: {'image': (n, ...), 'label': (n,)[, 'true_label': (n,)]}.
     val_batch: {'image': (m, ...), 'label': (m,)}.
-    setup: static `StepSetup`.
-    gate: optional FaMUS gates (params-shaped scalars).
+    setup: static `StepSetup`; with `setup.sampler`, FaMUS / random gates
+      select the layers whose look-ahead terms carry the meta gradient.
 
   Returns:
-    The new state and a dict of scalar metrics plus 'weights' (n,).
+    The new state and a dict of scalar metrics plus 'weights' (n,) and, with a
+    sampler, 'gates' (L,).
   """
-  rng, fwd_rng, val_rng = jax.random.split(state.rng, 3)
+  rng, fwd_rng, val_rng, sampler_rng = jax.random.split(state.rng, 4)
   n = train_batch['label'].shape[0]
+  labels = train_batch['label']
   fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                   train_batch['image'], fwd_rng)
   theta = setup.meta_model.lookahead_params(state.meta_params, n)
   mask = lookahead_lib.scope_mask(state.params, setup.scope)
+  lookahead = make_lookahead(setup, state)
+  sampler = setup.sampler
+  selection = sampler_ctx = None
+  if sampler is not None:
+    virtual = virtual_lib.virtual_from_forward(
+        fwd, theta, state.params, labels, meta_model=setup.meta_model,
+        lookahead=lookahead, mask=mask)
+    selection, sampler_ctx = sampler.begin(state.sampler_params, virtual.grads,
+                                           sampler_rng)
   mg = meta_grad_lib.meta_grad_from_forward(
-      fwd, theta, state.params, train_batch['label'], val_batch,
+      fwd, theta, state.params, labels, val_batch,
       apply_fn=setup.apply_fn, meta_model=setup.meta_model,
-      lookahead=make_lookahead(setup, state), batch_stats=state.batch_stats,
-      mask=mask, gate=gate, val_rng=val_rng, mode=setup.mode)
-  meta_params, meta_opt_state = update_meta_params(setup, state, mg.theta)
+      lookahead=lookahead, batch_stats=state.batch_stats, mask=mask,
+      gate=None if selection is None else selection.leaf_gates, val_rng=val_rng,
+      mode=setup.mode, levels=None if sampler is None else sampler.levels,
+      level=None if selection is None else selection.level)
+  theta_grad = mg.theta
+  sampler_params, sampler_opt_state = state.sampler_params, state.sampler_opt_state
+  sampler_metrics = {}
+  if sampler is not None:
+    def lookahead_grads(theta):
+      weights = setup.meta_model.weights(theta, mg.virtual.losses)
+      return forward_lib.weighted_gradient(fwd, setup.meta_model, theta, weights, labels)
+
+    def val_grads():
+      return jax.grad(lambda p: meta_grad_lib.validation_loss(
+          setup.apply_fn, p, state.batch_stats, val_batch, val_rng))(
+              jax.lax.stop_gradient(mg.virtual.params))
+
+    theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
+        sampler_ctx, selection, mg, theta, theta_grad, state.sampler_params,
+        state.sampler_opt_state, lookahead_grads=lookahead_grads,
+        val_grads=mg.val_grads if mg.val_grads is not None else val_grads())
+  meta_params, meta_opt_state = update_meta_params(setup, state, theta_grad)
   theta_new = setup.meta_model.lookahead_params(meta_params, n)
-  weights = setup.meta_model.actual_weights(theta_new, mg.virtual.losses, mg.theta)
+  weights = setup.meta_model.actual_weights(theta_new, mg.virtual.losses, theta_grad)
   actual = actual_lib.actual_from_forward(
-      fwd, state.params, state.opt_state, weights, train_batch['label'],
+      fwd, state.params, state.opt_state, weights, labels,
       meta_model=setup.meta_model, tx=setup.tx, theta=theta_new)
   new_state = state.replace(
       step=state.step + 1, params=actual.params, batch_stats=actual.batch_stats,
       opt_state=actual.opt_state, meta_params=meta_params,
-      meta_opt_state=meta_opt_state, rng=rng)
+      meta_opt_state=meta_opt_state, rng=rng, sampler_params=sampler_params,
+      sampler_opt_state=sampler_opt_state)
   metrics = {
-      'loss': jnp.mean(losses_lib.cross_entropy(fwd.logits, train_batch['label'])),
+      'loss': jnp.mean(losses_lib.cross_entropy(fwd.logits, labels)),
       'weighted_loss': actual.loss,
       'val_loss': mg.val_loss,
-      'meta_grad_norm': optax.tree.norm(mg.theta),
+      'meta_grad_norm': optax.tree.norm(theta_grad),
       'lr': setup.lr_schedule(state.step),
       'weights': weights,
       **weight_metrics(weights, train_batch),
+      **sampler_metrics,
   }
   return new_state, metrics
 

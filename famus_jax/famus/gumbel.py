@@ -1,0 +1,34 @@
+"""The gradient sampler network Γ(·; η_l) and the hard Gumbel-softmax gate."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class GradientSampler(nn.Module):
+  """FC(D→h) + PReLU, FC(h→h) + PReLU, FC(h→2): logits of (skip, select)."""
+  hidden: int = 128
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:  # (D,) -> (2,)
+    x = nn.PReLU(negative_slope_init=0.25)(nn.Dense(self.hidden)(features))
+    x = nn.PReLU(negative_slope_init=0.25)(nn.Dense(self.hidden)(x))
+    return nn.Dense(2)(x)
+
+
+def hard_gumbel_softmax(rng: jax.Array, logits: jax.Array, tau: float) -> jax.Array:
+  """One-hot sample in the forward pass, softmax gradient (straight-through).
+
+  Args:
+    rng: PRNG key.
+    logits: (..., K) unnormalised log-probabilities.
+    tau: temperature of the soft sample.
+
+  Returns:
+    (..., K) one-hot values whose gradient is that of the soft sample
+    `softmax((logits + Gumbel) / tau)`.
+  """
+  gumbel = jax.random.gumbel(rng, logits.shape, logits.dtype)
+  soft = jax.nn.softmax((logits + gumbel) / tau, axis=-1)
+  hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
+  return hard + soft - jax.lax.stop_gradient(soft)

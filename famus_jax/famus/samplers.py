@@ -1,0 +1,288 @@
+"""Layer samplers: which layers' look-ahead terms carry the meta gradient.
+
+Registry `SAMPLERS`, keyed by `meta.sampler`:
+- 'all'    exact meta gradient (no sampler; `build_sampler` returns None);
+- 'famus'  learned per-layer gradient samplers Γ(·; η_l) with hard Gumbel gates
+           and the auxiliary losses L_r (λ1) and L_g (λ2);
+- 'random' s candidate layers uniformly at random per iteration;
+- 'block'  all layers of residual block b — a static scope (no gates), so the
+           compiled program computes only that block's terms.
+
+A sampler turns the Virtual-Train gradient into per-layer gates r ∈ {0,1}^L,
+broadcasts them to the parameter leaves (`leaf_gates`) and, with
+`meta.prune_levels` P > 1, also picks which of P nested precompiled scopes
+(top L/P layers, top 2L/P, …, all candidates) contains every selected layer, so
+a selection of top layers runs a cheaper program (`lax.switch`).
+"""
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from famus_jax.core import lookahead as lookahead_lib
+from famus_jax.famus import gumbel
+from famus_jax.famus import layers as layers_lib
+from famus_jax.famus import pooling
+
+PyTree = Any
+
+
+class Selection(NamedTuple):
+  """Gates of one iteration.
+
+  gates: (L,) r_l in {0, 1} (straight-through: differentiable in η for FaMUS).
+  leaf_gates: params-shaped scalars, r of the leaf's layer (0 outside the scope).
+  level: int32 index of the smallest precompiled scope holding every selected
+    layer (None with a single scope).
+  """
+  gates: jax.Array
+  leaf_gates: PyTree
+  level: Optional[jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSampler:
+  """Static description shared by the samplers (hashable, jit-static).
+
+  Attributes:
+    layers: candidate layers in forward order.
+    leaf_layer: for each params leaf (jax flattening order) the index of its
+      candidate layer, or -1.
+    treedef: params tree structure.
+    levels: nested leaf-name scopes for dynamic pruning (last = all candidates).
+    layer_level: for each candidate layer the first level containing it.
+  """
+  layers: tuple
+  leaf_layer: tuple
+  treedef: Any
+  levels: tuple = ()
+  layer_level: tuple = ()
+
+  learned = False
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.layers)
+
+  def leaf_gates(self, gates: jax.Array) -> PyTree:
+    """(L,) layer gates -> params-shaped tree of scalars."""
+    zero = jnp.zeros((), gates.dtype)
+    leaves = [gates[i] if i >= 0 else zero for i in self.leaf_layer]
+    return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+  def level(self, gates: jax.Array) -> Optional[jax.Array]:
+    if len(self.levels) <= 1:
+      return None
+    levels = jnp.asarray(self.layer_level, jnp.int32)
+    selected = jax.lax.stop_gradient(gates) > 0.5
+    return jnp.max(jnp.where(selected, levels, 0))
+
+  def init(self, rng: jax.Array) -> PyTree:
+    del rng
+    return {}
+
+  def optimizer(self) -> optax.GradientTransformation:
+    return optax.identity()
+
+  def selection(self, gates: jax.Array) -> Selection:
+    return Selection(gates, self.leaf_gates(gates), self.level(gates))
+
+  def metrics(self, selection: Selection) -> dict:
+    return {'gates': jax.lax.stop_gradient(selection.gates),
+            'num_selected': jnp.sum(jax.lax.stop_gradient(selection.gates))}
+
+  def begin(self, params, grads, rng):
+    """Gates of this iteration from the Virtual-Train gradient: (Selection, ctx)."""
+    return self.select(params, grads, rng), None
+
+  def finish(self, ctx, selection, meta_grad, theta, theta_grad, params, opt_state, *,
+             lookahead_grads, val_grads):
+    """After Meta-Train: (θ gradient, sampler params, sampler opt state, metrics)."""
+    del ctx, meta_grad, theta, lookahead_grads, val_grads
+    return theta_grad, params, opt_state, self.metrics(selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomSampler(LayerSampler):
+  """'Random layers': s candidate layers uniformly at random, every iteration."""
+  s: int = 4
+
+  def select(self, params, grads, rng) -> Selection:
+    del params, grads
+    order = jax.random.permutation(rng, self.num_layers)
+    gates = jnp.zeros((self.num_layers,), jnp.float32).at[order[:self.s]].set(1.0)
+    return self.selection(gates)
+
+
+@dataclasses.dataclass(frozen=True)
+class FamusSampler(LayerSampler):
+  """FaMUS: a learned gradient sampler Γ(·; η_l) per candidate layer."""
+  k: int = 4
+  tau: float = 5.0
+  lambda1: float = 0.0
+  lambda2: float = 0.0
+  delta: float = 0.1
+  hidden: int = 128
+  feature_dims: tuple = ()
+
+  learned = True
+
+  def init(self, rng):
+    net = gumbel.GradientSampler(self.hidden)
+    keys = jax.random.split(rng, self.num_layers)
+    return {f'layer_{i:03d}': net.init(key, jnp.zeros((d,)))['params']
+            for i, (key, d) in enumerate(zip(keys, self.feature_dims))}
+
+  def optimizer(self):
+    return optax.sgd(self.delta, momentum=0.9)
+
+  def features(self, grads: PyTree) -> list:
+    """Standardised pooled training gradient of each candidate layer (stop-gradient)."""
+    by_path = dict(zip(lookahead_lib.leaf_paths(grads), jax.tree_util.tree_leaves(grads)))
+    return [pooling.standardize(jax.lax.stop_gradient(
+        pooling.pooled_layer_gradient(by_path, layer))) for layer in self.layers]
+
+  def gate_logits(self, params, features) -> jax.Array:
+    """(L, 2) logits of (skip, select) for every candidate layer."""
+    net = gumbel.GradientSampler(self.hidden)
+    return jnp.stack([net.apply({'params': params[f'layer_{i:03d}']}, f)
+                      for i, f in enumerate(features)])
+
+  def gates(self, params, features, rng) -> jax.Array:
+    """(L,) hard gates r_l, straight-through in η."""
+    return gumbel.hard_gumbel_softmax(rng, self.gate_logits(params, features), self.tau)[:, 1]
+
+  def select(self, params, grads, rng) -> Selection:
+    return self.selection(self.gates(params, self.features(grads), rng))
+
+  def rate_loss(self, gates: jax.Array) -> jax.Array:
+    """L_r = (Σ_l r_l − K)² over all gates."""
+    return (jnp.sum(gates) - self.k) ** 2
+
+  def matching_loss(self, grads: PyTree, val_grads: PyTree) -> jax.Array:
+    """L_g = ‖ḡ_L^tra − ḡ_L^val‖² on the last candidate layer's pooled gradients
+    (the validation side is a constant)."""
+    last = self.layers[-1]
+    pooled = lambda tree: pooling.pooled_layer_gradient(
+        dict(zip(lookahead_lib.leaf_paths(tree), jax.tree_util.tree_leaves(tree))), last)
+    return jnp.sum((pooled(grads) - jax.lax.stop_gradient(pooled(val_grads))) ** 2)
+
+  def begin(self, params, grads, rng):
+    features = self.features(grads)
+    gates, gates_vjp = jax.vjp(lambda eta: self.gates(eta, features, rng), params)
+    return self.selection(gates), gates_vjp
+
+  def finish(self, ctx, selection, meta_grad, theta, theta_grad, params, opt_state, *,
+             lookahead_grads, val_grads):
+    """η ← SGD step on ∂(L_c + λ1 L_r)/∂η through the straight-through gates;
+    θ's gradient gains λ2 ∇_θ L_g."""
+    gates_vjp = ctx
+    _, leaf_vjp = jax.vjp(self.leaf_gates, selection.gates)
+    d_gates = leaf_vjp(meta_grad.gate)[0]            # ∂L_c/∂r_l = Σ_leaves ⟨u, g⟩
+    rate, d_rate = jax.value_and_grad(self.rate_loss)(selection.gates)
+    eta_grad = gates_vjp(d_gates + self.lambda1 * d_rate)[0]
+    updates, opt_state = self.optimizer().update(eta_grad, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {**self.metrics(selection), 'rate_loss': rate,
+               'sampler_grad_norm': optax.tree.norm(eta_grad)}
+    if self.lambda2 > 0:
+      matching, d_theta = jax.value_and_grad(
+          lambda t: self.matching_loss(lookahead_grads(t), val_grads))(theta)
+      theta_grad = jax.tree_util.tree_map(lambda a, b: a + self.lambda2 * b,
+                                          theta_grad, d_theta)
+      metrics['matching_loss'] = matching
+    return theta_grad, params, opt_state, metrics
+
+
+SAMPLERS = ('all', 'famus', 'random', 'block')
+
+
+def _leaf_layer_index(params: PyTree, layers) -> tuple:
+  index = {'/'.join(p): i for i, layer in enumerate(layers) for p in layer.paths}
+  return tuple(index.get(name, -1) for name in lookahead_lib.leaf_paths(params))
+
+
+def _levels(layers, prune_levels: int) -> tuple[tuple, tuple]:
+  """Nested scopes (top ⌈pL/P⌉ layers, p = 1..P) and each layer's first level."""
+  n = len(layers)
+  sizes = sorted({max(1, math.ceil(p * n / prune_levels)) for p in range(1, prune_levels + 1)})
+  levels = tuple(layers_lib.leaf_names(layers[n - size:]) for size in sizes)
+  layer_level = tuple(next(j for j, size in enumerate(sizes) if i >= n - size)
+                      for i in range(n))
+  return levels, layer_level
+
+
+def _check_int(meta, field: str, lo: int, hi: int, what: str) -> int:
+  value = meta[field]
+  if not isinstance(value, int) or not lo <= value <= hi:
+    raise ValueError(f'meta.{field}={value!r} is out of range: {what} must be an '
+                     f'integer in [{lo}, {hi}].')
+  return value
+
+
+def candidates(meta, model, params, sample_images) -> tuple:
+  """Candidate layers from `meta.granularity` and `meta.candidate_layers`."""
+  all_layers = layers_lib.network_layers(model, params, sample_images,
+                                         meta.get('granularity', 'module'))
+  return all_layers, layers_lib.select_candidates(all_layers,
+                                                  meta.get('candidate_layers', 'all'))
+
+
+def check_sampler_name(name: str) -> None:
+  if name not in SAMPLERS:
+    raise ValueError(f'Unknown sampler {name!r} (config field meta.sampler); known: '
+                     f'{", ".join(SAMPLERS)}.')
+
+
+def static_scope(meta, model, params, sample_images) -> Optional[frozenset]:
+  """Leaf names that may carry the meta gradient (None: every leaf).
+
+  The candidate layers, restricted to block `meta.b` for the 'block' sampler.
+  """
+  check_sampler_name(meta.sampler)
+  all_layers, cands = candidates(meta, model, params, sample_images)
+  if meta.sampler == 'block':
+    blocks = sorted({layer.block for layer in all_layers})
+    _check_int(meta, 'b', 1, max(1, max(blocks) - 1), 'the residual block b')
+    cands = layers_lib.block_layers(cands, meta.b)
+    if not cands:
+      raise ValueError(f'meta.b={meta.b}: block {meta.b} has no candidate layers '
+                       f'(meta.candidate_layers={meta.candidate_layers!r}).')
+  if len(cands) == len(all_layers):
+    return None
+  return layers_lib.leaf_names(cands)
+
+
+def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
+  """The sampler of `meta.sampler`, or None for 'all' and 'block' (static scope).
+
+  Raises:
+    ValueError: unknown sampler, K or s larger than the candidate layers,
+      b out of range, bad temperature — naming the config field.
+  """
+  check_sampler_name(meta.sampler)
+  static_scope(meta, model, params, sample_images)  # validates b and the scope
+  if meta.sampler in ('all', 'block'):
+    return None
+  _, cands = candidates(meta, model, params, sample_images)
+  prune_levels = _check_int(meta, 'prune_levels', 1, len(cands), 'meta.prune_levels')
+  levels, layer_level = _levels(cands, prune_levels)
+  common = dict(layers=cands, leaf_layer=_leaf_layer_index(params, cands),
+                treedef=jax.tree_util.tree_structure(params), levels=levels,
+                layer_level=layer_level)
+  if meta.sampler == 'random':
+    s = _check_int(meta, 's', 1, len(cands),
+                   f'the number of random layers s (there are {len(cands)} candidate layers)')
+    return RandomSampler(s=s, **common)
+  k = _check_int(meta, 'k', 1, len(cands),
+                 f'K (there are {len(cands)} candidate layers; see meta.candidate_layers)')
+  if not meta.tau > 0:
+    raise ValueError(f'meta.tau={meta.tau!r}: the Gumbel temperature must be > 0.')
+  by_path = dict(zip(lookahead_lib.leaf_paths(params), jax.tree_util.tree_leaves(params)))
+  return FamusSampler(k=k, tau=float(meta.tau), lambda1=float(meta.lambda1),
+                      lambda2=float(meta.lambda2), delta=float(meta.delta),
+                      feature_dims=pooling.feature_dims(by_path, cands), **common)
