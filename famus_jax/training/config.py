@@ -1,0 +1,331 @@
+"""The experiment config schema (`base_config`) and its validation.
+
+Every file in `configs/` builds on `base_config()` and overrides what the
+experiment needs; any field can then be overridden on the command line
+(`--config.meta.k=8`). `validate_config` checks everything that does not need
+the data (names, types, ranges, combinations); `validate_against_data` checks
+what does (batch sizes vs split sizes, classes, devices). Both raise
+`ConfigError`, whose message is one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from typing import Any, Iterable
+
+import ml_collections
+
+from famus_jax.data import default_data_config
+
+METHODS = ('ce', 'mwnet', 'l2r', 'mlc')
+MODES = ('jvp', 'reverse')
+LOOKAHEADS = ('sgd', 'optimizer')
+META_OPTIMIZERS = ('adam', 'sgd')
+SAMPLERS = ('all', 'famus', 'random', 'block')
+GRANULARITIES = ('module', 'tensor')
+SCHEDULES = ('piecewise', 'constant', 'cosine')
+UNITS = ('step', 'epoch')
+DTYPES = ('float32', 'bfloat16')
+# Fields whose contents are free-form (checked by the code that consumes them).
+FREE_FORM = ('model.kwargs',)
+
+
+class ConfigError(ValueError):
+  """A config value is not allowed; str() is one line naming the field."""
+
+  def __init__(self, message: str):
+    super().__init__(' '.join(str(message).split()))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full schema with defaults (the digits quickstart's model and data)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.workdir_hint = ''  # unused; a place to note where runs of this config live
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'digits_cnn'
+  c.model.num_classes = ml_collections.FieldReference(None, field_type=int)  # None: data's
+  c.model.dtype = 'float32'
+  c.model.kwargs = ml_collections.ConfigDict()  # model attributes (width, dropout, ...)
+
+  c.data = default_data_config()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.1
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.nesterov = False
+  c.optim.schedule = 'piecewise'  # piecewise | constant | cosine
+  c.optim.boundaries = ()  # in `unit`s; lr *= decay_factor at each
+  c.optim.decay_factor = 0.1
+  c.optim.unit = 'step'  # unit of boundaries and of the run length
+  # The run length: exactly one of these is > 0, the one named by `unit`
+  # (num_steps = num_epochs * steps_per_epoch when unit='epoch').
+  c.optim.num_steps = 1000
+  c.optim.num_epochs = 0
+
+  c.meta = ml_collections.ConfigDict()
+  c.meta.method = 'mwnet'  # ce | mwnet | l2r | mlc
+  c.meta.mode = 'jvp'  # jvp | reverse (meta-gradient path)
+  c.meta.lookahead = 'sgd'  # sgd | optimizer
+  c.meta.optimizer = 'adam'  # adam | sgd (meta model optimizer)
+  c.meta.lr = 1e-3  # β
+  c.meta.weight_decay = 1e-4
+  c.meta.momentum = 0.9
+  c.meta.interval = 1  # meta step every `interval` iterations
+  c.meta.sampler = 'all'  # all (exact) | famus | random | block
+  c.meta.k = 4  # FaMUS: target number of sampled layers
+  c.meta.s = 4  # random: layers drawn per iteration
+  c.meta.b = 1  # block: the residual block
+  c.meta.lambda1 = 0.0  # weight of L_r
+  c.meta.lambda2 = 0.0  # weight of L_g
+  c.meta.tau = 5.0  # Gumbel-softmax temperature
+  c.meta.delta = 0.1  # sampler learning rate
+  c.meta.candidate_layers = 'all'  # all | top:N | comma-separated layer names
+  c.meta.granularity = 'module'  # module | tensor
+  c.meta.prune_levels = 1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.log_every = 50
+  c.train.eval_every = 1000  # 0: only at the end
+  c.train.checkpoint_every = 1000  # 0: only at the end (and on SIGTERM)
+  c.train.keep_checkpoints = 3
+  c.train.eval_batch_size = c.data.get_ref('eval_batch_size')  # shared field
+  c.train.progress = True  # tqdm bar
+  c.train.num_devices = 0  # data-parallel devices; 0 = all local devices
+  c.train.weight_window = 20000  # recent examples kept for the weight histograms
+  return c
+
+
+# ---------------------------------------------------------------------------
+# Validation helpers.
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return node
+
+
+def _is_number(v, integer=False):
+  if isinstance(v, bool) or not isinstance(v, numbers.Real):
+    return False
+  return not integer or float(v) == int(v)
+
+
+def number(config, field: str, lo=None, hi=None, *, integer=False,
+           lo_open=False, hi_open=False):
+  v = _get(config, field)
+  ok = _is_number(v, integer)
+  if ok and lo is not None:
+    ok = v > lo if lo_open else v >= lo
+  if ok and hi is not None:
+    ok = v < hi if hi_open else v <= hi
+  if not ok:
+    lb = '(' if lo_open else '['
+    rb = ')' if hi_open else ']'
+    rng = f"{lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{rb}"
+    kind = 'an integer' if integer else 'a number'
+    raise ConfigError(f'config.{field}={v!r}: must be {kind} in {rng}')
+  return v
+
+
+def choice(config, field: str, allowed: Iterable[str]):
+  v = _get(config, field)
+  allowed = tuple(allowed)
+  if v not in allowed:
+    raise ConfigError(f'config.{field}={v!r}: must be one of '
+                      f'{", ".join(map(repr, allowed))}')
+  return v
+
+
+def boolean(config, field: str):
+  v = _get(config, field)
+  if not isinstance(v, bool):
+    raise ConfigError(f'config.{field}={v!r}: must be True or False')
+  return v
+
+
+def _unknown_fields(config, schema, prefix=''):
+  """Dotted names present in `config` but not in `schema`."""
+  out = []
+  for key in config.keys():
+    name = f'{prefix}{key}'
+    if key not in schema:
+      out.append(name)
+      continue
+    if name in FREE_FORM:
+      continue
+    sub, ref = config[key], schema[key]
+    if isinstance(sub, ml_collections.ConfigDict):
+      if not isinstance(ref, ml_collections.ConfigDict):
+        out.append(name)
+      else:
+        out.extend(_unknown_fields(sub, ref, name + '.'))
+  return out
+
+
+_CANDIDATE_RE = re.compile(r'^(all|top:[1-9][0-9]*|[^,\s]+(,[^,\s]+)*)$')
+
+
+def validate_config(config) -> None:
+  """Checks names, types, ranges and combinations; raises `ConfigError`."""
+  unknown = _unknown_fields(config, base_config())
+  if unknown:
+    raise ConfigError(f'config.{unknown[0]}: unknown field; the schema is '
+                      'famus_jax.training.config.base_config()')
+  if not _is_number(config.seed, integer=True):
+    raise ConfigError(f'config.seed={config.seed!r}: must be an integer')
+
+  # model
+  from famus_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+  choice(config, 'model.name', sorted(MODELS))
+  if config.model.num_classes is not None:
+    number(config, 'model.num_classes', 1, integer=True)
+  choice(config, 'model.dtype', DTYPES)
+
+  # data (the data module's own validation, re-raised as ConfigError)
+  from famus_jax.data import validate_data_config  # pylint: disable=g-import-not-at-top
+  try:
+    validate_data_config(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  # optim
+  number(config, 'optim.lr', 0, lo_open=True)
+  number(config, 'optim.momentum', 0, 1, hi_open=True)
+  number(config, 'optim.weight_decay', 0)
+  boolean(config, 'optim.nesterov')
+  choice(config, 'optim.schedule', SCHEDULES)
+  number(config, 'optim.decay_factor', 0, 1, lo_open=True)
+  unit = choice(config, 'optim.unit', UNITS)
+  number(config, 'optim.num_steps', 0, integer=True)
+  number(config, 'optim.num_epochs', 0)
+  length_field = 'num_steps' if unit == 'step' else 'num_epochs'
+  other = 'num_epochs' if unit == 'step' else 'num_steps'
+  if not config.optim[length_field] > 0:
+    raise ConfigError(f'config.optim.{length_field}={config.optim[length_field]!r}: '
+                      f"must be > 0 with optim.unit={unit!r}")
+  if config.optim[other] != 0:
+    raise ConfigError(f'config.optim.{other}={config.optim[other]!r}: must be 0 with '
+                      f"optim.unit={unit!r} (the run length is optim.{length_field}; "
+                      'set exactly one)')
+  bounds = config.optim.boundaries
+  if not isinstance(bounds, (list, tuple)) or not all(
+      _is_number(b) and b > 0 for b in bounds):
+    raise ConfigError(f'config.optim.boundaries={bounds!r}: must be a list of '
+                      f'positive numbers (in {unit}s)')
+  if list(bounds) != sorted(set(bounds)):
+    raise ConfigError(f'config.optim.boundaries={bounds!r}: must be strictly increasing')
+  if bounds and bounds[-1] >= config.optim[length_field]:
+    raise ConfigError(f'config.optim.boundaries={tuple(bounds)!r}: every boundary must '
+                      f'be < optim.{length_field}={config.optim[length_field]}')
+  if config.optim.schedule != 'piecewise' and bounds:
+    raise ConfigError(f'config.optim.boundaries={tuple(bounds)!r}: only the '
+                      "'piecewise' schedule takes boundaries; set () for "
+                      f'optim.schedule={config.optim.schedule!r}')
+
+  # meta
+  method = choice(config, 'meta.method', METHODS)
+  choice(config, 'meta.mode', MODES)
+  choice(config, 'meta.lookahead', LOOKAHEADS)
+  choice(config, 'meta.optimizer', META_OPTIMIZERS)
+  number(config, 'meta.lr', 0, lo_open=True)
+  number(config, 'meta.weight_decay', 0)
+  number(config, 'meta.momentum', 0, 1, hi_open=True)
+  number(config, 'meta.interval', 1, integer=True)
+  sampler = choice(config, 'meta.sampler', SAMPLERS)
+  number(config, 'meta.k', 1, integer=True)
+  number(config, 'meta.s', 1, integer=True)
+  number(config, 'meta.b', 0, integer=True)
+  number(config, 'meta.lambda1', 0)
+  number(config, 'meta.lambda2', 0)
+  number(config, 'meta.tau', 0, lo_open=True)
+  number(config, 'meta.delta', 0, lo_open=True)
+  choice(config, 'meta.granularity', GRANULARITIES)
+  number(config, 'meta.prune_levels', 0, integer=True)
+  cand = config.meta.candidate_layers
+  if not isinstance(cand, str) or not _CANDIDATE_RE.match(cand):
+    raise ConfigError(f'config.meta.candidate_layers={cand!r}: must be \'all\', '
+                      "'top:N' (N >= 1) or comma-separated layer names")
+  if method == 'ce' and sampler != 'all':
+    raise ConfigError(f"config.meta.sampler={sampler!r}: meta.method='ce' has no meta "
+                      "step to sample layers for; use meta.sampler='all' or a meta method "
+                      '(mwnet, l2r, mlc)')
+  if method != 'ce' and config.data.meta_per_class == 0:
+    raise ConfigError(f"config.data.meta_per_class=0: meta.method={method!r} needs a "
+                      'clean meta set (meta_per_class >= 1, or -1 on clothing1m); '
+                      "without one use meta.method='ce'")
+
+  # train
+  number(config, 'train.log_every', 1, integer=True)
+  number(config, 'train.eval_every', 0, integer=True)
+  number(config, 'train.checkpoint_every', 0, integer=True)
+  number(config, 'train.keep_checkpoints', 1, integer=True)
+  number(config, 'train.eval_batch_size', 1, integer=True)
+  boolean(config, 'train.progress')
+  number(config, 'train.num_devices', 0, integer=True)
+  number(config, 'train.weight_window', 0, integer=True)
+
+
+def validate_against_data(config, splits, num_devices: int,
+                          process_count: int = 1) -> None:
+  """Checks that need the data and the devices; raises `ConfigError`."""
+  d = config.data
+  n_train = len(splits.train)
+  if d.batch_size > n_train:
+    raise ConfigError(f'config.data.batch_size={d.batch_size}: larger than the '
+                      f'training split ({n_train} examples); must be <= {n_train}')
+  if config.meta.method != 'ce' and splits.meta is not None:
+    n_meta = len(splits.meta)
+    if d.meta_batch_size > n_meta:
+      raise ConfigError(f'config.data.meta_batch_size={d.meta_batch_size}: larger than '
+                        f'the meta set ({n_meta} examples); must be <= {n_meta}')
+  if config.meta.method != 'ce' and splits.meta is None:
+    raise ConfigError(f'config.data.meta_per_class={d.meta_per_class}: the data set '
+                      f'{d.name!r} gave no meta set, which meta.method='
+                      f'{config.meta.method!r} needs')
+  if config.model.num_classes is not None and config.model.num_classes != splits.num_classes:
+    raise ConfigError(f'config.model.num_classes={config.model.num_classes}: the data '
+                      f'set {d.name!r} has {splits.num_classes} classes; must be None '
+                      f'or {splits.num_classes}')
+  shards = num_devices
+  for field in ('batch_size', 'meta_batch_size', 'eval_batch_size'):
+    if field == 'meta_batch_size' and config.meta.method == 'ce':
+      continue
+    if d[field] % shards:
+      raise ConfigError(f'config.data.{field}={d[field]}: must be a multiple of the '
+                        f'number of devices ({shards}) for data parallelism')
+  del process_count
+
+
+def config_to_dict(config) -> dict[str, Any]:
+  """Plain JSON-able dict (tuples become lists)."""
+  return config.to_dict() if hasattr(config, 'to_dict') else dict(config)
+
+
+# Fields that may change when a run resumes from its workdir.
+RESUMABLE_FIELDS = ('train.', 'workdir_hint', 'data.prefetch', 'data.data_dir',
+                    'data.imagenet_val_dir')
+
+
+def flatten(d: dict, prefix='') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+  """Dotted fields that differ between two configs and matter for resuming."""
+  a, b = flatten(saved), flatten(current)
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if a.get(k) != b.get(k)
+          and not any(k.startswith(p) for p in RESUMABLE_FIELDS)]
+

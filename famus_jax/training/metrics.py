@@ -1,0 +1,198 @@
+"""Metric files of a run: JSONL rows and TensorBoard event files.
+
+`workdir/metrics.jsonl`: one row per log step (`step`, losses, `lr`,
+meta-weight statistics, selected layers, step time); `workdir/eval.jsonl`: one
+row per evaluation; `workdir/tensorboard/`: the same scalars (tensorboardX).
+On resume from step s the JSONL rows after s are dropped and TensorBoard is
+told to purge events after s, so an interrupted and resumed run leaves the
+same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+
+def _jsonable(v: Any) -> Any:
+  if isinstance(v, dict):
+    return {k: _jsonable(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_jsonable(x) for x in v]
+  if isinstance(v, np.ndarray):
+    return _jsonable(v.tolist())
+  if isinstance(v, (np.floating, float)):
+    f = float(v)
+    return f if math.isfinite(f) else str(f)  # 'nan' / 'inf' stay valid JSON
+  if isinstance(v, (np.integer,)):
+    return int(v)
+  if isinstance(v, np.bool_):
+    return bool(v)
+  return v
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by kill -9
+          break
+  return rows
+
+
+class JsonlWriter:
+  """Appends one JSON object per line (flushed each time)."""
+
+  def __init__(self, path: str, resume_step: Optional[int] = None):
+    self.path = path
+    if resume_step is None:
+      open(path, 'w').close()
+    else:  # keep the rows up to the restored step, atomically
+      rows = [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        for r in rows:
+          f.write(json.dumps(r) + '\n')
+      os.replace(tmp, path)
+    self._f = open(path, 'a')
+
+  def write(self, row: dict) -> None:
+    self._f.write(json.dumps(_jsonable(row)) + '\n')
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
+
+
+class MetricWriter:
+  """JSONL files plus TensorBoard scalars and histograms."""
+
+  def __init__(self, workdir: str, resume_step: Optional[int] = None,
+               tensorboard: bool = True):
+    self.train = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step)
+    self.eval = JsonlWriter(os.path.join(workdir, 'eval.jsonl'), resume_step)
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                               purge_step=resume_step, flush_secs=30)
+
+  def _scalars(self, prefix: str, step: int, row: dict) -> None:
+    if self._tb is None:
+      return
+    for k, v in row.items():
+      if k == 'step' or isinstance(v, (list, dict, str, bool)) or v is None:
+        continue
+      self._tb.add_scalar(f'{prefix}/{k}', float(v), step)
+
+  def write_train(self, row: dict) -> None:
+    self.train.write(row)
+    self._scalars('train', row['step'], row)
+
+  def write_eval(self, row: dict) -> None:
+    self.eval.write(row)
+    self._scalars('eval', row['step'], row)
+
+  def write_histograms(self, step: int, hists: dict[str, Iterable[float]]) -> None:
+    if self._tb is None:
+      return
+    for name, values in hists.items():
+      values = np.asarray(values)
+      if values.size:
+        self._tb.add_histogram(name, values, step)
+
+  def close(self) -> None:
+    self.train.close()
+    self.eval.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class WeightWindow:
+  """The most recent per-example meta-weights, split by clean / noisy label.
+
+  Weights are relative (`n × V_i`, mean 1 in a batch), so batches of any size
+  and every method are on one scale. Examples with an unknown true label
+  (true label -1) are left out.
+  """
+
+  def __init__(self, capacity: int):
+    self.capacity = int(capacity)
+    self.clean: list[np.ndarray] = []
+    self.noisy: list[np.ndarray] = []
+    self.since_eval = {'clean': [], 'noisy': []}
+
+  def add(self, weights: np.ndarray, labels: np.ndarray, true_labels: np.ndarray):
+    weights = np.asarray(weights, np.float64) * weights.shape[0]
+    known = true_labels >= 0
+    clean = weights[known & (labels == true_labels)]
+    noisy = weights[known & (labels != true_labels)]
+    for store, new in ((self.clean, clean), (self.noisy, noisy)):
+      store.append(new)
+    self.since_eval['clean'].append(clean)
+    self.since_eval['noisy'].append(noisy)
+    self._trim()
+
+  def _trim(self):
+    for store in (self.clean, self.noisy):
+      while store and sum(a.size for a in store) - store[0].size >= self.capacity:
+        store.pop(0)
+
+  def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
+    return cat(self.clean)[-self.capacity:], cat(self.noisy)[-self.capacity:]
+
+  def eval_stats(self) -> dict:
+    """Mean weight of clean / noisy examples since the last call, and the AUC of
+    the weights as a clean-vs-noisy detector (1 = every clean example weighs
+    more than every noisy one; 0.5 = chance)."""
+    cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
+    clean, noisy = cat(self.since_eval['clean']), cat(self.since_eval['noisy'])
+    self.since_eval = {'clean': [], 'noisy': []}
+    out = {}
+    if clean.size:
+      out['train_weight_clean'] = float(clean.mean())
+    if noisy.size:
+      out['train_weight_noisy'] = float(noisy.mean())
+    if clean.size and noisy.size:
+      out['train_weight_auc'] = auc(clean, noisy)
+    return out
+
+  def get_state(self) -> dict:
+    """JSON-able contents (checkpointed with the data iterators)."""
+    flat = lambda xs: np.concatenate(xs).tolist() if xs else []
+    return {'clean': flat(self.clean), 'noisy': flat(self.noisy),
+            'since_eval_clean': flat(self.since_eval['clean']),
+            'since_eval_noisy': flat(self.since_eval['noisy'])}
+
+  def set_state(self, state: dict) -> None:
+    arr = lambda k: [np.asarray(state.get(k, []), np.float64)]
+    self.clean, self.noisy = arr('clean'), arr('noisy')
+    self.since_eval = {'clean': arr('since_eval_clean'),
+                       'noisy': arr('since_eval_noisy')}
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+  """P(a positive scores above a negative), ties count 1/2 (Mann-Whitney U)."""
+  scores = np.concatenate([positive, negative])
+  order = scores.argsort(kind='mergesort')
+  ranks = np.empty(scores.size)
+  sorted_scores = scores[order]
+  # average ranks for ties
+  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+  avg = first + (counts - 1) / 2.0 + 1.0
+  ranks[order] = np.repeat(avg, counts)
+  n_pos, n_neg = positive.size, negative.size
+  u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
+  return float(u / (n_pos * n_neg))
+
