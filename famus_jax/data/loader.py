@@ -176,12 +176,19 @@ class Loader:
     self._fingerprint = fingerprint
     self._it = iter(dataset)
     self.batches_per_epoch = batches.batches_per_epoch
+    # Worker processes hand batches over in shared memory; copy them into
+    # ordinary arrays so their lifetime is the caller's (no shared-memory
+    # segments kept alive by references the training loop holds).
+    self._copy = fingerprint["num_workers"] > 0
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return next(self._it)
+    batch = next(self._it)
+    if self._copy:
+      batch = {k: np.array(v) for k, v in batch.items()}
+    return batch
 
   def __len__(self):
     return len(self._batches)
