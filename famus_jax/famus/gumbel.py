@@ -31,4 +31,4 @@ def hard_gumbel_softmax(rng: jax.Array, logits: jax.Array, tau: float) -> jax.Ar
   gumbel = jax.random.gumbel(rng, logits.shape, logits.dtype)
   soft = jax.nn.softmax((logits + gumbel) / tau, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
-  return hard + soft - jax.lax.stop_gradient(soft)
+  return hard + (soft - jax.lax.stop_gradient(soft))  # exactly 0/1 in value

@@ -1,0 +1,69 @@
+"""Shared helpers for experiment scripts: machine description, result files, timing."""
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
+
+
+def machine() -> dict:
+  """What the numbers were measured on."""
+  device = jax.devices()[0]
+  return {
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'cpu_count': os.cpu_count(),
+      'processor': platform.processor() or platform.machine(),
+      'hostname': platform.node(),
+      'jax_version': jax.__version__,
+      'python': platform.python_version(),
+  }
+
+
+def host_kind() -> str:
+  """Short tag for result file names: 'cpu', or the accelerator kind ('h100', ...)."""
+  device = jax.devices()[0]
+  if device.platform == 'cpu':
+    return 'cpu'
+  return device.device_kind.lower().replace('nvidia ', '').replace(' ', '-')
+
+
+def write_json(name: str, payload: dict, results_dir: str = RESULTS_DIR) -> str:
+  os.makedirs(results_dir, exist_ok=True)
+  path = os.path.join(results_dir, name)
+  with open(path, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  return path
+
+
+def time_call(fn, carry, *args, warmup: int = 2, repeats: int = 5):
+  """Median wall time (ms) of `carry = fn(carry, *args)[0]`, after warm-up.
+
+  The first output is fed back (so donated buffers stay valid) and every call
+  is synchronised with `block_until_ready`.
+  """
+  for _ in range(warmup):
+    carry = jax.block_until_ready(fn(carry, *args))[0]
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    carry = jax.block_until_ready(fn(carry, *args))[0]
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times), carry
+
+
+def compiled_flops(jitted, *args) -> float:
+  """FLOPs of the compiled program from XLA's cost analysis (NaN if unknown)."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost.get('flops', float('nan')))
+  except Exception:  # pylint: disable=broad-except
+    return float('nan')
