@@ -304,16 +304,17 @@ def test_per_example_grads_sum_to_batch_grad(name):
   the examples and the identity does not hold.)
   """
   model, variables, x, y = tiny(name)
-  params, state = variables["params"], {
-      k: v for k, v in variables.items() if k != "params"}
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
 
-  def loss(p, x, y):
+  def loss(p, state, x, y):
     logits = model.apply({"params": p, **state}, x, train=False)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
 
-  batch_grad = jax.jit(jax.grad(loss))(params, x, y)
-  per_example = jax.jit(jax.vmap(
-      lambda xi, yi: jax.grad(loss)(params, xi[None], yi[None])))(x, y)
+  batch_grad = jax.jit(jax.grad(loss))(params, state, x, y)
+  # Each example as a batch of one: x[:, None] has shape (N, 1, H, W, C).
+  per_example = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, None, 0, 0)))(
+      params, state, x[:, None], y[:, None])
   chex.assert_trees_all_equal_structs(per_example, params)
   for leaf, p in zip(jax.tree_util.tree_leaves(per_example),
                      jax.tree_util.tree_leaves(params)):
