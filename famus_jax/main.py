@@ -4,6 +4,10 @@
   python -m famus_jax.main --config=configs/cifar10.py --workdir=runs/c10 \\
       --config.meta.sampler=all --config.data.noise_rate=0.6
 
+Configs with an enabled `alg2` section (configs/*_alg2.py) run Algorithm 2
+(`famus_jax.alg2.train_and_evaluate`), all others the standard loop
+(`famus_jax.train.train_and_evaluate`).
+
 Every config field can be overridden (`--config.meta.k=8`). Re-running a
 command with the same `--workdir` resumes from its latest checkpoint. Exit
 codes: 0 done, 1 bad config / missing data / non-finite loss (one-line error
@@ -38,18 +42,24 @@ def main(argv):
     for name in ('absl', 'jax'):
       logging.getLogger(name).setLevel(logging.WARNING)
   logging.getLogger('famus_jax').setLevel(logging.INFO)
+  from famus_jax.alg2 import config as alg2_config  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  run = train.train_and_evaluate
+  if alg2_config.is_enabled(config):  # Algorithm 2 (pseudo-clean co-training)
+    from famus_jax import alg2  # pylint: disable=g-import-not-at-top
+    run = alg2.train_and_evaluate
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    summary = run(config, _WORKDIR.value)
   except (ConfigError, DatasetMissingError, train.NonFiniteLossError) as e:
     print(f'famus_jax: error: {e}', file=sys.stderr)
     sys.exit(1)
   except train.Preempted as e:
     print(f'famus_jax: {e}', file=sys.stderr)
     sys.exit(143)
-  final = summary['final']
-  print(f"famus_jax: done, step {summary['step']}: test accuracy "
-        f"{final['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}); "
-        f"summary in {_WORKDIR.value}/summary.json")
+  acc, best = summary.get('final_test_accuracy'), summary.get('best_test_accuracy')
+  fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
+  print(f"famus_jax: done, step {summary.get('step')}: test accuracy {fmt(acc)} "
+        f"(best {fmt(best)}); summary in {_WORKDIR.value}/summary.json")
 
 
 if __name__ == '__main__':

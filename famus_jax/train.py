@@ -442,9 +442,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     _write_json(config_path, config_dict)
 
   # State: fresh, then replaced by the latest checkpoint if there is one.
-  state = core.create_train_state(jax.random.PRNGKey(int(config.seed)), model,
-                                  sample_images, num_classes, setup)
-  state = sharding_lib.replicate(state, mesh)
+  # One compiled initialisation (eager `init` would compile every op on its own).
+  init_fn = jax.jit(lambda rng: core.create_train_state(rng, model, sample_images,
+                                                        num_classes, setup),
+                    out_shardings=sharding_lib.replicated(mesh))
+  state = init_fn(jax.random.PRNGKey(int(config.seed)))
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                      keep=int(config.train.keep_checkpoints))
   layer_names = [layer.name for layer in sampler.layers] if sampler is not None else None

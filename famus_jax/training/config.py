@@ -240,7 +240,7 @@ def validate_config(config) -> None:
   sampler = choice(config, 'meta.sampler', SAMPLERS)
   number(config, 'meta.k', 1, integer=True)
   number(config, 'meta.s', 1, integer=True)
-  number(config, 'meta.b', 0, integer=True)
+  number(config, 'meta.b', 1, integer=True)
   number(config, 'meta.lambda1', 0)
   number(config, 'meta.lambda2', 0)
   number(config, 'meta.tau', 0, lo_open=True)
@@ -248,7 +248,8 @@ def validate_config(config) -> None:
   choice(config, 'meta.granularity', GRANULARITIES)
   number(config, 'meta.prune_levels', 0, integer=True)
   cand = config.meta.candidate_layers
-  if not isinstance(cand, str) or not _CANDIDATE_RE.match(cand):
+  if (not isinstance(cand, str) or not _CANDIDATE_RE.match(cand)
+      or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):
     raise ConfigError(f'config.meta.candidate_layers={cand!r}: must be \'all\', '
                       "'top:N' (N >= 1) or comma-separated layer names")
   if method == 'ce' and sampler != 'all':
@@ -329,3 +330,17 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
   return [k for k in keys if a.get(k) != b.get(k)
           and not any(k.startswith(p) for p in RESUMABLE_FIELDS)]
 
+
+
+def load_config(path: str, *, relative_to: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file (e.g. a sibling: `load_config('cifar10.py',
+  relative_to=__file__)`), so configs can build on each other."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  if relative_to is not None:
+    path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
+  name = 'famus_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,0 +1,232 @@
+"""Experiment configs: every file validates, carries the paper's settings, and
+bad values give one-line errors naming the field (before anything compiles)."""
+
+import glob
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from famus_jax import data as data_lib
+from famus_jax import train
+from famus_jax.training import config as config_lib
+from famus_jax.training import schedules
+from famus_jax.training.config import ConfigError
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
+CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+
+
+def load(name):
+  return config_lib.load_config(os.path.join(CONFIG_DIR, name))
+
+
+def test_config_files_exist():
+  names = {os.path.basename(p) for p in CONFIG_FILES}
+  assert {'digits.py', 'cifar10.py', 'cifar100.py', 'cifar10_l2r.py', 'cifar10_mlc.py',
+          'cifar10_lt.py', 'cifar100_lt.py', 'cnwl.py', 'clothing1m.py',
+          'webvision.py'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_every_config_validates(path):
+  c = config_lib.load_config(path)
+  if 'alg2' in c:  # Algorithm 2 configs: base schema + their own section
+    from famus_jax.alg2 import config as alg2_config  # pylint: disable=g-import-not-at-top
+    alg2_config.validate(c)
+    c = ml_collections.ConfigDict({k: v for k, v in c.items() if k != 'alg2'})
+  else:
+    config_lib.validate_config(c)
+  # the schema is complete: nothing missing compared with the base
+  flat = config_lib.flatten(c.to_dict())
+  base = config_lib.flatten(config_lib.base_config().to_dict())
+  missing = {k for k in base if not k.startswith('model.kwargs')} - set(flat)
+  assert not missing
+
+
+def test_paper_settings():
+  c = load('cifar10.py')
+  assert (c.model.name, c.data.batch_size, c.optim.lr, tuple(c.optim.boundaries),
+          c.optim.num_steps, c.meta.lr, c.meta.k) == ('wrn28_10', 100, 0.05,
+                                                      (18000, 19000), 20000, 1e-3, 4)
+  c100 = load('cifar100.py')
+  assert c100.data.name == 'cifar100' and c100.optim.num_steps == 20000
+  l2r = load('cifar10_l2r.py')
+  assert (l2r.meta.method, tuple(l2r.optim.boundaries), l2r.optim.num_steps) == (
+      'l2r', (40000, 50000), 60000)
+  mlc = load('cifar10_mlc.py')
+  assert (mlc.model.name, mlc.data.batch_size, mlc.optim.lr, mlc.meta.lr) == (
+      'wrn40_2', 64, 1e-4, 1e-5)
+  lt = load('cifar10_lt.py')
+  assert (lt.model.name, lt.optim.lr, lt.optim.unit, tuple(lt.optim.boundaries),
+          lt.optim.num_epochs, lt.meta.lr, lt.meta.delta, lt.data.meta_per_class) == (
+              'resnet32', 0.1, 'epoch', (160, 180), 200, 1e-5, 1e-2, 10)
+  c1m = load('clothing1m.py')
+  assert (c1m.model.name, c1m.data.batch_size, c1m.optim.lr, c1m.optim.weight_decay,
+          c1m.optim.num_epochs) == ('resnet50', 32, 0.002, 1e-3, 150)
+  wv = load('webvision.py')
+  assert (wv.model.name, wv.data.batch_size, wv.optim.lr) == ('inception_resnet_v2', 16,
+                                                              0.02)
+
+
+def test_eval_batch_size_is_one_field():
+  c = load('cifar10.py')
+  assert c.train.eval_batch_size == c.data.eval_batch_size == 500
+  c.train.eval_batch_size = 100
+  assert c.data.eval_batch_size == 100
+
+
+def test_schedule_piecewise_by_step_and_epoch():
+  c = config_lib.base_config()
+  c.optim.lr, c.optim.boundaries, c.optim.num_steps = 0.05, (18, 19), 20
+  s = schedules.make_lr_schedule(c.optim, steps_per_epoch=7)
+  assert [round(float(s(i)), 6) for i in (0, 17, 18, 19)] == [0.05, 0.05, 0.005, 0.0005]
+  c.optim.unit, c.optim.num_steps, c.optim.num_epochs = 'epoch', 0, 3
+  c.optim.boundaries = (2,)
+  s = schedules.make_lr_schedule(c.optim, steps_per_epoch=10)
+  assert schedules.num_train_steps(c.optim, 10) == 30
+  assert [round(float(s(i)), 6) for i in (19, 20)] == [0.05, 0.005]
+  c.optim.schedule, c.optim.boundaries = 'cosine', ()
+  s = schedules.make_lr_schedule(c.optim, steps_per_epoch=10)
+  assert float(s(0)) == pytest.approx(0.05) and float(s(30)) == pytest.approx(0.0)
+
+
+def _digits():
+  return load('digits.py')
+
+
+BAD = [
+    ('meta.method', 'mw-net', "config.meta.method='mw-net': must be one of"),
+    ('meta.sampler', 'famuss', "config.meta.sampler='famuss'"),
+    ('optim.lr', -0.1, 'config.optim.lr=-0.1: must be a number in (0'),
+    ('optim.momentum', 1.5, 'config.optim.momentum=1.5'),
+    ('optim.schedule', 'step', "config.optim.schedule='step'"),
+    ('optim.boundaries', (500, 400), 'config.optim.boundaries'),
+    ('meta.interval', 0, 'config.meta.interval=0'),
+    ('meta.tau', 0.0, 'config.meta.tau=0.0'),
+    ('meta.candidate_layers', 'top:x', "config.meta.candidate_layers='top:x'"),
+    ('data.noise_rate', 1.5, 'config.data.noise_rate=1.5'),
+    ('data.name', 'mnist', "config.data.name='mnist'"),
+    ('model.name', 'vgg', "config.model.name='vgg'"),
+    ('train.log_every', 0, 'config.train.log_every=0'),
+]
+
+
+@pytest.mark.parametrize('field,value,message', BAD, ids=[b[0] for b in BAD])
+def test_bad_values_name_the_field(field, value, message):
+  c = _digits()
+  node = c
+  *parents, last = field.split('.')
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[last] = value
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate_config(c)
+  assert message in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_exactly_one_run_length():
+  c = _digits()
+  other = 'num_epochs' if c.optim.unit == 'step' else 'num_steps'
+  c.optim[other] = 3
+  with pytest.raises(ConfigError, match=f'config.optim.{other}=3: must be 0 with'):
+    config_lib.validate_config(c)
+
+
+def test_unknown_field():
+  c = _digits()
+  c.meta.unlock()
+  c.meta.kk = 3
+  with pytest.raises(ConfigError, match=r'config.meta.kk: unknown field'):
+    config_lib.validate_config(c)
+
+
+def test_combinations():
+  c = _digits()
+  c.meta.method = 'ce'
+  with pytest.raises(ConfigError, match="config.meta.sampler='famus'"):
+    config_lib.validate_config(c)
+  c = _digits()
+  c.data.meta_per_class = 0
+  with pytest.raises(ConfigError, match='config.data.meta_per_class=0'):
+    config_lib.validate_config(c)
+
+
+def test_model_kwargs_error():
+  c = _digits()
+  c.model.kwargs.unlock()
+  c.model.kwargs.widht = 3
+  with pytest.raises(ConfigError, match=r"config.model .*widht"):
+    train.build_model(c, 10)
+
+
+def test_k_larger_than_candidate_layers():
+  c = _digits()
+  c.meta.candidate_layers = 'top:3'
+  c.meta.k = 4
+  model = train.build_model(c, 10)
+  with pytest.raises(ConfigError, match=r'config.meta.k=4 .*3 candidate layers'):
+    train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1)))
+  c.meta.k = 3
+  sampler, scope = train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1)))
+  assert sampler.num_layers == 3 and scope is not None
+
+
+@pytest.fixture(scope='module')
+def digits_splits():
+  return data_lib.load_dataset(_digits().data, 0)
+
+
+def test_batch_larger_than_data(digits_splits):
+  c = _digits()
+  c.data.batch_size = 5000
+  with pytest.raises(ConfigError, match=r'config.data.batch_size=5000: larger than the '
+                     r'training split \(1247 examples\); must be <= 1247'):
+    config_lib.validate_against_data(c, digits_splits, 1)
+  c = _digits()
+  c.data.meta_batch_size = 101
+  with pytest.raises(ConfigError, match=r'config.data.meta_batch_size=101: .*<= 100'):
+    config_lib.validate_against_data(c, digits_splits, 1)
+  c = _digits()
+  c.data.batch_size = 63
+  with pytest.raises(ConfigError, match=r'config.data.batch_size=63: must be a multiple '
+                     r'of the number of devices \(2\)'):
+    config_lib.validate_against_data(c, digits_splits, 2)
+  c = _digits()
+  c.model.num_classes = 7
+  with pytest.raises(ConfigError, match=r'config.model.num_classes=7'):
+    config_lib.validate_against_data(c, digits_splits, 1)
+
+
+def test_validation_happens_before_any_compile(tmp_path, monkeypatch):
+  """A bad value fails in train_and_evaluate before a step function exists."""
+  monkeypatch.setattr(train, 'build_steps', lambda *a, **k: pytest.fail('compiled'))
+  c = _digits()
+  c.data.batch_size = 5000
+  with pytest.raises(ConfigError, match='config.data.batch_size=5000'):
+    train.train_and_evaluate(c, str(tmp_path))
+  c = _digits()
+  c.meta.k = 99
+  with pytest.raises(ConfigError, match='config.meta.k=99'):
+    train.train_and_evaluate(c, str(tmp_path / 'k'))
+
+
+def test_missing_dataset_gives_loader_error(tmp_path):
+  c = load('cifar10.py')
+  c.data.data_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(data_lib.DatasetMissingError) as e:
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 'tfds build cifar10' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_resume_guard(tmp_path):
+  saved = config_lib.config_to_dict(_digits())
+  other = _digits()
+  other.optim.lr = 0.2
+  assert config_lib.resume_conflicts(saved, other.to_dict()) == ['optim.lr']
+  other = _digits()
+  other.train.log_every = 7
+  assert config_lib.resume_conflicts(saved, other.to_dict()) == []

@@ -1,0 +1,179 @@
+"""The training loop, in process, on digits with a 3-layer MLP and a few steps:
+method × sampler variants, meta.interval, compile-once, NaN stop, resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from famus_jax import data as data_lib
+from famus_jax import train
+from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import metrics as metrics_lib
+from test_train_support import check_run_files, read_jsonl, tiny_config
+
+
+@pytest.mark.parametrize('method,sampler,interval', [
+    ('mwnet', 'all', 1),
+    ('l2r', 'famus', 1),
+    ('mlc', 'all', 1),
+    ('mwnet', 'random', 2),
+])
+def test_variants_in_process(tmp_path, method, sampler, interval):
+  c = tiny_config(method, sampler, steps=6, meta__interval=interval)
+  summary = train.train_and_evaluate(c, str(tmp_path))
+  _, rows = check_run_files(str(tmp_path), 6, method)
+  if interval == 2:  # meta steps at iterations 0, 2, 4; weighted steps between
+    assert summary['compiled'] == {'meta': 1, 'weighted': 1, 'eval': 1}
+    assert [r['meta_steps'] for r in rows] == [1, 1, 1]
+  else:
+    assert summary['compiled']['weighted'] == 0
+  if sampler != 'all':
+    assert all(len(r['layer_frequency']) == 3 for r in rows)
+    assert all(isinstance(r['selected_layers'], list) for r in rows)
+  assert summary['final']['train_weight_clean'] >= 0.0
+
+
+def test_recompilation_is_detected():
+  f = jax.jit(lambda x: x * 2)
+  steps = train.Steps(meta=f, weighted=None, plain=None, eval=jax.jit(lambda x: x))
+  f(jnp.zeros(3))
+  assert steps.check_compiled_once() == {'meta': 1, 'eval': 0}
+  f(jnp.zeros(4))
+  with pytest.raises(train.RecompilationError, match='meta'):
+    steps.check_compiled_once()
+
+
+class _Poisoned:
+  """A train loader whose batch `at` has a NaN image (an injected divergence)."""
+
+  def __init__(self, loader, at):
+    self._loader, self._at, self._n = loader, at, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._loader)
+    if self._n == self._at:
+      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+    self._n += 1
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self._loader, name)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  real = data_lib.make_split_loaders
+
+  def poisoned(*args, **kwargs):
+    loaders = real(*args, **kwargs)
+    loaders['train'] = _Poisoned(loaders['train'], at=5)  # the 6th iteration
+    return loaders
+
+  monkeypatch.setattr(train.data_lib, 'make_split_loaders', poisoned)
+  c = tiny_config('mwnet', 'all', steps=8)
+  with pytest.raises(train.NonFiniteLossError, match='at step 6; stopped, the last '
+                     'good checkpoint is step 4') as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  assert e.value.step == 6 and e.value.checkpoint_step == 4
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
+  assert ckpt.all_steps() == [4]
+  state, _, _ = ckpt.restore(None if False else _abstract_state(c), 4)
+  ckpt.close()
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+  with open(tmp_path / 'summary.json') as f:
+    assert json.load(f)['status'] == 'non_finite'
+  # the rows before the failure were written, none after it
+  assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4]
+
+
+def _abstract_state(c):
+  """The train state structure of config `c` (to restore a checkpoint)."""
+  splits = data_lib.load_dataset(c.data, c.seed)
+  model = train.build_model(c, splits.num_classes)
+  sample = jnp.zeros((1,) + tuple(splits.image_shape))
+  sampler, scope = train.build_sampler_and_scope(c, model, sample)
+  from famus_jax import core  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  setup = train.build_setup(c, model, optax.constant_schedule(0.1), sampler, scope)
+  return jax.eval_shape(lambda: core.create_train_state(
+      jax.random.PRNGKey(0), model, sample, splits.num_classes, setup))
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
+  """A run that dies after step 6 (checkpoint at 4, no save at the crash) and is
+  re-run ends with the same metrics and parameters as one that never stopped;
+  a half-written checkpoint left by the crash is ignored and removed."""
+  c = tiny_config('mwnet', 'famus', steps=10, train__log_every=3)
+  ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
+  ref = train.train_and_evaluate(c, ref_dir)
+
+  real_global_batch = train.sharding_lib.global_batch
+  calls = {'train': 0}
+
+  def crashing(batch, mesh):
+    if 'true_label' in batch:
+      calls['train'] += 1
+      if calls['train'] == 7:
+        raise _Crash()
+    return real_global_batch(batch, mesh)
+
+  monkeypatch.setattr(train.sharding_lib, 'global_batch', crashing)
+  with pytest.raises(_Crash):
+    train.train_and_evaluate(c, run_dir)
+  monkeypatch.setattr(train.sharding_lib, 'global_batch', real_global_batch)
+  ckpt_dir = os.path.join(run_dir, 'checkpoints')
+  assert sorted(os.listdir(ckpt_dir)) == ['4']
+  leftover = os.path.join(ckpt_dir, '8.orbax-checkpoint-tmp')  # as if killed mid-save
+  os.makedirs(os.path.join(leftover, 'state'))
+
+  resumed = train.train_and_evaluate(c, run_dir)
+  assert resumed['resumed_from'] == 4
+  assert not os.path.exists(leftover)
+  assert resumed['final']['test_accuracy'] == ref['final']['test_accuracy']
+  np.testing.assert_allclose(resumed['final']['test_loss'], ref['final']['test_loss'],
+                             rtol=1e-6)
+  strip = lambda rows: [{k: v for k, v in r.items()
+                         if k not in ('step_time_s', 'steps_per_s', 'compiled')} for r in rows]
+  got, want = (strip(read_jsonl(os.path.join(d, 'metrics.jsonl')))
+               for d in (run_dir, ref_dir))
+  assert [r['step'] for r in got] == [3, 6, 9, 10]
+  assert [r['step'] for r in want] == [3, 6, 9, 10]
+  for a, b in zip(got, want):
+    assert a.keys() == b.keys()
+    for k in a:
+      if isinstance(a[k], float):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
+      else:
+        assert a[k] == b[k], k
+  assert (read_jsonl(os.path.join(run_dir, 'eval.jsonl'))
+          == read_jsonl(os.path.join(ref_dir, 'eval.jsonl')))
+
+
+def test_weight_window_and_auc():
+  w = metrics_lib.WeightWindow(capacity=5)
+  labels, true = np.array([0, 1, 2, 3]), np.array([0, 1, 5, -1])
+  w.add(np.array([0.4, 0.3, 0.1, 0.2]), labels, true)  # relative: 1.6 1.2 0.4 (0.8)
+  stats = w.eval_stats()
+  assert stats['train_weight_clean'] == pytest.approx(1.4)
+  assert stats['train_weight_noisy'] == pytest.approx(0.4)
+  assert stats['train_weight_auc'] == 1.0
+  assert metrics_lib.auc(np.array([1.0, 0.0]), np.array([0.5])) == 0.5
+  assert metrics_lib.auc(np.array([1.0]), np.array([1.0])) == 0.5
+  for _ in range(5):
+    w.add(np.array([0.4, 0.3, 0.1, 0.2]), labels, true)
+  clean, noisy = w.arrays()
+  assert clean.size == 5 and noisy.size == 5
+  state = json.loads(json.dumps(w.get_state()))
+  w2 = metrics_lib.WeightWindow(capacity=5)
+  w2.set_state(state)
+  np.testing.assert_array_equal(w2.arrays()[0], clean)

@@ -1,0 +1,63 @@
+"""MW-Net (exact and + FaMUS) beats plain cross-entropy on digits with 40 %
+symmetric noise, with the quickstart config as shipped (configs/digits.py: the
+paper's CIFAR recipe in digits epochs, not tuned per method) and the same
+budget for every method, over seeds 0, 1, 2.
+
+The full table (5 seeds) is experiments/digits_comparison.py; its result for
+seeds 0–4 was CE 0.733, MW-Net 0.899, MW-Net + FaMUS 0.907 mean final clean
+test accuracy (seed 1 is a MW-Net failure, weights inverted, kept in the mean).
+"""
+
+import numpy as np
+import pytest
+
+import jax
+
+from famus_jax import train
+from famus_jax.training import config as config_lib
+from test_train_support import DIGITS
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture
+def compilation_cache(tmp_path):
+  """Seeds share compiled programs (same HLO): cache them on disk for the test."""
+  old = {k: jax.config.values[k] for k in (
+      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+      'jax_persistent_cache_min_entry_size_bytes')}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
+
+
+def _final_accuracy(tmp_path, method, sampler, seed):
+  c = config_lib.load_config(DIGITS)
+  c.seed = seed
+  c.meta.method, c.meta.sampler = method, sampler
+  c.train.progress = False
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 0
+  c.train.log_every = 380
+  summary = train.train_and_evaluate(c, str(tmp_path / f'{method}_{sampler}_{seed}'))
+  return summary['final_test_accuracy'], summary['final'].get('train_weight_auc')
+
+
+def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path, compilation_cache):
+  del compilation_cache
+  acc = {}
+  auc = {}
+  for name, method, sampler in (('ce', 'ce', 'all'), ('mwnet', 'mwnet', 'all'),
+                                ('famus', 'mwnet', 'famus')):
+    results = [_final_accuracy(tmp_path, method, sampler, s) for s in SEEDS]
+    acc[name] = np.array([r[0] for r in results])
+    auc[name] = [r[1] for r in results]
+  print({k: v.round(4).tolist() for k, v in acc.items()}, auc)
+  # Mean over all seeds (failures included), with a margin well above noise.
+  assert acc['mwnet'].mean() > acc['ce'].mean() + 0.05, acc
+  assert acc['famus'].mean() > acc['ce'].mean() + 0.05, acc
+  # The meta-weights separate clean from noisy labels where MW-Net works.
+  assert np.median(auc['mwnet']) > 0.8 and np.median(auc['famus']) > 0.8, auc

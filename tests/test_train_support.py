@@ -1,0 +1,78 @@
+"""Helpers (no tests) shared by the training-system tests: small digits configs
+with cheap compiles, and checks of the files a run leaves."""
+
+import json
+import os
+
+import ml_collections
+
+from famus_jax.training import config as config_lib
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+DIGITS = os.path.join(REPO, 'configs', 'digits.py')
+
+# The same settings as command-line overrides of configs/digits.py.
+TINY_FLAGS = {
+    'model.name': 'digits_mlp', 'model.kwargs.width': 16, 'model.kwargs.depth': 2,
+    'data.batch_size': 32, 'data.meta_batch_size': 20, 'data.eval_batch_size': 150,
+    'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 8,
+    'optim.boundaries': '(6,)', 'meta.k': 2, 'meta.s': 2,
+    'train.log_every': 2, 'train.eval_every': 4, 'train.checkpoint_every': 4,
+    'train.progress': False,
+}
+
+
+def tiny_config(method='mwnet', sampler='all', steps=8, **overrides):
+  """configs/digits.py with a 3-layer MLP and a few steps."""
+  c = config_lib.load_config(DIGITS)
+  c.model.name = 'digits_mlp'
+  c.model.kwargs = ml_collections.ConfigDict({'width': 16, 'depth': 2})
+  c.data.batch_size = 32
+  c.data.meta_batch_size = 20
+  c.data.eval_batch_size = 150
+  c.optim.unit, c.optim.num_epochs, c.optim.num_steps = 'step', 0, steps
+  c.optim.boundaries = (steps - 2,) if steps > 3 else ()
+  c.meta.method, c.meta.sampler, c.meta.k, c.meta.s = method, sampler, 2, 2
+  c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 4, 4
+  c.train.progress = False
+  for dotted, value in overrides.items():
+    node = c
+    *parents, last = dotted.split('__')
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def check_run_files(workdir, num_steps, method):
+  """The files a finished run leaves, with finite losses; returns (summary, rows)."""
+  for name in ('config.json', 'metrics.jsonl', 'eval.jsonl', 'summary.json',
+               'learning_curves.png'):
+    assert os.path.isfile(os.path.join(workdir, name)), name
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir,
+                                                                     'tensorboard')))
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['status'] == 'completed' and summary['step'] == num_steps
+  rows = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert rows and rows[-1]['step'] == num_steps
+  for r in rows:
+    assert all(isinstance(r[k], float) for k in ('loss', 'lr', 'step_time_s'))
+    assert r['loss'] == r['loss'] and abs(r['loss']) < 1e6  # finite
+    if method != 'ce':
+      assert 'weight_clean' in r and 'weight_noisy' in r
+  evals = read_jsonl(os.path.join(workdir, 'eval.jsonl'))
+  assert evals[-1]['step'] == num_steps and 0.0 <= evals[-1]['test_accuracy'] <= 1.0
+  steps = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert str(num_steps) in steps
+  # every train-loop function compiled at most once, the used ones exactly once
+  assert summary['compiled']['eval'] == 1
+  assert all(v <= 1 for v in summary['compiled'].values()), summary['compiled']
+  used = 'plain' if method == 'ce' else 'meta'
+  assert summary['compiled'][used] == 1
+  return summary, rows
