@@ -15,10 +15,14 @@ Reported over training (JSON + PNG):
   layers" and an oracle (the K layers with the largest ⟨g_l, g⟩);
 - the share ⟨g_l, g⟩/‖g‖² of each layer and the FaMUS selection probability;
 - the mini-batch variance of each estimator at a few points: for B batch pairs
-  at a fixed state, tr Cov(ĝ) and the relative variance tr Cov(ĝ)/‖E ĝ‖² (the
-  scale-free one: the FaMUS gradient is smaller), and the cosine of each
-  single-batch estimate with the expected exact gradient E_b[g_b] — the
-  paper's claim that sampling layers reduces the variance of the estimate.
+  at a fixed state: tr Cov(ĝ) relative to the exact estimator's E‖g‖², the
+  direction variance 1 − ‖E[ĝ/‖ĝ‖]‖² (scale-free: the FaMUS gradient has a
+  different norm), tr Cov(ĝ)/‖E ĝ‖², and the cosine of each single-batch
+  estimate with the expected exact gradient E_b[g_b] — to test the paper's
+  claim that sampling layers reduces the variance of the estimate.
+- the participation ratio of the per-layer θ contributions (≈ 1: all layers'
+  contributions are parallel, so θ-space cosines are ±1 and say little; the
+  per-example signal ∂L^val/∂V_i, n-dimensional, is then the telling one).
 
   python -m experiments.meta_grad_fidelity --quick      # ~2 min on 2 CPU cores
   python -m experiments.meta_grad_fidelity              # longer run, more points
@@ -103,6 +107,8 @@ def fidelity_point(rng, exact, per_layer, p_select, signal, per_layer_signal, k,
   rand = rgates @ per_layer
   oracle = oracle_gates(per_layer, exact, k) @ per_layer
   norm2 = float(exact @ exact) + 1e-30
+  famus_cos = [cosine(g, exact) for g in famus]
+  sv = np.linalg.svd(per_layer, compute_uv=False)
   ex_famus = gates @ per_layer_signal
   ex_rand = rgates @ per_layer_signal
   ex_oracle = oracle_gates(per_layer_signal, signal, k) @ per_layer_signal
@@ -113,8 +119,13 @@ def fidelity_point(rng, exact, per_layer, p_select, signal, per_layer_signal, k,
       'example_famus_rel_err': float(np.mean([rel_err(g, signal) for g in ex_famus])),
       'example_random_rel_err': float(np.mean([rel_err(g, signal) for g in ex_rand])),
       'example_sum_check': rel_err(per_layer_signal.sum(0), signal),
-      'famus_cos': float(np.mean([cosine(g, exact) for g in famus])),
-      'famus_cos_std': float(np.std([cosine(g, exact) for g in famus])),
+      'famus_cos': float(np.mean(famus_cos)),
+      'famus_cos_std': float(np.std(famus_cos)),
+      'famus_cos_q10': float(np.quantile(famus_cos, 0.1)),
+      'famus_cos_q90': float(np.quantile(famus_cos, 0.9)),
+      # participation ratio of the per-layer θ contributions: ≈ 1 when all
+      # layers' contributions are (anti)parallel (then cosines are ±1).
+      'theta_effective_dim': float(sv.sum() ** 2 / max((sv ** 2).sum(), 1e-30)),
       'famus_rel_err': float(np.mean([rel_err(g, exact) for g in famus])),
       'famus_norm_ratio': float(np.mean(np.linalg.norm(famus, axis=1)) / np.sqrt(norm2)),
       'random_cos': float(np.mean([cosine(g, exact) for g in rand])),
@@ -128,13 +139,35 @@ def fidelity_point(rng, exact, per_layer, p_select, signal, per_layer_signal, k,
   }
 
 
-def estimator_stats(samples: np.ndarray, reference: np.ndarray) -> dict:
-  """Mini-batch statistics of one estimator: (B, P) samples."""
+def average_points(points: list[dict]) -> dict:
+  """Field-wise mean of fidelity points (lists element-wise)."""
+  out = {}
+  for key in points[0]:
+    vals = [p[key] for p in points]
+    out[key] = (np.mean(vals, 0).tolist() if isinstance(vals[0], list)
+                else float(np.max(vals)) if 'sum_check' in key else float(np.mean(vals)))
+  return out
+
+
+def estimator_stats(samples: np.ndarray, reference: np.ndarray,
+                    exact_second_moment: float) -> dict:
+  """Mini-batch statistics of one estimator from (B, P) samples.
+
+  `relative_variance` = tr Cov / ‖mean‖² is unreliable when the mean is small
+  next to the noise (it is then ≈ B); `direction_variance` = 1 − ‖E[ĝ/‖ĝ‖]‖²
+  (0: every batch gives the same direction, ≈ 1: random directions) and
+  `variance_vs_exact` = tr Cov / E‖g_exact‖² are the robust ones.
+  """
   mean = samples.mean(0)
   total_var = float(np.mean(np.sum((samples - mean) ** 2, axis=1)))
+  units = samples / (np.linalg.norm(samples, axis=1, keepdims=True) + 1e-30)
+  unit_mean = units.mean(0)
   return {'trace_cov': total_var,
           'mean_norm2': float(mean @ mean),
+          'second_moment': float(np.mean(np.sum(samples ** 2, axis=1))),
           'relative_variance': total_var / (float(mean @ mean) + 1e-30),
+          'direction_variance': float(1.0 - unit_mean @ unit_mean),
+          'variance_vs_exact': total_var / (exact_second_moment + 1e-30),
           'cos_to_expected_exact': float(np.mean([cosine(g, reference) for g in samples])),
           'cos_to_own_mean': float(np.mean([cosine(g, mean) for g in samples]))}
 
@@ -149,10 +182,10 @@ def variance_point(trainer, probe, rng, k, pairs):
     rand.append(random_gates(rng, per_layer.shape[0], k, 1)[0] @ per_layer)
   exact, famus, rand = map(np.stack, (exact, famus, rand))
   reference = exact.mean(0)
+  second = float(np.mean(np.sum(exact ** 2, axis=1)))
   return {'step': int(trainer.state.step), 'pairs': pairs,
-          'exact': estimator_stats(exact, reference),
-          'famus': estimator_stats(famus, reference),
-          'random': estimator_stats(rand, reference)}
+          **{name: estimator_stats(x, reference, second)
+             for name, x in (('exact', exact), ('famus', famus), ('random', rand))}}
 
 
 def plot(path, payload):
@@ -163,10 +196,14 @@ def plot(path, payload):
   steps = [p['step'] for p in pts]
   fig, axes = plt.subplots(2, 2, figsize=(12, 8))
   ax = axes[0, 0]
-  ax.errorbar(steps, [p['famus_cos'] for p in pts], [p['famus_cos_std'] for p in pts],
-              marker='o', label=f"FaMUS (K={payload['k']})", capsize=2)
-  ax.plot(steps, [p['random_cos'] for p in pts], marker='s', label=f"random s={payload['k']}")
-  ax.plot(steps, [p['oracle_cos'] for p in pts], ls='--', label=f"oracle top-{payload['k']}")
+  ax.plot(steps, [p['famus_cos'] for p in pts], marker='o', color='C0',
+          label=f"FaMUS (K={payload['k']}), mean over Gumbel draws")
+  ax.fill_between(steps, [p['famus_cos_q10'] for p in pts], [p['famus_cos_q90'] for p in pts],
+                  color='C0', alpha=0.15, label='FaMUS 10–90 % of draws')
+  ax.plot(steps, [p['random_cos'] for p in pts], marker='s', color='C1',
+          label=f"random s={payload['k']}")
+  ax.plot(steps, [p['oracle_cos'] for p in pts], ls='--', color='C2',
+          label=f"oracle top-{payload['k']}")
   ax.plot(steps, [p['example_famus_cos'] for p in pts], color='C0', ls=':', marker='.',
           label='FaMUS, per-example signal')
   ax.plot(steps, [p['example_random_cos'] for p in pts], color='C1', ls=':', marker='.',
@@ -187,11 +224,15 @@ def plot(path, payload):
   x = np.arange(len(var))
   width = 0.27
   for i, name in enumerate(names):
-    ax.bar(x + (i - 1) * width, [v[name]['relative_variance'] for v in var], width,
-           label=name)
+    ax.bar(x + (i - 1) * width, [v[name]['direction_variance'] for v in var], width,
+           label=f'{name} (direction)', color=f'C{i}')
+    ax.plot(x + (i - 1) * width, [v[name]['variance_vs_exact'] for v in var], 'k_',
+            markersize=12)
   ax.set_xticks(x, [f"it {v['step']}" for v in var])
-  ax.set(ylabel='tr Cov(ĝ) / ‖E ĝ‖²', title='mini-batch relative variance', yscale='log')
-  ax.legend()
+  ax.set(ylabel='1 − ‖E[ĝ/‖ĝ‖]‖²   (bars)',
+         title=f"mini-batch variance over {var[0]['pairs'] if var else 0} batch pairs "
+         "(—: tr Cov(ĝ)/E‖g_exact‖²)")
+  ax.legend(fontsize=7)
   ax = axes[1, 1]
   share = np.array([p['layer_share'] for p in pts]).mean(0)
   prob = np.array([p['p_select'] for p in pts]).mean(0)
@@ -226,6 +267,8 @@ def main(argv=None):
   parser.add_argument('--k', type=int, default=4)
   parser.add_argument('--every', type=int, default=None, help='probe every N iterations')
   parser.add_argument('--draws', type=int, default=64, help='Gumbel draws per probe')
+  parser.add_argument('--probe-pairs', type=int, default=None,
+                      help='batch pairs averaged per trajectory point (full 8, quick 4)')
   parser.add_argument('--pairs', type=int, default=None,
                       help='batch pairs per variance point (full 64, quick 32)')
   parser.add_argument('--variance-points', type=int, default=4)
@@ -234,8 +277,9 @@ def main(argv=None):
   steps = lab.resolve_steps(args)
   model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
   every = args.every or max(1, steps // (3 if args.smoke else 20))
-  pairs = args.pairs or (3 if args.smoke else 32 if args.quick else 64)
+  pairs = args.pairs or (3 if args.smoke else 64 if args.quick else 128)
   draws = 8 if args.smoke else args.draws
+  probe_pairs = args.probe_pairs or (1 if args.smoke else 4 if args.quick else 8)
   lab.enable_compilation_cache(args.xla_cache)
 
   start = time.perf_counter()
@@ -248,9 +292,12 @@ def main(argv=None):
   trajectory, variance = [], []
   for step in range(steps + 1):
     if step % every == 0 or step == steps:
-      out = (np.asarray(x, np.float64) for x in
-             jax.device_get(probe(trainer.state, *trainer.random_batches(rng))))
-      point = {'step': step, **fidelity_point(rng, *out, args.k, draws)}
+      per_pair = []
+      for _ in range(probe_pairs):
+        out = (np.asarray(x, np.float64) for x in
+               jax.device_get(probe(trainer.state, *trainer.random_batches(rng))))
+        per_pair.append(fidelity_point(rng, *out, args.k, draws))
+      point = {'step': step, **average_points(per_pair)}
       trajectory.append(point)
       print(f"it {step:5d}  cos θ FaMUS {point['famus_cos']:.3f}  random "
             f"{point['random_cos']:.3f}  oracle {point['oracle_cos']:.3f} | per-example "
@@ -266,7 +313,7 @@ def main(argv=None):
   test_accuracy = trainer.accuracy()
   payload = {
       'script': 'meta_grad_fidelity', 'quick': args.quick, 'smoke': args.smoke,
-      'steps': steps, 'every': every, 'draws': draws, 'k': args.k, 'seed': args.seed,
+      'steps': steps, 'every': every, 'draws': draws, 'probe_pairs': probe_pairs, 'k': args.k, 'seed': args.seed,
       'noise_type': args.noise_type, 'noise_rate': args.noise_rate,
       'model': {'name': model[0], **model[1]}, 'layers': trainer.layer_names,
       'method': 'mwnet + famus (K=%d, lambda1=0.1)' % args.k,
@@ -284,6 +331,12 @@ def main(argv=None):
                                      for p in trajectory)),
           'relative_variance': {n: [v[n]['relative_variance'] for v in variance]
                                 for n in ('exact', 'famus', 'random')},
+          'direction_variance': {n: [v[n]['direction_variance'] for v in variance]
+                                 for n in ('exact', 'famus', 'random')},
+          'variance_vs_exact': {n: [v[n]['variance_vs_exact'] for v in variance]
+                                for n in ('exact', 'famus', 'random')},
+          'theta_effective_dim_mean': float(np.mean([p['theta_effective_dim']
+                                                     for p in trajectory])),
           'cos_to_expected_exact': {n: [v[n]['cos_to_expected_exact'] for v in variance]
                                     for n in ('exact', 'famus', 'random')},
           'final_test_accuracy': test_accuracy,
@@ -297,8 +350,9 @@ def main(argv=None):
   plot(path[:-5] + '.png', payload)
   s = payload['summary']
   print(f"mean cosine with exact: FaMUS {s['famus_cos_mean']:.3f}, random "
-        f"{s['random_cos_mean']:.3f}, oracle {s['oracle_cos_mean']:.3f}; relative variance "
-        f"exact/FaMUS/random: {s['relative_variance']}")
+        f"{s['random_cos_mean']:.3f}, oracle {s['oracle_cos_mean']:.3f}; direction variance "
+        f"exact/FaMUS/random: {s['direction_variance']}; tr Cov / E|g_exact|^2: "
+        f"{s['variance_vs_exact']}")
   print('wrote', path, 'and', path[:-5] + '.png')
   return payload
 

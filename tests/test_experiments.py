@@ -45,10 +45,19 @@ def check_outputs(results_dir, stem, allow_nan=()):
   return payload
 
 
+@pytest.fixture(scope='module')
+def xla_cache(tmp_path_factory):
+  """One persistent XLA cache for this module's runs (programs shared between
+  scripts compile once), removed from the process's JAX config afterwards."""
+  from experiments import digits_lab
+  yield str(tmp_path_factory.mktemp('xla_cache'))
+  digits_lab.disable_compilation_cache()
+
+
 @pytest.fixture
-def argv(tmp_path):
-  """Common smoke flags; the XLA cache is off so nothing outside tmp is written."""
-  return ['--smoke', '--results-dir', str(tmp_path), '--xla-cache', 'none']
+def argv(tmp_path, xla_cache):
+  """Common smoke flags: results into tmp, the module's XLA cache."""
+  return ['--smoke', '--results-dir', str(tmp_path), '--xla-cache', xla_cache]
 
 
 def test_meta_grad_fidelity_smoke(argv, tmp_path):
@@ -61,6 +70,66 @@ def test_meta_grad_fidelity_smoke(argv, tmp_path):
     assert -1.0 - 1e-6 <= point['famus_cos'] <= 1.0 + 1e-6
     assert len(point['layer_share']) == len(payload['layers'])
   assert payload['variance'] and payload['variance'][0]['exact']['trace_cov'] >= 0
+
+
+def test_layer_selection_smoke(argv, tmp_path):
+  from experiments import layer_selection
+  layer_selection.main(argv)
+  payload = check_outputs(str(tmp_path), 'layer_selection_smoke')
+  row = payload['per_k'][str(payload['main_k'])]
+  assert len(row['counts']) == len(payload['layers'])
+  assert sum(row['counts']) == pytest.approx(row['mean_selected'] * payload['steps'])
+  assert 0.0 <= row['mean_relative_depth'] <= 1.0
+
+
+def test_weights_clean_vs_noisy_smoke(argv, tmp_path):
+  from experiments import weights_clean_vs_noisy
+  weights_clean_vs_noisy.main(argv)
+  payload = check_outputs(str(tmp_path), 'weights_clean_vs_noisy_smoke')
+  assert set(payload['results']) == {'mwnet', 'random_s4', 'famus'}
+  for res in payload['results'].values():
+    assert len(res['points']) == len(payload['points'])
+    point = res['points'][-1]
+    assert 0.0 < point['clean_mean'] < 1.0 and 0.0 < point['noisy_mean'] < 1.0
+    assert sum(point['per_seed'][0]['clean_hist']) > 0
+
+
+def test_iteration_time_smoke(argv, tmp_path):
+  from experiments import iteration_time
+  iteration_time.main(argv)
+  payload = check_outputs(str(tmp_path), 'iteration_time_cpu_smoke')
+  rows = payload['rows']
+  assert rows['plain']['ratio'] == 1.0
+  assert set(iteration_time.SMOKE) <= set(rows)
+  assert rows['mwnet_exact']['paper_ratio_to_exact'] == 1.0
+  assert all(r['ms'] > 0 for r in rows.values())
+
+
+def test_digits_study_smoke(argv, tmp_path):
+  from experiments import digits_study
+  # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the single-network path.
+  digits_study.main(argv + ['--methods', 'ce,mwnet_famus'])
+  payload = check_outputs(str(tmp_path), 'digits_study_smoke')
+  assert os.path.exists(os.path.join(str(tmp_path), 'digits_study_smoke.md'))
+  assert {r['method'] for r in payload['runs']} == {'ce', 'mwnet_famus'}
+  for r in payload['runs']:
+    assert 0.0 <= r['final_test_accuracy'] <= 1.0 and r['wall_s'] > 0
+
+
+def test_pseudo_clean_significance_smoke(argv, tmp_path):
+  from experiments import pseudo_clean_significance as pcs
+  pcs.main(argv)
+  payload = check_outputs(str(tmp_path), 'pseudo_clean_significance_smoke')
+  row = payload['table']['0.4']
+  assert len(row['famus_pseudo_clean']['accuracies']) == 2
+  assert all(p < 0.01 for p in payload['paper_p_values'].values())
+
+
+def test_t_test_direction():
+  """One-tailed: small p when the first sample is clearly larger, large p otherwise."""
+  from experiments import pseudo_clean_significance as pcs
+  assert pcs.t_test([0.95, 0.96, 0.955], [0.90, 0.91, 0.905])['student_p'] < 0.01
+  assert pcs.t_test([0.90, 0.91, 0.905], [0.95, 0.96, 0.955])['student_p'] > 0.99
 
 
 def test_quickstart_notebook_runs(monkeypatch):

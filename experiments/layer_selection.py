@@ -1,0 +1,175 @@
+"""Which layers does FaMUS select over training, and how does that change with K?
+
+Trains MW-Net + FaMUS (L_r with λ1 = 0.1, so K matters) on digits with label
+noise for each K and records the gates r ∈ {0,1}^L of every iteration (the
+`gates` metric of `jit_meta_train_step`). Output, as in the seed's
+supplementary Figure 2 (statistics of the sampled layers, CIFAR-100 60 %):
+
+- a heat map layer × iteration (fraction of iterations in each bin that
+  selected the layer) for the main K;
+- the bar chart of selection counts per layer (main K);
+- selection frequency per layer for every K, and the mean number of selected
+  layers and the mean relative depth of the selected layers (0 = first layer,
+  1 = last; 0.5 for uniform selection) per K.
+
+  python -m experiments.layer_selection --quick   # K = 1, 2, 4, 8; 600 its, 3 seeds: ~4 min
+  python -m experiments.layer_selection           # 2000 its
+
+Writes experiments/results/layer_selection[_quick].{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import jax
+import numpy as np
+
+from experiments import common
+from experiments import digits_lab as lab
+
+
+def run_one(digits, k, seed, steps, model, lambda1):
+  trainer = lab.make_trainer(digits, method='mwnet', model=model, steps=steps, seed=seed,
+                             meta=dict(sampler='famus', k=k, lambda1=lambda1))
+  gates = []
+  for _ in range(steps):
+    gates.append(trainer.step()['gates'])
+  gates = np.asarray(jax.device_get(gates), np.float64)  # (steps, L)
+  return trainer, gates
+
+
+def summarize(gates: np.ndarray, bins: int) -> dict:
+  steps, num_layers = gates.shape
+  depth = np.linspace(0.0, 1.0, num_layers) if num_layers > 1 else np.zeros(1)
+  selected = gates.sum(1)
+  edges = np.linspace(0, steps, min(bins, steps) + 1).astype(int)
+  heat = np.stack([gates[a:b].mean(0) for a, b in zip(edges[:-1], edges[1:]) if b > a], 1)
+  half = steps // 2
+  return {
+      'counts': gates.sum(0).tolist(),
+      'frequency': gates.mean(0).tolist(),
+      'frequency_first_half': gates[:max(half, 1)].mean(0).tolist(),
+      'frequency_second_half': gates[half:].mean(0).tolist(),
+      'mean_selected': float(selected.mean()),
+      'std_selected': float(selected.std()),
+      'mean_relative_depth': float((gates @ depth).sum() / max(selected.sum(), 1.0)),
+      'heatmap': heat.tolist(),             # (L, bins)
+      'heatmap_bin_edges': edges.tolist(),
+  }
+
+
+def plot(path, payload):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  layers = payload['layers']
+  main_k = str(payload['main_k'])
+  main = payload['per_k'][main_k]
+  fig = plt.figure(figsize=(14, 8.5))
+  grid = fig.add_gridspec(2, 2, width_ratios=(1.6, 1))
+  ax = fig.add_subplot(grid[0, 0])
+  heat = np.asarray(main['heatmap'])
+  edges = main['heatmap_bin_edges']
+  im = ax.imshow(heat, aspect='auto', cmap='viridis', vmin=0, vmax=1, origin='lower',
+                 extent=(edges[0], edges[-1], -0.5, len(layers) - 0.5),
+                 interpolation='nearest')
+  ax.set_yticks(range(len(layers)), layers, fontsize=7)
+  ax.set(xlabel='iteration', title=f'FaMUS gates over training (K={main_k}): '
+         'fraction of iterations selecting each layer')
+  fig.colorbar(im, ax=ax, fraction=0.03)
+  ax = fig.add_subplot(grid[0, 1])
+  ax.barh(range(len(layers)), main['counts'], color='C0')
+  ax.set_yticks(range(len(layers)), layers, fontsize=7)
+  ax.set(xlabel='times selected', title=f'selection counts per layer (K={main_k})')
+  ax = fig.add_subplot(grid[1, 0])
+  for i, (k, row) in enumerate(sorted(payload['per_k'].items(), key=lambda kv: int(kv[0]))):
+    ax.plot(range(len(layers)), row['frequency'], marker='o', color=f'C{i}',
+            label=f"K={k}: {row['mean_selected']:.1f} selected, depth "
+            f"{row['mean_relative_depth']:.2f}, acc {row['test_accuracy']:.3f}")
+  ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
+  ax.set(ylabel='selection frequency', ylim=(-0.02, 1.02),
+         title='selection frequency per layer for each K (forward order →)')
+  ax.legend(fontsize=7)
+  ax = fig.add_subplot(grid[1, 1])
+  ks = sorted(int(k) for k in payload['per_k'])
+  ax.plot(ks, [payload['per_k'][str(k)]['mean_selected'] for k in ks], 'o-',
+          label='mean selected layers')
+  ax.plot(ks, ks, ls='--', color='gray', label='K')
+  ax.set(xlabel='K', ylabel='layers per iteration', title='L_r keeps about K layers on')
+  ax.legend()
+  m = payload['machine']
+  fig.suptitle(f"FaMUS layer selection — MW-Net on digits, {payload['noise_rate']:.0%} "
+               f"{payload['noise_type']} noise, {payload['steps']} iterations, seeds "
+               f"{payload['seeds']} ({m['device_kind']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  lab.add_common_flags(parser, steps=2000, quick_steps=600, smoke_steps=5)
+  parser.add_argument('--ks', default=None, help='comma-separated K (default 1,2,4,8)')
+  parser.add_argument('--main-k', type=int, default=4)
+  parser.add_argument('--seeds', default=None, help='default 0,1,2 (smoke 0)')
+  parser.add_argument('--lambda1', type=float, default=0.1)
+  parser.add_argument('--noise-rate', type=float, default=0.6)
+  parser.add_argument('--noise-type', default='symmetric')
+  parser.add_argument('--bins', type=int, default=50)
+  args = parser.parse_args(argv)
+  steps = lab.resolve_steps(args)
+  model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
+  ks = [int(k) for k in (args.ks or ('2' if args.smoke else '1,2,4,8')).split(',')]
+  main_k = args.main_k if args.main_k in ks else ks[len(ks) // 2]
+  seeds = [int(s) for s in (args.seeds or ('0' if args.smoke else '0,1,2')).split(',')]
+  lab.enable_compilation_cache(args.xla_cache)
+
+  start = time.perf_counter()
+  per_k, layers = {}, None
+  for k in ks:
+    all_gates, accs = [], []
+    for seed in seeds:
+      digits = lab.load_digits(args.noise_type, args.noise_rate, seed)
+      t0 = time.perf_counter()
+      trainer, gates = run_one(digits, k, seed, steps, model, args.lambda1)
+      layers = trainer.layer_names
+      all_gates.append(gates)
+      accs.append(trainer.accuracy())
+      print(f'K={k} seed={seed}: mean selected {gates.sum(1).mean():.2f}, test accuracy '
+            f'{accs[-1]:.3f} ({time.perf_counter() - t0:.0f} s)', file=sys.stderr, flush=True)
+    row = summarize(np.concatenate(all_gates), args.bins) if len(seeds) > 1 else \
+        summarize(all_gates[0], args.bins)
+    if len(seeds) > 1:  # heat map over iterations: average the seeds bin by bin
+      row['heatmap'] = np.mean([summarize(g, args.bins)['heatmap'] for g in all_gates],
+                               0).tolist()
+      row['heatmap_bin_edges'] = summarize(all_gates[0], args.bins)['heatmap_bin_edges']
+    row['test_accuracy'] = float(np.mean(accs))
+    row['test_accuracies'] = accs
+    per_k[str(k)] = row
+
+  payload = {
+      'script': 'layer_selection', 'quick': args.quick, 'smoke': args.smoke,
+      'steps': steps, 'seeds': seeds, 'ks': ks, 'main_k': main_k,
+      'lambda1': args.lambda1, 'noise_type': args.noise_type,
+      'noise_rate': args.noise_rate, 'model': {'name': model[0], **model[1]},
+      'layers': layers, 'per_k': per_k, 'wall_s': time.perf_counter() - start,
+      'machine': common.machine(),
+  }
+  results_dir = args.results_dir or common.RESULTS_DIR
+  path = common.write_json(f'layer_selection{lab.suffix(args)}.json', payload, results_dir)
+  plot(path[:-5] + '.png', payload)
+  for k, row in per_k.items():
+    top = np.argsort(row['frequency'])[::-1][:3]
+    print(f"K={k}: mean selected {row['mean_selected']:.2f}, relative depth "
+          f"{row['mean_relative_depth']:.2f}, most selected "
+          f"{[layers[i] for i in top]}, test accuracy {row['test_accuracy']:.3f}")
+  print('wrote', path, 'and', path[:-5] + '.png')
+  return payload
+
+
+if __name__ == '__main__':
+  main()
