@@ -120,9 +120,12 @@ class Trainer:
   _order: Any = None
   _pos: int = 0
 
+  plain: bool = False   # a plain cross-entropy step (method 'ce')
+
   def __post_init__(self):
     self._rng = np.random.default_rng(self.seed + 1000)
-    self.step_fn = fj.jit_meta_train_step(self.setup)
+    self.step_fn = (fj.jit_plain_train_step(self.setup) if self.plain
+                    else fj.jit_meta_train_step(self.setup))
     self._predict = jax.jit(lambda p, s, x: _apply_eval(self.setup.apply_fn, p, s, x))
 
   @property
@@ -161,7 +164,11 @@ class Trainer:
   def step(self, batches: Optional[tuple] = None) -> dict:
     """One full meta iteration; returns the device metrics."""
     train, val = batches if batches is not None else self.next_batches()
-    self.state, metrics = self.step_fn(self.state, train, val)
+    if self.plain:
+      self.state, metrics = self.step_fn(
+          self.state, {'image': train['image'], 'label': train['label']})
+    else:
+      self.state, metrics = self.step_fn(self.state, train, val)
     return metrics
 
   def logits(self, images: np.ndarray) -> jax.Array:
@@ -198,15 +205,18 @@ def make_trainer(data: Digits, *, method: str = 'mwnet', meta: Optional[dict] = 
                  model: tuple = MODEL, steps: int = 600, lr: float = 0.05,
                  meta_lr: float = 1e-3, batch_size: int = 64, meta_batch_size: int = 50,
                  seed: int = 0, mode: str = 'jvp') -> Trainer:
-  """A `Trainer` for `method` ('mwnet', 'l2r', 'mlc') with sampler fields `meta`."""
+  """A `Trainer` for `method` ('ce', 'mwnet', 'l2r', 'mlc') with sampler fields `meta`."""
   name, kwargs = model
   net = models.get_model(name, num_classes=data.num_classes, **dict(kwargs))
   sample_images = jnp.zeros((1,) + data.train['image'].shape[1:], jnp.float32)
   params = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), sample_images,
                                            train=False))['params']
   mcfg = meta_config(**(meta or {}))
+  plain = method == 'ce'
+  if plain and mcfg.sampler != 'all':
+    raise ValueError(f"method 'ce' takes no sampler, got {mcfg.sampler!r}")
   setup = fj.StepSetup(
-      apply_fn=net.apply, meta_model=fj.get_meta_model(method),
+      apply_fn=net.apply, meta_model=fj.get_meta_model('l2r' if plain else method),
       tx=fj.sgd_with_weight_decay(lr_schedule(lr, steps), momentum=0.9, weight_decay=5e-4),
       meta_tx=fj.make_meta_optimizer('adam', meta_lr, 1e-4),
       lr_schedule=lr_schedule(lr, steps), mode=mode,
@@ -215,7 +225,7 @@ def make_trainer(data: Digits, *, method: str = 'mwnet', meta: Optional[dict] = 
   state = fj.create_train_state(jax.random.PRNGKey(seed), net, sample_images,
                                 data.num_classes, setup)
   return Trainer(net, setup, state, data, batch_size, meta_batch_size, seed,
-                 sample_images=sample_images)
+                 sample_images=sample_images, plain=plain)
 
 
 def flatten(tree) -> jax.Array:

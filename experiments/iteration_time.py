@@ -173,16 +173,19 @@ def plot(path, payload):
         if v:
           ax.text(rect.get_x() + rect.get_width() / 2, rect.get_height(), f'{v:.2f}',
                   ha='center', va='bottom', fontsize=7)
-    ax.set_xticks(x, labels, rotation=30, ha='right', fontsize=8)
+    if key == 'ratio' and all(rows[n].get('flops_ratio') for n in names):
+      ax.plot(x, [rows[n]['flops_ratio'] for n in names], 'k_', markersize=14,
+              label="XLA FLOPs ÷ plain")
+    ax.set_xticks(x, labels, rotation=45, ha='right', fontsize=7)
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=7)
 
   main = ['plain', 'mwnet_exact', 'mwnet_famus', 'l2r_exact', 'l2r_famus', 'mlc_exact',
           'mlc_famus', 'famus_top8', 'famus_levels4']
-  labels = {'plain': 'CE', 'mwnet_exact': 'MW-Net', 'mwnet_famus': 'MW-Net\n+FaMUS',
-            'l2r_exact': 'L2R', 'l2r_famus': 'L2R\n+FaMUS', 'mlc_exact': 'MLC',
-            'mlc_famus': 'MLC\n+FaMUS', 'famus_top8': 'MW-Net+FaMUS\ntop-8 scope',
-            'famus_levels4': 'MW-Net+FaMUS\n4 prune levels'}
+  labels = {'plain': 'CE', 'mwnet_exact': 'MW-Net', 'mwnet_famus': 'MW-Net+FaMUS',
+            'l2r_exact': 'L2R', 'l2r_famus': 'L2R+FaMUS', 'mlc_exact': 'MLC',
+            'mlc_famus': 'MLC+FaMUS', 'famus_top8': 'FaMUS top-8 scope',
+            'famus_levels4': 'FaMUS 4 prune levels'}
   bars(axes[0], main, labels, 'time per iteration ÷ plain CE step', '× plain step')
   abl = ['mwnet_exact', 'famus_Lc', 'famus_Lc+Lg', 'famus_Lc+Lr', 'mwnet_famus']
   labels = {'mwnet_exact': 'exact', 'famus_Lc': 'L_c', 'famus_Lc+Lg': 'L_c+L_g',
@@ -220,7 +223,7 @@ def main(argv=None):
   parser.add_argument('--image-size', type=int, default=32)
   parser.add_argument('--channels', type=int, default=3)
   parser.add_argument('--num-classes', type=int, default=10)
-  parser.add_argument('--repeats', type=int, default=10, help='interleaved timing rounds')
+  parser.add_argument('--repeats', type=int, default=15, help='interleaved timing rounds')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--only', default=None, help='comma-separated row names')
   parser.add_argument('--no-flops', dest='flops', action='store_false',
@@ -233,7 +236,7 @@ def main(argv=None):
   parser.add_argument('--out', default=None, help='result file stem')
   args = parser.parse_args(argv)
   if args.quick:
-    args.width, args.image_size, args.batch, args.repeats = 8, 16, 32, min(args.repeats, 7)
+    args.width, args.image_size, args.batch = 8, 16, 32
   if args.smoke:
     args.model, args.width, args.image_size, args.batch = 'digits_cnn', 4, 8, 16
     args.repeats, args.warmup, args.flops = 2, 1, False

@@ -105,6 +105,15 @@ def test_iteration_time_smoke(argv, tmp_path):
   assert all(r['ms'] > 0 for r in rows.values())
 
 
+def test_synthetic_cifar_run_smoke(argv, tmp_path):
+  from experiments import synthetic_cifar_run
+  synthetic_cifar_run.main(argv)
+  payload = check_outputs(str(tmp_path), 'synthetic_cifar_cpu_smoke')
+  assert set(payload['rows']) == {'ce', 'mwnet_famus'}
+  assert payload['rows']['ce']['ratio_to_first'] == 1.0
+  assert 0.2 < payload['data']['realised_noise_rate'] < 0.5
+
+
 def test_digits_study_smoke(argv, tmp_path):
   from experiments import digits_study
   # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the single-network path.
