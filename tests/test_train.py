@@ -13,7 +13,15 @@ from famus_jax import data as data_lib
 from famus_jax import train
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import metrics as metrics_lib
-from test_train_support import check_run_files, read_jsonl, tiny_config
+from test_train_support import (check_run_files, compilation_cache, read_jsonl,
+                                tiny_config)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _shared_compiles(tmp_path_factory):
+  """Repeated runs of one config (resume tests) reuse its compiled programs."""
+  with compilation_cache(tmp_path_factory.mktemp('xla_cache')):
+    yield
 
 
 @pytest.mark.parametrize('method,sampler,interval', [

@@ -11,27 +11,18 @@ test accuracy (seed 1 is a MW-Net failure, weights inverted, kept in the mean).
 import numpy as np
 import pytest
 
-import jax
-
 from famus_jax import train
 from famus_jax.training import config as config_lib
-from test_train_support import DIGITS
+from test_train_support import DIGITS, compilation_cache
 
 SEEDS = (0, 1, 2)
 
 
 @pytest.fixture
-def compilation_cache(tmp_path):
+def shared_compiles(tmp_path):
   """Seeds share compiled programs (same HLO): cache them on disk for the test."""
-  old = {k: jax.config.values[k] for k in (
-      'jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-      'jax_persistent_cache_min_entry_size_bytes')}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
+  with compilation_cache(tmp_path / 'xla_cache'):
+    yield
 
 
 def _final_accuracy(tmp_path, method, sampler, seed):
@@ -46,8 +37,8 @@ def _final_accuracy(tmp_path, method, sampler, seed):
   return summary['final_test_accuracy'], summary['final'].get('train_weight_auc')
 
 
-def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path, compilation_cache):
-  del compilation_cache
+def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path, shared_compiles):
+  del shared_compiles
   acc = {}
   auc = {}
   for name, method, sampler in (('ce', 'ce', 'all'), ('mwnet', 'mwnet', 'all'),

@@ -4,6 +4,9 @@ with cheap compiles, and checks of the files a run leaves."""
 import json
 import os
 
+import contextlib
+
+import jax
 import ml_collections
 
 from famus_jax.training import config as config_lib
@@ -76,3 +79,20 @@ def check_run_files(workdir, num_steps, method):
   used = 'plain' if method == 'ce' else 'meta'
   assert summary['compiled'][used] == 1
   return summary, rows
+
+
+@contextlib.contextmanager
+def compilation_cache(directory):
+  """Runs of the same config share compiled programs (identical HLO) through
+  jax's persistent compilation cache in `directory`, restored afterwards."""
+  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+          'jax_persistent_cache_min_entry_size_bytes')
+  old = {k: jax.config.values[k] for k in keys}
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  try:
+    yield
+  finally:
+    for k, v in old.items():
+      jax.config.update(k, v)
