@@ -4,8 +4,10 @@ paper's CIFAR recipe in digits epochs, not tuned per method) and the same
 budget for every method, over seeds 0, 1, 2.
 
 The full table (5 seeds) is experiments/digits_comparison.py; its result for
-seeds 0–4 was CE 0.733, MW-Net 0.899, MW-Net + FaMUS 0.907 mean final clean
-test accuracy (seed 1 is a MW-Net failure, weights inverted, kept in the mean).
+seeds 0–4 (experiments/results/digits_comparison.json) is CE 0.734, MW-Net
+0.894, MW-Net + FaMUS 0.895 mean final clean test accuracy. Seed 1 is a MW-Net
+failure (weights inverted: Ψ starts with a steep increasing slope), kept in
+the mean.
 """
 
 import numpy as np
