@@ -5,16 +5,17 @@ training images, 450 clean test images), symmetric label noise, two tiny
 ResNets (`digits_cnn`, width 8, depth 2) co-trained; each one's GMM picks the
 pseudo-clean set that is the other's meta validation set; MW-Net + FaMUS
 (K=4) on each, plus the semi-supervised term on the pseudo-noisy part. About
-a minute on 2 CPU cores.
+two to three minutes on 2 CPU cores (40 epochs).
 
   python -m famus_jax.main --config=configs/digits_alg2.py --workdir=/tmp/digits_alg2
   ... --config.data.noise_rate=0.6          # 60 % symmetric noise
   ... --config.meta.sampler=all             # MW-Net + Pseudo-clean (exact meta gradient)
   ... --config.alg2.ssl.enabled=False       # meta step only, no SSL term
-  CE baseline, same budget: --config=configs/digits.py with
-  --config.meta.method=ce --config.meta.sampler=all --config.data.meta_per_class=0
-  --config.optim.unit=epoch --config.optim.num_steps=0 --config.optim.num_epochs=40
-  --config.optim.boundaries='(30,)' (or experiments in famus_jax/alg2/digits.py).
+
+CE with the same model, data, epochs and schedule, and Alg. 2, side by side:
+  python -m famus_jax.alg2.compare_digits --noise=0.4,0.6 --seeds=0,1
+Measured (2 seeds, 40 epochs; famus_jax/alg2/README.md): 40 % noise CE
+73.3/72.7 %, Alg. 2 99.1/99.3 %; 60 % noise CE 57.3/58.7 %, Alg. 2 97.8/98.9 %.
 """
 
 import ml_collections

@@ -4,6 +4,7 @@ the SSL step against a hand derivation, the set exchange between the two
 networks, configs, and an end-to-end digits run with 60 % noise and no clean
 meta set against cross-entropy with the same budget."""
 
+import functools
 import json
 import os
 import warnings
@@ -123,8 +124,8 @@ def test_mixup_losses_prior_by_hand():
   mx, mt = ssl_lib.mixup(x, t, 0.7, jnp.array([1, 0]))
   np.testing.assert_allclose(mx, [[0.7, 0.6], [0.3, 1.4]], rtol=1e-6)
   np.testing.assert_allclose(mt, [[0.7, 0.3], [0.3, 0.7]], rtol=1e-6)
-  lams = jax.vmap(lambda k: ssl_lib.mixup_lambda(k, 4.0))(jax.random.split(
-      jax.random.PRNGKey(0), 200))
+  lams = jax.jit(jax.vmap(lambda k: ssl_lib.mixup_lambda(k, 4.0)))(jax.random.split(
+      jax.random.PRNGKey(0), 100))
   assert float(lams.min()) >= 0.5 and float(lams.max()) <= 1.0
   # soft CE: uniform logits over 4 classes -> log 4 whatever the targets
   assert float(ssl_lib.soft_cross_entropy(jnp.zeros((3, 4)), jax.nn.one_hot(
@@ -164,9 +165,9 @@ def test_ssl_step_matches_hand_derivation():
   state = state.replace(step=jnp.ones((), jnp.int32))
   other = core.create_train_state(jax.random.PRNGKey(1), model, lab['image'][:1], 3, setup)
   lam_u = 2.5
-  new, _, m = steps_lib.ssl_train_step(state, ssl.optimizer().init(state.params),
-                                       other.params, other.batch_stats, lab, unl,
-                                       jnp.float32(lam_u), setup=setup, ssl=ssl)
+  step = jax.jit(functools.partial(steps_lib.ssl_train_step, setup=setup, ssl=ssl))
+  new, _, m = step(state, ssl.optimizer().init(state.params), other.params,
+                   other.batch_stats, lab, unl, jnp.float32(lam_u))
   f = lambda p, x: model.apply({'params': p}, x, train=True)
   sm = lambda p, x: jax.nn.softmax(f(p, x))
   guess = ssl_lib.sharpen((sm(state.params, unl['image']) + sm(state.params, unl['image2'])
@@ -183,7 +184,7 @@ def test_ssl_step_matches_hand_derivation():
                                        unl['image2']]))
     return 0.7 * lx + lam_u * lu + 0.3 * ssl_lib.prior_penalty(all_logits), (lx, lu)
 
-  (want, (lx, lu)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+  (want, (lx, lu)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state.params)
   assert float(m['ssl_loss']) == pytest.approx(float(want), rel=1e-5)
   assert float(m['ssl_lx']) == pytest.approx(float(lx), rel=1e-5)
   assert float(m['ssl_lu']) == pytest.approx(float(lu), rel=1e-5)
@@ -277,6 +278,35 @@ def test_cotraining_exchanges_meta_sets(tmp_path, monkeypatch):
   assert [r['phase'] for r in rows] == ['warmup', 'cotrain']
   assert rows[1]['net1']['trained_on']['meta_set_from'] == 'net2'
   assert summary['compiled'] == {'losses': 1, 'ssl': 1, 'eval': 1, 'meta': 1, 'plain': 1}
+
+
+class _Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
+  """Killed while net2 trains epoch 2 (checkpoint after epoch 2 exists): the
+  re-run resumes at epoch 2 and ends exactly like an uninterrupted run."""
+  c = _tiny_config(**{'optim.num_epochs': 3})
+  ref = alg2.train_and_evaluate(c, str(tmp_path / 'ref'))
+  real = cotrain._Run.train_epoch
+
+  def crashing(self, nets, name, epoch, plan, step):
+    if epoch == 2 and name == 'net2':
+      raise _Crash()
+    return real(self, nets, name, epoch, plan, step)
+
+  monkeypatch.setattr(cotrain._Run, 'train_epoch', crashing)
+  with pytest.raises(_Crash):
+    alg2.train_and_evaluate(c, str(tmp_path / 'run'))
+  monkeypatch.setattr(cotrain._Run, 'train_epoch', real)
+  got = alg2.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert got['resumed_from'] == 2
+  assert got['final'] == ref['final']
+  read = lambda d: [{k: v for k, v in json.loads(line).items()
+                     if k not in ('epoch_time_s', 'compiled')}
+                    for line in open(tmp_path / d / 'alg2_epochs.jsonl')]
+  assert read('run') == read('ref')
 
 
 # ---------------------------------------------------------------------------

@@ -78,6 +78,10 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
   if base:
     e, v = zip(*base)
     ax.plot(e, v, ':', color='gray', label='correct-label share (random choice)')
+  cotrain = [r['epoch'] for r in rows if r.get('phase') == 'cotrain']
+  if cotrain and cotrain[0] > 0:
+    ax.axvline(cotrain[0] - 0.5, color='k', lw=0.8, alpha=0.5)
+    ax.text(cotrain[0] - 0.4, 0.03, 'co-training from here', fontsize=8)
   if tests:
     e, v = zip(*tests)
     ax.plot(e, v, '-', color='tab:green', alpha=0.6, label='test accuracy (ensemble, after epoch)')
