@@ -13,7 +13,6 @@ import json
 import os
 from typing import Optional
 
-import numpy as np
 
 from famus_jax.training import metrics as metrics_lib
 

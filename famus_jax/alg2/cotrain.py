@@ -25,7 +25,10 @@ Files in the workdir: `config.json`, `alg2_epochs.jsonl` (one row per epoch,
 see `famus_jax.alg2.analysis`), `gmm_precision_recall.png`, `checkpoints/`
 (both networks, every `alg2.checkpoint_every_epochs`; re-running the command
 resumes at the last saved epoch), `noisy_labels.npz` / `noise_report.json`
-(the data module's), and at the end `summary.json`.
+(the data module's), and at the end `summary.json`. SIGTERM / Ctrl-C stops
+at the next iteration (`famus_jax.train.Preempted`, exit 143 from main): the
+epoch in progress is dropped and the re-run resumes exactly from the last
+saved epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any, Optional
 
@@ -119,6 +124,35 @@ def plan_cotraining(splits: dict, pool: np.ndarray, num_train: int, *,
 # The run.
 
 
+class _StopRequested(Exception):
+  """SIGTERM/SIGINT arrived; the partial epoch is dropped."""
+
+
+class _Signals:
+  """SIGTERM / SIGINT set `signum`; the loop stops at the next iteration."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C stops at once
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    return False
+
+
 class _Run:
   """Everything one `train_and_evaluate` call holds."""
 
@@ -163,6 +197,8 @@ class _Run:
     else:
       self.jit['meta'] = core.jit_meta_train_step(self.setup)
       self.jit['plain'] = core.jit_plain_train_step(self.setup)  # warm-up
+    self.ckpt = None
+    self.signals = None  # a _Signals while the loop runs
     self.labels = np.asarray(self.train_source.labels)
     self.true_labels = np.asarray(self.train_source.true_labels)
 
@@ -284,6 +320,8 @@ class _Run:
     collected = []
     try:
       for it in range(self.steps_per_epoch):
+        if self.signals is not None and self.signals.signum is not None:
+          raise _StopRequested()
         host = next(self.train_it)
         batch = {k: host[k] for k in ('image', 'label', 'true_label')}
         if plan is None or self.method == 'ce':
@@ -447,6 +485,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pbar = tqdm(total=run.num_epochs, initial=start_epoch, desc='alg2', dynamic_ncols=True)
   first_step_s = None
   last_eval = None
+  saved = {'epoch': start_epoch}
+
+  def save(epochs_done: int):
+    run.ckpt.save(epochs_done, {n: {'state': nets[n].state, 'ssl': nets[n].ssl_opt}
+                                for n in NETS},
+                  {'train': run.train_it.get_state(), 'epoch': epochs_done})
+    saved['epoch'] = epochs_done
+
+  signals = run.signals = _Signals().__enter__()
   try:
     for epoch in range(start_epoch, run.num_epochs):
       t0 = time.perf_counter()
@@ -488,10 +535,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       epoch_log.write(row)
       analysis.plot_precision_recall(os.path.join(workdir, analysis.PLOT_FILE),
                                      epoch_log.rows, title)
-      if last or (ckpt_every and (epoch + 1) % ckpt_every == 0):
-        run.ckpt.save(epoch + 1, {n: {'state': nets[n].state, 'ssl': nets[n].ssl_opt}
-                                  for n in NETS},
-                      {'train': run.train_it.get_state(), 'epoch': epoch + 1})
+      if (last or (ckpt_every and (epoch + 1) % ckpt_every == 0)
+          or signals.signum is not None):
+        save(epoch + 1)
       if pbar is not None:
         post = {k: f'{v:.3f}' for k, v in (
             ('acc', row.get('test_accuracy')),
@@ -499,10 +545,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if isinstance(v, float)}
         pbar.set_postfix(post, refresh=False)
         pbar.update(1)
+      if signals.signum is not None and not last:
+        raise _StopRequested()
+  except _StopRequested:
+    # The epoch in progress (if any) is dropped: the re-run redoes it from the
+    # last saved epoch, exactly.
+    raise train_lib.Preempted(saved['epoch'] * run.steps_per_epoch,
+                              signals.signum) from None
   except train_lib.NonFiniteLossError as e:
     train_lib.summarize_failure(workdir, 'non_finite', e.step, str(e))
     raise
   finally:
+    signals.__exit__(None, None, None)
+    run.signals = None
     if pbar is not None:
       pbar.close()
     run.train_it.close()
