@@ -248,6 +248,7 @@ def add_common_flags(parser, *, steps: int, quick_steps: int, smoke_steps: int):
                       help='where the JSON and PNG go (default experiments/results)')
   parser.add_argument('--xla-cache', default=None,
                       help="persistent compilation cache dir ('none' disables)")
+  parser.add_argument('--tag', default='', help='appended to the result file names')
   parser.set_defaults(_steps=(steps, quick_steps, smoke_steps))
 
 
@@ -259,4 +260,5 @@ def resolve_steps(args) -> int:
 
 
 def suffix(args) -> str:
-  return '_smoke' if args.smoke else '_quick' if args.quick else ''
+  tag = f"_{args.tag}" if getattr(args, 'tag', '') else ''
+  return ('_smoke' if args.smoke else '_quick' if args.quick else '') + tag
