@@ -15,12 +15,19 @@ supplementary Figure 2 (statistics of the sampled layers, CIFAR-100 60 %):
   python -m experiments.layer_selection --quick   # K = 1, 2, 4, 8; 600 its, 3 seeds: ~4 min
   python -m experiments.layer_selection           # 2000 its
 
+A run of the training loop (e.g. CIFAR-100, 60 % noise, on a GPU) logs the
+per-layer selection frequency of every log interval (`layer_frequency` in
+metrics.jsonl); the same figure from it:
+
+  python -m experiments.layer_selection --from-workdir=runs/c100_n60_famus
+
 Writes experiments/results/layer_selection[_quick].{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -88,7 +95,8 @@ def plot(path, payload):
   for i, (k, row) in enumerate(sorted(payload['per_k'].items(), key=lambda kv: int(kv[0]))):
     ax.plot(range(len(layers)), row['frequency'], marker='o', color=f'C{i}',
             label=f"K={k}: {row['mean_selected']:.1f} selected, depth "
-            f"{row['mean_relative_depth']:.2f}, acc {row['test_accuracy']:.3f}")
+            f"{row['mean_relative_depth']:.2f}"
+            + (f", acc {row['test_accuracy']:.3f}" if row['test_accuracy'] is not None else ''))
   ax.set_xticks(range(len(layers)), layers, rotation=70, fontsize=7)
   ax.set(ylabel='selection frequency', ylim=(-0.02, 1.02),
          title='selection frequency per layer for each K (forward order →)')
@@ -109,6 +117,73 @@ def plot(path, payload):
   plt.close(fig)
 
 
+# Input shape and classes of the data sets, to name the layers of a logged run.
+DATA_SHAPES = {'digits': ((8, 8, 1), 10), 'cifar10': ((32, 32, 3), 10),
+               'cifar100': ((32, 32, 3), 100), 'cifar10_lt': ((32, 32, 3), 10),
+               'cifar100_lt': ((32, 32, 3), 100), 'cnwl': ((32, 32, 3), 100),
+               'clothing1m': ((224, 224, 3), 14), 'webvision': ((299, 299, 3), 50)}
+
+
+def layer_names_of_run(config: dict, num_layers: int) -> list[str]:
+  """Candidate layer names of a logged run (config.json); indices if unknown."""
+  try:
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from famus_jax import train  # pylint: disable=g-import-not-at-top
+    c = ml_collections.ConfigDict(config)
+    shape, classes = DATA_SHAPES[c.data.name]
+    if c.data.get('crop_size'):
+      shape = (int(c.data.crop_size), int(c.data.crop_size), 3)
+    model = train.build_model(c, int(c.model.num_classes or classes))
+    sampler, _ = train.build_sampler_and_scope(c, model, jnp.zeros((1,) + shape))
+    names = [layer.name for layer in sampler.layers]
+    if len(names) == num_layers:
+      return names
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'layer names unavailable ({e}); using indices', file=sys.stderr)
+  return [f'layer {i}' for i in range(num_layers)]
+
+
+def from_workdir(workdir: str) -> dict:
+  """Per-K summary from a training run's metrics.jsonl (`layer_frequency` rows)."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  rows = []
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      row = json.loads(line)
+      if 'layer_frequency' in row:
+        rows.append(row)
+  if not rows:
+    raise SystemExit(f'{workdir}/metrics.jsonl has no layer_frequency rows '
+                     '(not a FaMUS run, or nothing logged yet)')
+  steps = np.array([r['step'] for r in rows])
+  freq = np.array([r['layer_frequency'] for r in rows])        # (rows, L)
+  span = np.diff(np.concatenate([[0], steps]))                 # iterations per row
+  meta_steps = np.array([r.get('meta_steps', s) for r, s in zip(rows, span)])
+  counts = (freq * meta_steps[:, None]).sum(0)
+  depth = np.linspace(0.0, 1.0, freq.shape[1])
+  row = {
+      'counts': counts.tolist(), 'frequency': (counts / max(meta_steps.sum(), 1)).tolist(),
+      'mean_selected': float((freq * meta_steps[:, None]).sum() / max(meta_steps.sum(), 1)),
+      'mean_relative_depth': float(counts @ depth / max(counts.sum(), 1e-9)),
+      'heatmap': freq.T.tolist(), 'heatmap_bin_edges': [0] + steps.tolist(),
+      'test_accuracy': None, 'test_accuracies': []}
+  summary_path = os.path.join(workdir, 'summary.json')
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      row['test_accuracy'] = json.load(f).get('final_test_accuracy')
+  k = int(config['meta']['k'])
+  return {'script': 'layer_selection', 'from_workdir': os.path.abspath(workdir),
+          'steps': int(steps[-1]), 'seeds': [config.get('seed')], 'ks': [k], 'main_k': k,
+          'lambda1': config['meta'].get('lambda1'),
+          'noise_type': config['data']['noise_type'],
+          'noise_rate': config['data']['noise_rate'], 'model': config['model'],
+          'layers': layer_names_of_run(config, freq.shape[1]), 'per_k': {str(k): row},
+          'machine': common.machine()}
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +195,17 @@ def main(argv=None):
   parser.add_argument('--noise-rate', type=float, default=0.6)
   parser.add_argument('--noise-type', default='symmetric')
   parser.add_argument('--bins', type=int, default=50)
+  parser.add_argument('--from-workdir', default=None,
+                      help='summarise a FaMUS training run (its metrics.jsonl) instead')
   args = parser.parse_args(argv)
+  results_dir = args.results_dir or common.RESULTS_DIR
+  if args.from_workdir:
+    payload = from_workdir(args.from_workdir)
+    stem = f"layer_selection_{args.tag or os.path.basename(os.path.normpath(args.from_workdir))}"
+    path = common.write_json(stem + '.json', payload, results_dir)
+    plot(path[:-5] + '.png', payload)
+    print('wrote', path, 'and', path[:-5] + '.png')
+    return payload
   steps = lab.resolve_steps(args)
   model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
   ks = [int(k) for k in (args.ks or ('2' if args.smoke else '1,2,4,8')).split(',')]
@@ -159,7 +244,6 @@ def main(argv=None):
       'layers': layers, 'per_k': per_k, 'wall_s': time.perf_counter() - start,
       'machine': common.machine(),
   }
-  results_dir = args.results_dir or common.RESULTS_DIR
   path = common.write_json(f'layer_selection{lab.suffix(args)}.json', payload, results_dir)
   plot(path[:-5] + '.png', payload)
   for k, row in per_k.items():

@@ -82,6 +82,29 @@ def test_layer_selection_smoke(argv, tmp_path):
   assert 0.0 <= row['mean_relative_depth'] <= 1.0
 
 
+def test_layer_selection_from_a_training_run(tmp_path):
+  """The figure from a training loop's metrics.jsonl (as a GPU run would write it)."""
+  import importlib.util
+  from experiments import layer_selection
+  from famus_jax.training import config as config_lib
+  spec = importlib.util.spec_from_file_location('digits_cfg',
+                                                os.path.join(ROOT, 'configs', 'digits.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      config_lib.config_to_dict(module.get_config()), default=list))
+  rows = [{'step': 20 * (i + 1), 'meta_steps': 20,
+           'layer_frequency': [0.1 * ((i + j) % 5) for j in range(13)]} for i in range(3)]
+  (run / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  layer_selection.main(['--from-workdir', str(run), '--results-dir', str(tmp_path)])
+  payload = check_outputs(str(tmp_path), 'layer_selection_run')
+  assert payload['layers'][0] == 'stem/conv' and len(payload['layers']) == 13
+  row = payload['per_k']['4']
+  assert row['counts'][0] == pytest.approx(20 * (0.0 + 0.1 + 0.2))
+
+
 def test_weights_clean_vs_noisy_smoke(argv, tmp_path):
   from experiments import weights_clean_vs_noisy
   weights_clean_vs_noisy.main(argv)
