@@ -12,44 +12,12 @@ The paper starts from ImageNet-pretrained weights; this package has none.
       --config.data.data_dir=/path/to/clothing1m
 """
 
-import ml_collections
-
 from famus_jax.alg2.config import load_sibling, with_alg2
-from famus_jax.training.config import base_config
 
 
 def get_config():
-  c = load_sibling('clothing1m.py', __file__) or base_config()
-  c.model.name = 'resnet50'
-  c.model.kwargs = ml_collections.ConfigDict({'width': 64})
-
-  c.data.name = 'clothing1m'
-  c.data.noise_type = 'none'
-  c.data.noise_rate = 0.0
-  c.data.batch_size = 32
-  c.data.meta_batch_size = 32
-  c.data.eval_batch_size = 128
-  c.data.augment = 'resize_crop'
-  c.data.clothing1m_batches_per_epoch = 1000
-  c.data.num_workers = 4
-
-  c.optim.lr = 0.002
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-3
-  c.optim.schedule = 'piecewise'
-  c.optim.unit = 'epoch'
-  c.optim.num_steps = 0
-  c.optim.num_epochs = 150
-  c.optim.boundaries = (100,)
-
-  c.meta.method = 'mwnet'
-  c.meta.sampler = 'famus'
-  c.meta.lr = 1e-3
-  c.meta.weight_decay = 1e-4
-  c.meta.k = 4
-  c.meta.delta = 0.1
-
-  c = with_alg2(c)  # also sets data.meta_per_class = 0
+  c = load_sibling('clothing1m.py', __file__)  # model, data, schedule of configs/clothing1m.py
+  c = with_alg2(c)                             # pseudo-clean meta sets: meta_per_class = 0
   c.alg2.warmup_epochs = 1
   c.alg2.gmm.pool = 64000
   c.alg2.ssl.lambda_u = 0.0
