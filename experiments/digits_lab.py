@@ -24,6 +24,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from jax.experimental.compilation_cache import compilation_cache
+
 import famus_jax as fj
 from famus_jax import data as data_lib
 from famus_jax import famus, models
@@ -54,14 +56,12 @@ def enable_compilation_cache(path: Optional[str] = None) -> Optional[str]:
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
   # JAX decides once per process whether the cache is used (at the first
   # compile); start afresh so that the directory set here takes effect.
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
   compilation_cache.reset_cache()
   return path
 
 
 def disable_compilation_cache() -> None:
   """Undoes `enable_compilation_cache` (tests: leave the process as found)."""
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_compilation_cache_dir', None)
   compilation_cache.reset_cache()
 

@@ -313,7 +313,8 @@ def main(argv=None):
   test_accuracy = trainer.accuracy()
   payload = {
       'script': 'meta_grad_fidelity', 'quick': args.quick, 'smoke': args.smoke,
-      'steps': steps, 'every': every, 'draws': draws, 'probe_pairs': probe_pairs, 'k': args.k, 'seed': args.seed,
+      'steps': steps, 'every': every, 'draws': draws, 'probe_pairs': probe_pairs,
+      'k': args.k, 'seed': args.seed,
       'noise_type': args.noise_type, 'noise_rate': args.noise_rate,
       'model': {'name': model[0], **model[1]}, 'layers': trainer.layer_names,
       'method': 'mwnet + famus (K=%d, lambda1=0.1)' % args.k,

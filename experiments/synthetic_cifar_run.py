@@ -9,7 +9,7 @@ meta set of 10 per class, 1,000 test images. Per method: steady-state time per
 iteration (median, after the first, compiling, one), iterations per second,
 training loss and clean test accuracy after the run.
 
-  python -m experiments.synthetic_cifar_run --quick                        # CPU: small PreActResNet-18
+  python -m experiments.synthetic_cifar_run --quick      # CPU: PreActResNet-18 at width 8
   python -m experiments.synthetic_cifar_run --model=wrn28_10 --batch=100   # GPU: 300 iterations
 
 Writes experiments/results/synthetic_cifar_<host>[_quick].{json,png}.
