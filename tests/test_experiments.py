@@ -165,13 +165,14 @@ def test_t_test_direction():
 
 
 def test_quickstart_notebook_runs(monkeypatch):
-  nbformat = pytest.importorskip('nbformat')
-  nbclient = pytest.importorskip('nbclient')
+  import nbclient  # the `test` extra installs nbclient, nbformat and ipykernel
+  import nbformat
   from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
   try:
     KernelSpecManager().get_kernel_spec('python3')
   except NoSuchKernel:
-    pytest.skip('no python3 Jupyter kernel (python -m ipykernel install --user)')
+    pytest.fail('no python3 Jupyter kernel: install the test extra (pip install -e ".[test]") '
+                'or run python -m ipykernel install --user')
   # The kernel inherits the environment: few iterations, CPU, quiet.
   monkeypatch.setenv('QUICKSTART_STEPS', '8')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
