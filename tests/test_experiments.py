@@ -8,10 +8,13 @@ are written and that every number in the JSON is finite.
 import json
 import math
 import os
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `experiments` is not an installed package
+  sys.path.insert(0, ROOT)
 
 
 def _numbers(obj, path='$'):
