@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -49,6 +48,7 @@ from famus_jax.training import plots as plots_lib
 from famus_jax.training import schedules
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training.config import ConfigError
+from famus_jax.training import signals
 
 PyTree = Any
 log = logging.getLogger('famus_jax.train')
@@ -269,29 +269,6 @@ def evaluate(steps: Steps, state, source, batch_size: int, mesh,
           'loss': float(totals['loss']) / count, 'count': int(totals['count'])}
 
 
-class _StopFlag:
-  """SIGTERM / SIGINT set a flag; the loop saves and stops at the next iteration."""
-
-  def __init__(self):
-    self.signum = None
-    self._old = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    return False
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +484,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     pbar = tqdm(total=num_steps, initial=start_step, dynamic_ncols=True,
                 desc=f'{method}' + (f'+{config.meta.sampler}' if method != 'ce' else ''))
   try:
-    with _StopFlag() as stop:
+    with signals.StopFlag() as stop:
       for step in range(start_step, num_steps):
         if stop.signum is not None:
           drain_or_raise()

@@ -37,8 +37,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any, Optional
 
@@ -60,6 +58,7 @@ from famus_jax.training import config as config_lib
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import schedules
 from famus_jax.training.config import ConfigError
+from famus_jax.training import signals as stop_signals
 
 log = logging.getLogger('famus_jax.alg2')
 NETS = ('net1', 'net2')
@@ -128,29 +127,6 @@ class _StopRequested(Exception):
   """SIGTERM/SIGINT arrived; the partial epoch is dropped."""
 
 
-class _Signals:
-  """SIGTERM / SIGINT set `signum`; the loop stops at the next iteration."""
-
-  def __init__(self):
-    self.signum = None
-    self._old = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C stops at once
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-    return False
 
 
 class _Run:
@@ -198,7 +174,7 @@ class _Run:
       self.jit['meta'] = core.jit_meta_train_step(self.setup)
       self.jit['plain'] = core.jit_plain_train_step(self.setup)  # warm-up
     self.ckpt = None
-    self.signals = None  # a _Signals while the loop runs
+    self.signals = None  # a StopFlag while the loop runs
     self.labels = np.asarray(self.train_source.labels)
     self.true_labels = np.asarray(self.train_source.true_labels)
 
@@ -493,7 +469,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   {'train': run.train_it.get_state(), 'epoch': epochs_done})
     saved['epoch'] = epochs_done
 
-  signals = run.signals = _Signals().__enter__()
+  signals = run.signals = stop_signals.StopFlag().__enter__()
   try:
     for epoch in range(start_epoch, run.num_epochs):
       t0 = time.perf_counter()
