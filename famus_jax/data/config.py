@@ -18,6 +18,11 @@ CNWL_COLORS = ("red", "blue")
 # Data sets whose labels are already noisy (real-world noise): synthetic
 # noise is not added on top of them.
 REAL_NOISE_SETS = ("cnwl", "clothing1m", "webvision")
+# Data sets with a class map for noise_type='asymmetric' (noise.py).
+ASYMMETRIC_SETS = ("cifar10", "cifar100", "cifar10_lt", "cifar100_lt", "fashion_mnist")
+# What the training split holds: the noisy training images, or only the clean
+# meta images (the baseline every meta method must beat).
+TRAIN_SPLITS = ("noisy", "meta")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -25,7 +30,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "digits"
   # None -> the tfds default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``)
-  # for the tfds sets; the root of the manual directory for clothing1m and
+  # for the tfds sets; /usr/share/datasets/fashion-mnist (then the tfds
+  # default) for fashion_mnist; the root of the manual directory for clothing1m and
   # webvision (required there).
   c.data_dir = ml_collections.FieldReference(None, field_type=str)
   # Synthetic label noise on the training split.
@@ -39,6 +45,13 @@ def default_data_config() -> ml_collections.ConfigDict:
   # removed from it; 0 = no meta set (the pseudo-clean path supplies it);
   # -1 = the whole official clean validation list (clothing1m only).
   c.meta_per_class = 10
+  # noisy: train on the (noisy) training split; meta: train on the clean meta
+  # images only (a baseline; needs meta_per_class >= 1).
+  c.train_split = "noisy"
+  # Training images kept per class (by true label) after the meta draw, drawn
+  # with the seed; 0 = all. A smaller real-data run (e.g. CPU studies); with
+  # *_lt it is the head class's count n_max.
+  c.train_per_class = 0
   # *_lt only: class i keeps n * mu**i examples, mu = (1 / IF) ** (1 / (C - 1)).
   c.imbalance_factor = 1.0
   c.batch_size = 64
@@ -110,6 +123,7 @@ def validate_data_config(cfg) -> None:
         f"config.data.noise_include_true={cfg.noise_include_true!r}: must be True or False")
   _number(cfg, "meta_per_class", -1, None, integer=True)
   _number(cfg, "imbalance_factor", 1.0, None)
+  _number(cfg, "train_per_class", 0, None, integer=True)
   for f in ("batch_size", "meta_batch_size", "eval_batch_size"):
     _number(cfg, f, 1, None, integer=True)
   _choice(cfg, "augment", AUGMENTS)
@@ -127,11 +141,21 @@ def validate_data_config(cfg) -> None:
     raise ValueError(
         f"config.data.noise_type={cfg.noise_type!r}: {name} has real label noise; "
         "it must be 'none' for this data set")
-  if cfg.noise_type == "asymmetric" and name not in (
-      "cifar10", "cifar100", "cifar10_lt", "cifar100_lt"):
+  if cfg.noise_type == "asymmetric" and name not in ASYMMETRIC_SETS:
     raise ValueError(
-        f"config.data.noise_type='asymmetric' is defined for cifar10/cifar100 "
-        f"(and their _lt variants) only, not {name!r}; use 'symmetric' or 'pairflip'")
+        f"config.data.noise_type='asymmetric' is defined for {', '.join(ASYMMETRIC_SETS)} "
+        f"only, not {name!r}; use 'symmetric' or 'pairflip'")
+  if cfg.train_per_class and name in REAL_NOISE_SETS:
+    raise ValueError(
+        f"config.data.train_per_class={cfg.train_per_class!r}: {name} has real label "
+        "noise (true labels mostly unknown); it must be 0 (all) for this data set")
+  _choice(cfg, "train_split", TRAIN_SPLITS)
+  if cfg.train_split == "meta" and (
+      name in REAL_NOISE_SETS or cfg.meta_per_class < 1):
+    raise ValueError(
+        f"config.data.train_split='meta' trains on the clean meta images: it needs "
+        f"meta_per_class >= 1 (got {cfg.meta_per_class!r}) and a synthetic-noise data "
+        f"set (not {name!r})")
   if cfg.meta_per_class == -1 and name != "clothing1m":
     raise ValueError(
         "config.data.meta_per_class=-1 (the whole official clean validation list) "

@@ -9,6 +9,7 @@ clean training split -> draw the clean meta set from it and remove it ->
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -65,7 +66,7 @@ def _class_counts(labels, num_classes):
 
 def _build_in_memory(name, cfg, seed, workdir, *, images, labels, true_labels,
                      test, num_classes, real_noise=False, info=None,
-                     source_index=None):
+                     source_index=None, asymmetric_map=None):
   """Meta split, long tail and noise on a full in-memory training split.
 
   ``labels`` are the observed training labels (the clean ones for the
@@ -80,20 +81,29 @@ def _build_in_memory(name, cfg, seed, workdir, *, images, labels, true_labels,
     m = full.subset(meta_idx)
     meta = m.with_labels(m.true_labels)  # clean labels
   train = full.subset(rest)
-  if name.endswith("_lt"):
+  per_class = int(cfg.get("train_per_class", 0))
+  if name.endswith("_lt") or per_class:
+    # class i keeps n_max * mu**i (IF = 1: n_max each); n_max = train_per_class
+    # when set, else the smallest class count
     keep = splits_lib.long_tail_indices(
-        train.true_labels, num_classes, float(cfg.imbalance_factor), seed)
+        train.true_labels, num_classes, float(cfg.imbalance_factor), seed,
+        n_max=per_class or None)
     train = train.subset(keep)
   if not real_noise:
     noisy, report = noise_lib.apply_noise(
         train.true_labels, num_classes, cfg.noise_type, float(cfg.noise_rate),
         splits_lib.rng_for(seed, splits_lib.STREAM_NOISE).integers(2**31),
-        include_true=bool(cfg.noise_include_true))
+        include_true=bool(cfg.noise_include_true), mapping=asymmetric_map)
     train = train.with_labels(noisy)
   else:
     report = noise_lib.noise_report(train.true_labels, train.labels, num_classes)
     report.update(noise_type="real")
   meta_si = meta.source_index if meta is not None else np.zeros((0,), np.int64)
+  if cfg.get("train_split", "noisy") == "meta":
+    # The clean-meta-only baseline: train on the meta images (clean labels).
+    train = meta
+    report = noise_lib.noise_report(train.true_labels, train.labels, num_classes)
+    report.update(noise_type="none", train_split="meta")
   path = _save_noise(workdir, train, report, meta_si)
   info = dict(info or {})
   info.update(
@@ -128,6 +138,96 @@ def load_digits(cfg, seed, workdir=None):
   return _build_in_memory(
       "digits", cfg, seed, workdir, images=images[tr], labels=labels[tr],
       true_labels=labels[tr], test=test, num_classes=10, source_index=tr)
+
+
+# --------------------------------------------------------------------------
+# fashion_mnist: the four original IDX files (Debian's dataset-fashion-mnist),
+# else tfds 'fashion_mnist' prepared as array_record.
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # dataset-fashion-mnist
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _idx_path(folder, stem):
+  for name in (stem + ".gz", stem):
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def _read_fashion_idx(folder):
+  """{'train': (images, labels), 'test': ...} from ``folder``, or None if a file is missing.
+
+  Decoded once per process and set of files (path, size, mtime); the arrays
+  are read-only.
+  """
+  paths = {split: [_idx_path(folder, stem) for stem in stems]
+           for split, stems in FASHION_MNIST_FILES.items()}
+  if any(p is None for pair in paths.values() for p in pair):
+    return None
+  key = tuple((p, os.path.getsize(p), os.path.getmtime(p))
+              for pair in paths.values() for p in pair)
+  return _decode_fashion_idx(key, tuple((s, tuple(p)) for s, p in paths.items()))
+
+
+@functools.lru_cache(maxsize=2)
+def _decode_fashion_idx(key, paths):
+  del key  # the cache key: which files, as they are now
+  from famus_jax.data import idx  # pylint: disable=g-import-not-at-top
+  out = {}
+  for split, (im_path, lab_path) in paths:
+    images = idx.read_idx(im_path, idx.IMAGES_MAGIC)
+    labels = idx.read_idx(lab_path, idx.LABELS_MAGIC).astype(np.int32)
+    if images.shape[0] != labels.shape[0]:
+      raise idx.IdxFormatError(
+          f"{im_path} holds {images.shape[0]} images but {lab_path} {labels.shape[0]} "
+          "labels; replace them with the original files")
+    images = images[..., None]  # (N, 28, 28, 1) uint8
+    images.flags.writeable = labels.flags.writeable = False
+    out[split] = (images, labels)
+  return out
+
+
+def _fashion_mnist_missing(folder, reason):
+  names = ", ".join(f"{s}[.gz]" for pair in FASHION_MNIST_FILES.values() for s in pair)
+  return DatasetMissingError(
+      f"Fashion-MNIST not found: no {names} in {folder}, and tfds 'fashion_mnist' {reason}. "
+      f"Install it with `sudo apt-get install dataset-fashion-mnist` (files in "
+      f"{FASHION_MNIST_DIR}) or pass --config.data.data_dir=DIR holding the four files.")
+
+
+@register("fashion_mnist")
+def load_fashion_mnist(cfg, seed, workdir=None):
+  """Fashion-MNIST: 60,000 / 10,000 grey 28x28 images, 10 classes (uint8).
+
+  Read from the IDX files in ``data_dir`` (default ``FASHION_MNIST_DIR``),
+  else from tfds ``fashion_mnist`` (array_record; its ``data_dir`` is
+  ``data_dir`` or the tfds default). Meta set, noise (asymmetric: the
+  ``noise.FASHION_MNIST_ASYMMETRIC`` map) and report as for the other
+  in-memory sets; the test split never depends on ``seed``.
+  """
+  folder = cfg.data_dir or FASHION_MNIST_DIR
+  arrays = _read_fashion_idx(folder)
+  source = "idx"
+  if arrays is None:
+    how_to = lambda why: str(_fashion_mnist_missing(folder, why))
+    arrays = {}
+    for split in ("train", "test"):
+      ds = _tfds_data_source("fashion_mnist", split, cfg.data_dir, how_to)
+      images, labels, _ = _read_tfds(ds)
+      arrays[split] = (images.reshape(images.shape[:3] + (1,)), labels)
+    source = "tfds"
+  (tr_im, tr_lab), (te_im, te_lab) = arrays["train"], arrays["test"]
+  test = ArraySource(te_im, te_lab, te_lab)
+  return _build_in_memory(
+      "fashion_mnist", cfg, seed, workdir, images=tr_im, labels=tr_lab,
+      true_labels=tr_lab, test=test, num_classes=10,
+      asymmetric_map=noise_lib.FASHION_MNIST_ASYMMETRIC,
+      info={"source": source, "data_dir": folder if source == "idx" else cfg.data_dir})
 
 
 # --------------------------------------------------------------------------

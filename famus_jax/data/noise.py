@@ -12,7 +12,9 @@ by ``seed`` (same seed -> same labels, whatever else happens in the process).
   C - 1 classes and the realised rate is ``rate``.
 * ``asymmetric`` — class-dependent flips with probability ``rate``: CIFAR-10
   truck→automobile, bird→airplane, deer→horse, cat↔dog; CIFAR-100 each class
-  → the next class (cyclically) within its super-class.
+  → the next class (cyclically) within its super-class; Fashion-MNIST (passed
+  as ``mapping=FASHION_MNIST_ASYMMETRIC`` by its loader) T-shirt/top↔shirt,
+  pullover→coat, sandal→sneaker, sneaker→ankle boot.
 * ``pairflip`` — class i → class (i + 1) mod C with probability ``rate``.
 """
 
@@ -23,6 +25,16 @@ import numpy as np
 # CIFAR-10 class ids: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog,
 # 6 frog, 7 horse, 8 ship, 9 truck.
 CIFAR10_ASYMMETRIC = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+
+# Fashion-MNIST class ids: 0 T-shirt/top, 1 trouser, 2 pullover, 3 dress,
+# 4 coat, 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 ankle boot. Flips between the
+# visually confusable garments and shoes, on the pattern of the CIFAR-10 map
+# (Patrini et al., CVPR 2017): T-shirt/top <-> shirt (the class pair that
+# classifiers confuse most on this data set; Xiao et al. 2017, arXiv:1708.07747,
+# report shirt as the hardest class), pullover -> coat, sandal -> sneaker,
+# sneaker -> ankle boot. Each class receives flips from at most one other
+# class, so below 50 % every noisy class keeps a clean majority.
+FASHION_MNIST_ASYMMETRIC = {0: 6, 6: 0, 2: 4, 5: 7, 7: 9}
 
 # Super-class (coarse label) of each CIFAR-100 fine label, in the fine-label
 # order of the CIFAR-100 release (and of tfds `cifar100`'s `label`).
