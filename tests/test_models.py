@@ -30,6 +30,7 @@ FULL_INPUT = {
     "resnet32": (2, 32, 32, 3), "resnet50": (2, 224, 224, 3),
     "inception_resnet_v2": (2, 299, 299, 3),
     "digits_mlp": (2, 8, 8, 1), "digits_cnn": (2, 8, 8, 1),
+    "fashion_resnet": (2, 28, 28, 1),
 }
 
 # Tiny versions of every registry entry: (kwargs, input shape).
@@ -45,6 +46,7 @@ TINY = {
                             (2, 75, 75, 3)),
     "digits_mlp": (dict(width=16), (3, 8, 8, 1)),
     "digits_cnn": (dict(width=4), (3, 8, 8, 1)),
+    "fashion_resnet": (dict(width=4), (3, 28, 28, 1)),
 }
 # One tiny model per family is actually run (compiled).
 FAMILIES = ["preact_resnet18", "wide_resnet", "resnet32", "resnet50",
@@ -55,7 +57,8 @@ NUM_CLASSES = 5
 def test_registry_covers_tables():
   assert set(MODELS) == {
       "preact_resnet18", "wrn28_10", "wrn40_2", "wide_resnet", "resnet32",
-      "resnet50", "inception_resnet_v2", "digits_mlp", "digits_cnn"}
+      "resnet50", "inception_resnet_v2", "digits_mlp", "digits_cnn",
+      "fashion_resnet"}
   assert set(TINY) == set(MODELS) == set(FULL_INPUT)
 
 
@@ -141,6 +144,8 @@ def test_small_model_counts():
   # Documented in famus_jax/models/digits.py.
   assert param_count(full_abstract("digits_mlp")[1]["params"]) == 8_970
   assert param_count(full_abstract("digits_cnn")[1]["params"]) == 77_754
+  # Documented in famus_jax/models/fashion.py and the registry table.
+  assert param_count(full_abstract("fashion_resnet")[1]["params"]) == 78_042
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

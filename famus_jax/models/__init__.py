@@ -26,6 +26,7 @@ resnet50             ResNet((3, 4, 6, 3))       16     25,557,032 (1000)
 inception_resnet_v2  InceptionResNetV2          42     55,843,464 (1000)
 digits_mlp           DigitsMLP(64, depth=2)     1      8,970 (10)
 digits_cnn           DigitsCNN(16, depth=3)     3      77,754 (10)
+fashion_resnet       FashionResNet(16, (1,1,1)) 3      78,042 (10)
 ==================== ========================== ====== ============================
 
 Presets only set defaults: any attribute of the class may be overridden via
@@ -42,6 +43,7 @@ import flax.linen as nn
 
 from famus_jax.models.common import canonical_dtype
 from famus_jax.models.digits import DigitsCNN, DigitsMLP
+from famus_jax.models.fashion import FashionResNet
 from famus_jax.models.inception_resnet_v2 import InceptionResNetV2
 from famus_jax.models.preact_resnet import PreActResNet
 from famus_jax.models.resnet import CifarResNet, ResNet
@@ -55,7 +57,7 @@ __all__ = [
     "num_blocks", "param_count", "follows_block_convention",
     "REFERENCE_PARAM_COUNTS", "EXPECTED_NUM_BLOCKS", "PreActResNet",
     "WideResNet", "CifarResNet", "ResNet", "InceptionResNetV2", "DigitsMLP",
-    "DigitsCNN",
+    "DigitsCNN", "FashionResNet",
 ]
 
 
@@ -75,6 +77,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "inception_resnet_v2": _preset(InceptionResNetV2),
     "digits_mlp": _preset(DigitsMLP),
     "digits_cnn": _preset(DigitsCNN),
+    "fashion_resnet": _preset(FashionResNet),
 }
 
 # name -> (num_classes, exact reference count, published figure). The exact
@@ -94,7 +97,7 @@ REFERENCE_PARAM_COUNTS: dict[str, tuple[int, int, str]] = {
 EXPECTED_NUM_BLOCKS: dict[str, int] = {
     "preact_resnet18": 8, "wrn28_10": 12, "wrn40_2": 18, "wide_resnet": 12,
     "resnet32": 15, "resnet50": 16, "inception_resnet_v2": 42,
-    "digits_mlp": 1, "digits_cnn": 3,
+    "digits_mlp": 1, "digits_cnn": 3, "fashion_resnet": 3,
 }
 
 
