@@ -1,21 +1,104 @@
-"""Checkpoints with orbax-checkpoint: train state + data iterator states.
+"""Checkpoints with orbax-checkpoint: train state + data iterator states,
+checked on restore.
 
 A checkpoint `workdir/checkpoints/<step>/` holds the `TrainState` (`state/`,
-arrays restored with the shardings of the state they are restored into) and
-the JSON states of the data loaders (`data/`). Orbax writes each checkpoint
-into a temporary directory and renames it when complete, so a run killed
-mid-save leaves no half-written step directory (temporary leftovers are removed
-when the manager is next opened). Saves are synchronous: when `save` returns
-the checkpoint is on disk (no race with donated buffers or SIGTERM).
+arrays restored with the shardings of the state they are restored into), the
+JSON states of the data loaders (`data/`) and a SHA-256 per state leaf
+(`checksum/`), all written by orbax into a temporary directory renamed when
+complete, so a run killed mid-save leaves no half-written step directory
+(temporary leftovers are removed when the manager is next opened). Saves are
+synchronous: when `save` returns the checkpoint is on disk.
+
+`restore()` verifies what it reads: orbax's own errors (truncated or unreadable
+files) and a checksum mismatch (flipped bytes that still decode) mark a
+checkpoint corrupt; a checkpoint without checksums must at least be finite.
+The newest intact checkpoint is used, with a one-line warning naming each
+corrupt newer one, which is moved to `workdir/checkpoints_corrupt/<step>` so
+that the run can save that step again. No intact checkpoint: `CheckpointError`.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import logging
 import os
+import shutil
+import sys
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger('famus_jax.checkpoint')
+CORRUPT_DIR = 'checkpoints_corrupt'
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in the directory could be restored intact (one line)."""
+
+
+def leaf_checksums(state: Any) -> Optional[dict[str, str]]:
+  """SHA-256 of each array leaf (dtype, shape and bytes), keyed by tree path.
+
+  None when a leaf is not fully addressable from this process (sharded across
+  hosts): then only orbax's own checks apply.
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in leaves):
+    return None
+  out = {}
+  for path, x in leaves:
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    a = np.ascontiguousarray(jax.device_get(x))
+    h = hashlib.sha256(f'{a.dtype.str}{a.shape}'.encode())
+    h.update(a.tobytes())
+    out[jax.tree_util.keystr(path)] = h.hexdigest()
+  return out
+
+
+def _non_finite_leaf(state: Any) -> Optional[str]:
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if (hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, np.inexact)
+        and not np.all(np.isfinite(np.asarray(jax.device_get(x))))):
+      return jax.tree_util.keystr(path)
+  return None
+
+
+def _one_line(e: BaseException) -> str:
+  """The root cause of an exception chain, on one line of at most 160 characters."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  text = lines[0] if lines else ''
+  text = text if len(text) <= 160 else text[:157] + '...'
+  return f'{type(e).__name__}: {text}' if text else type(e).__name__
+
+
+def _is_read_leftover(unraisable) -> bool:
+  """An orphaned coroutine or callback of a failed orbax read (it is reported
+  after the read already failed, as tracebacks on stderr)."""
+  exc, obj = unraisable.exc_value, unraisable.object
+  return (isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+          or isinstance(exc, GeneratorExit)
+          or 'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', ''))
+
+
+def _drop_read_leftovers() -> None:
+  """Silences what a failed read leaves behind; other unraisables still print."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_orbax_leftovers', False):
+    return
+
+  def hook(unraisable):
+    if not _is_read_leftover(unraisable):
+      previous(unraisable)
+
+  hook.drops_orbax_leftovers = True
+  sys.unraisablehook = hook
+  gc.collect()
 
 
 class Checkpointer:
@@ -33,31 +116,84 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
     """Saves (overwrites nothing: a step already saved is left as it is)."""
     if step in self._manager.all_steps():
       return
-    self._manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-        force=True)
+    items = {'state': ocp.args.StandardSave(state),
+             'data': ocp.args.JsonSave(data_state)}
+    sums = leaf_checksums(state)
+    if sums is not None:
+      items['checksum'] = ocp.args.JsonSave(sums)
+    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
 
   def restore(self, like_state: Any, step: Optional[int] = None
               ) -> tuple[Optional[Any], Optional[dict], Optional[int]]:
-    """(state, data_state, step) of `step` (default latest), or Nones if none.
+    """(state, data_state, step) of the newest intact checkpoint, or Nones.
 
-    `like_state` (concrete or abstract) gives the tree structure, dtypes and
-    shardings of the restored arrays.
+    With `step`, that checkpoint or `CheckpointError`. `like_state` (concrete
+    or abstract) gives the tree structure, dtypes and shardings of the arrays.
+    Corrupt checkpoints newer than the one restored are moved aside with a
+    one-line warning each.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = [step] if step is not None else self.all_steps()[::-1]
+    if not steps:
       return None, None, None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    return restored.state, restored.data, step
+    bad = []
+    for s in steps:
+      try:
+        state, data = self._restore_checked(abstract, s)
+      except CheckpointError as e:
+        bad.append((s, str(e)))
+        continue
+      for b, why in bad:
+        moved = self._move_aside(b)
+        log.warning('checkpoint step %d is corrupt (%s); moved to %s, resuming from '
+                    'step %d', b, why, moved, s)
+      return state, data, s
+    s, why = bad[0]
+    more = f' (and {len(bad) - 1} older)' if len(bad) > 1 else ''
+    raise CheckpointError(
+        f'no intact checkpoint in {self.directory}: step {s} is corrupt ({why}){more}; '
+        'move that directory aside to start the run over')
+
+  def _restore_checked(self, abstract: Any, step: int) -> tuple[Any, dict]:
+    """One checkpoint, verified; `CheckpointError` (one line) if corrupt."""
+    step_dir = os.path.join(self.directory, str(step))
+    items = {'state': ocp.args.StandardRestore(abstract), 'data': ocp.args.JsonRestore()}
+    has_sums = os.path.isdir(os.path.join(step_dir, 'checksum'))
+    if has_sums:
+      items['checksum'] = ocp.args.JsonRestore()
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      _drop_read_leftovers()
+      raise CheckpointError(f'orbax could not read it: {_one_line(e)}') from None
+    if has_sums:
+      sums = leaf_checksums(restored.state)
+      if sums is not None and sums != restored.checksum:
+        wrong = sorted(k for k in sums if sums[k] != restored.checksum.get(k))
+        raise CheckpointError(f'checksum mismatch in state{wrong[0] if wrong else ""}')
+    else:
+      leaf = _non_finite_leaf(restored.state)
+      if leaf is not None:
+        raise CheckpointError(f'non-finite values in state{leaf}')
+    return restored.state, restored.data
+
+  def _move_aside(self, step: int) -> str:
+    src = os.path.join(self.directory, str(step))
+    dst_root = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+    os.makedirs(dst_root, exist_ok=True)
+    dst = os.path.join(dst_root, str(step))
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    os.replace(src, dst)
+    self._manager.reload()
+    return dst
 
   def close(self) -> None:
     self._manager.close()
