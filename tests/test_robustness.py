@@ -283,3 +283,57 @@ def test_unwritable_workdir(tmp_path):
   _assert_one_line_error(_main('--config=configs/digits.py', f'--workdir={workdir}'),
                          'is not writable')
   assert not os.path.exists(workdir)
+
+
+# ---------------------------------------------------------------------------
+# Every `python -m famus_jax.main` command README.md shows runs (rc 0).
+
+# A small step budget appended to each command (later flags win).
+README_BUDGET = ('--config.optim.num_epochs=1', '--config.optim.boundaries=()',
+                 '--config.train.progress=False')
+
+
+def readme_commands(path=os.path.join(REPO, 'README.md')):
+  """The `python -m famus_jax.main ...` commands of the code blocks in `path`,
+  as argument lists (continued lines joined; `pip install ... &&` dropped)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    text = f.read()
+  blocks = text.split('```')[1::2]
+  commands = []
+  for block in blocks:
+    for line in block.replace('\\\n', ' ').splitlines():
+      for part in line.split('&&'):
+        words = shlex.split(part, comments=True)
+        if words[:3] == ['python', '-m', 'famus_jax.main']:
+          commands.append(words)
+  return commands
+
+
+def test_readme_commands_are_found():
+  commands = readme_commands()
+  assert len(commands) >= 4
+  assert any(c[3:] == ['--config=configs/digits.py', '--workdir=/tmp/famus_digits']
+             for c in commands), commands
+
+
+@pytest.fixture(scope='module')
+def xla_cache_env(tmp_path_factory):
+  """One persistent XLA cache for the README runs (shared compiled programs)."""
+  return {'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('xla_cache')),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+@pytest.mark.parametrize('command', readme_commands(),
+                         ids=lambda c: ' '.join(c[3:]).replace('/', '_'))
+def test_readme_command_runs(tmp_path, xla_cache_env, command):
+  args = [f'--workdir={tmp_path / "run"}' if a.startswith('--workdir=') else a
+          for a in command[3:]]
+  proc = subprocess.run([sys.executable, '-m', 'famus_jax.main', *args, *README_BUDGET],
+                        cwd=REPO, env={**_env(), **xla_cache_env}, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'famus_jax: done' in proc.stdout
+  with open(tmp_path / 'run' / 'summary.json') as f:
+    assert json.load(f)['status'] == 'completed'
