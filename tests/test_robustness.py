@@ -172,6 +172,16 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older(tmp_path, caplog, cor
   ckpt.close()
 
 
+def test_checkpointer_writes_nothing_before_the_first_save(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  ckpt = checkpoint_lib.Checkpointer(str(directory))
+  assert ckpt.restore(_state(0)) == (None, None, None)
+  assert not directory.exists()
+  ckpt.save(4, _state(4), {'at': 4})
+  assert ckpt.all_steps() == [4]
+  ckpt.close()
+
+
 def test_no_intact_checkpoint_is_one_line_and_moves_nothing(tmp_path):
   directory = str(tmp_path / 'checkpoints')
   _two_checkpoints(directory)

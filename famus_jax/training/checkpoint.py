@@ -102,14 +102,14 @@ def _drop_read_leftovers() -> None:
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints under `directory`."""
+  """Keeps the last `keep` checkpoints under `directory` (made by the first save)."""
 
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=int(keep), create=True, cleanup_tmp_directories=True,
+            max_to_keep=int(keep), create=False, cleanup_tmp_directories=True,
             enable_async_checkpointing=False))
 
   def latest_step(self) -> Optional[int]:
@@ -122,6 +122,7 @@ class Checkpointer:
     """Saves (overwrites nothing: a step already saved is left as it is)."""
     if step in self._manager.all_steps():
       return
+    os.makedirs(self.directory, exist_ok=True)  # not before: a failed start writes nothing
     items = {'state': ocp.args.StandardSave(state),
              'data': ocp.args.JsonSave(data_state)}
     sums = leaf_checksums(state)
