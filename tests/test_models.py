@@ -79,18 +79,19 @@ def test_unknown_kwarg_is_type_error():
     get_model("resnet50", num_classes=10, width_mult=0.5)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(name="wide_resnet", depth=27),
-    dict(name="resnet32", depth=33),
-    dict(name="wide_resnet", dropout=1.5),
-    dict(name="digits_cnn", dtype="int8"),
-    dict(name="digits_mlp", num_classes=0),
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="wide_resnet", depth=27), r"WRN depth must be 6N\+4 with N >= 1, got 27"),
+    (dict(name="resnet32", depth=33), r"CIFAR ResNet depth must be 6n\+2, got 33"),
+    (dict(name="wide_resnet", dropout=1.5), r"dropout must be in \[0, 1\), got 1.5"),
+    (dict(name="digits_cnn", dtype="int8"),
+     r"dtype must be float32, bfloat16 or float16, got 'int8'"),
+    (dict(name="digits_mlp", num_classes=0), r"num_classes must be a positive int, got 0"),
 ])
-def test_invalid_values_are_value_errors(kwargs):
+def test_invalid_values_are_value_errors(kwargs, message):
   kwargs = dict(kwargs)
   name = kwargs.pop("name")
   kwargs.setdefault("num_classes", 10)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=message):
     get_model(name, **kwargs)
 
 
