@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import signal
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from famus_jax import alg2
 from famus_jax import core
 from famus_jax import meta_models
 from famus_jax.alg2 import config as alg2_config
-from famus_jax.alg2 import cotrain
+from famus_jax.alg2 import epoch as epoch_lib
 from famus_jax.alg2 import gmm as gmm_lib
 from famus_jax.alg2 import sampling
 from famus_jax.alg2 import ssl as ssl_lib
@@ -259,25 +260,27 @@ def test_cotraining_exchanges_meta_sets(tmp_path, monkeypatch):
     return gmm_lib.GmmSplit(np.where(clean, 0.9, 0.1), clean, split.means,
                             split.weights, split.warning)
 
-  seen = {'net1': [], 'net2': []}
-  real_meta = cotrain.run_meta_step
+  drawn = []  # validation batches in order: net1's epoch, then net2's
+  real_val = epoch_lib.validation_batch
 
-  def recording(meta_fn, state, batch, val, name):
-    seen[name].append(np.asarray(val['index']))
-    return real_meta(meta_fn, state, batch, val, name)
+  def recording(val):
+    drawn.append(np.asarray(val['index']))
+    return real_val(val)
 
   monkeypatch.setattr(gmm_lib, 'split_by_loss', fake_split)
-  monkeypatch.setattr(cotrain, 'run_meta_step', recording)
+  monkeypatch.setattr(epoch_lib, 'validation_batch', recording)
   summary = alg2.train_and_evaluate(_tiny_config(), str(tmp_path))
   assert calls == [0, 1]  # one co-training epoch: net1's split, then net2's
   steps = summary['steps_per_epoch']
-  assert len(seen['net1']) == len(seen['net2']) == steps
+  assert len(drawn) == 2 * steps
+  seen = {'net1': drawn[:steps], 'net2': drawn[steps:]}
   assert all((v % 2 == 1).all() for v in seen['net1'])  # from net2's split
   assert all((v % 2 == 0).all() for v in seen['net2'])  # from net1's split
   rows = [json.loads(line) for line in open(tmp_path / 'alg2_epochs.jsonl')]
   assert [r['phase'] for r in rows] == ['warmup', 'cotrain']
   assert rows[1]['net1']['trained_on']['meta_set_from'] == 'net2'
-  assert summary['compiled'] == {'losses': 1, 'ssl': 1, 'eval': 1, 'meta': 1, 'plain': 1}
+  assert summary['compiled'] == {'losses': 1, 'ssl': 1, 'eval': 1, 'meta': 1,
+                                 'weighted': 0, 'plain': 1}
 
 
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
@@ -287,19 +290,19 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
   from famus_jax import train  # pylint: disable=g-import-not-at-top
   c = _tiny_config(**{'optim.num_epochs': 3})
   ref = alg2.train_and_evaluate(c, str(tmp_path / 'ref'))
-  real = cotrain._Run.train_epoch
+  real = epoch_lib.CoTrainer.train_epoch
 
-  def interrupted(self, nets, name, epoch, plan, step):
+  def interrupted(self, nets, name, epoch, plan):
     if epoch == 2 and name == 'net2':
       os.kill(os.getpid(), signal.SIGTERM)
-    return real(self, nets, name, epoch, plan, step)
+    return real(self, nets, name, epoch, plan)
 
-  monkeypatch.setattr(cotrain._Run, 'train_epoch', interrupted)
+  monkeypatch.setattr(epoch_lib.CoTrainer, 'train_epoch', interrupted)
   with pytest.raises(train.Preempted) as e:
     alg2.train_and_evaluate(c, str(tmp_path / 'run'))
   assert e.value.signum == signal.SIGTERM
   assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['1', '2']
-  monkeypatch.setattr(cotrain._Run, 'train_epoch', real)
+  monkeypatch.setattr(epoch_lib.CoTrainer, 'train_epoch', real)
   got = alg2.train_and_evaluate(c, str(tmp_path / 'run'))
   assert got['resumed_from'] == 2
   assert got['final'] == ref['final']
@@ -350,7 +353,9 @@ def test_alg2_config_errors():
 
 def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
   from famus_jax import train  # pylint: disable=g-import-not-at-top
-  from famus_jax.alg2 import compare_digits  # pylint: disable=g-import-not-at-top
+  if REPO not in sys.path:  # `experiments` is not an installed package
+    sys.path.insert(0, REPO)
+  from experiments import alg2_compare_digits as compare_digits  # pylint: disable=g-import-not-at-top
   short = {'optim.num_epochs': 12, 'optim.boundaries': (9,), 'alg2.warmup_epochs': 3,
            'alg2.ssl.rampup_epochs': 4.0, 'alg2.eval_every_epochs': 0}
   c = compare_digits.alg2_digits_config(0.6, 0, short)

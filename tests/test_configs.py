@@ -146,9 +146,10 @@ def test_unknown_field():
 
 def test_combinations():
   c = _digits()
-  c.meta.method = 'ce'
-  with pytest.raises(ConfigError, match="config.meta.sampler='famus'"):
-    config_lib.validate_config(c)
+  c.meta.method = 'ce'  # its meta.sampler ('famus' here) is ignored, not an error
+  config_lib.validate_config(c)
+  model = train.build_model(c, 10)
+  assert train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1))) == (None, None)
   c = _digits()
   c.data.meta_per_class = 0
   with pytest.raises(ConfigError, match='config.data.meta_per_class=0'):
@@ -203,7 +204,7 @@ def test_batch_larger_than_data(digits_splits):
 
 def test_validation_happens_before_any_compile(tmp_path, monkeypatch):
   """A bad value fails in train_and_evaluate before a step function exists."""
-  monkeypatch.setattr(train, 'build_steps', lambda *a, **k: pytest.fail('compiled'))
+  monkeypatch.setattr(train, 'build_strategy', lambda *a, **k: pytest.fail('compiled'))
   c = _digits()
   c.data.batch_size = 5000
   with pytest.raises(ConfigError, match='config.data.batch_size=5000'):

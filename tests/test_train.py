@@ -13,6 +13,7 @@ from famus_jax import data as data_lib
 from famus_jax import train
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import metrics as metrics_lib
+from famus_jax.training import run as run_lib
 from test_train_support import (check_run_files, compilation_cache, read_jsonl,
                                 tiny_config)
 
@@ -47,12 +48,12 @@ def test_variants_in_process(tmp_path, method, sampler, interval):
 
 def test_recompilation_is_detected():
   f = jax.jit(lambda x: x * 2)
-  steps = train.Steps(meta=f, weighted=None, plain=None, eval=jax.jit(lambda x: x))
+  programs = {'meta': f, 'eval': jax.jit(lambda x: x), 'host': lambda x: x}
   f(jnp.zeros(3))
-  assert steps.check_compiled_once() == {'meta': 1, 'eval': 0}
+  assert run_lib.check_compiled_once(programs) == {'meta': 1, 'eval': 0}
   f(jnp.zeros(4))
   with pytest.raises(train.RecompilationError, match='meta'):
-    steps.check_compiled_once()
+    run_lib.check_compiled_once(programs)
 
 
 class _Poisoned:

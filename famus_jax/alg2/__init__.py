@@ -9,7 +9,8 @@ Entry point: `train_and_evaluate(config, workdir) -> summary`, for configs with
 
 from famus_jax.alg2.config import (ABLATIONS, alg2_defaults, is_enabled, validate,
                                    with_alg2)
-from famus_jax.alg2.cotrain import EpochPlan, plan_cotraining, plan_epoch, train_and_evaluate
+from famus_jax.alg2.cotrain import train_and_evaluate
+from famus_jax.alg2.epoch import EpochPlan, plan_cotraining, plan_epoch
 from famus_jax.alg2.gmm import GmmSplit, GmmWarning, precision_recall, split_by_loss
 
 __all__ = ['ABLATIONS', 'EpochPlan', 'GmmSplit', 'GmmWarning', 'alg2_defaults',

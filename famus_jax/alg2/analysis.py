@@ -35,10 +35,18 @@ class EpochLog:
     self.rows = rows
 
   def write(self, row: dict) -> None:
-    row = metrics_lib._jsonable(row)  # pylint: disable=protected-access
+    row = metrics_lib.jsonable(row)
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     self.rows.append(row)
+
+  def close(self) -> None:
+    """Nothing to release (every row is written and closed at once)."""
+
+  @staticmethod
+  def read(workdir: str) -> list[dict]:
+    """The rows of `workdir/alg2_epochs.jsonl` ([] when there is none)."""
+    return metrics_lib.read_jsonl(os.path.join(workdir, EPOCHS_FILE))
 
 
 def gmm_history(rows: list[dict]) -> list[dict]:
@@ -95,8 +103,4 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
   return path
 
 
-def write_json(path: str, payload: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(metrics_lib._jsonable(payload), f, indent=2, sort_keys=True)  # pylint: disable=protected-access
-  os.replace(tmp, path)
+write_json = metrics_lib.write_json

@@ -23,7 +23,6 @@ from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import virtual as virtual_lib
 
 PyTree = Any
-MODES = ('jvp', 'reverse')
 
 
 class MetaGrad(NamedTuple):
@@ -72,21 +71,22 @@ def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_mode
   (loss, virtual), grads = jax.value_and_grad(
       lookahead_val_loss, argnums=argnums, has_aux=True)(theta, gate)
   gate_grad = None if gate is None else grads[1]
-  # v for reporting: the validation gradient at ŵ on the scope.
-  return MetaGrad(grads[0], gate_grad, loss, virtual, None)
+  return MetaGrad(grads[0], gate_grad, loss, virtual, None)  # v is never formed here
 
 
 def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
                   meta_model, lookahead, batch_stats, mask, gate, val_rng,
-                  levels=None, level=None) -> MetaGrad:
+                  levels=None, level=None, virtual=None) -> MetaGrad:
   """The fast exact path: one restricted JVP, then a VJP of the small head.
 
   With `levels` (nested static scopes) and a traced `level`, `lax.switch` runs
   only the program of that scope: the cost follows the selected layers.
+  `virtual`: the ungated Virtual-Train step of `fwd`, if already computed.
   """
-  virtual = virtual_lib.virtual_from_forward(
-      fwd, theta, params, train_labels, meta_model=meta_model,
-      lookahead=lookahead, mask=mask)
+  if virtual is None:
+    virtual = virtual_lib.virtual_from_forward(
+        fwd, theta, params, train_labels, meta_model=meta_model,
+        lookahead=lookahead, mask=mask)
   body = functools.partial(_forward_mode_body, fwd, virtual, theta, params,
                            train_labels, val_batch, apply_fn=apply_fn,
                            meta_model=meta_model, lookahead=lookahead,
@@ -150,20 +150,26 @@ def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mas
 
 
 PATHS = {'reverse': _reverse, 'jvp': _forward_mode}
+MODES = tuple(PATHS)  # config `meta.mode`
 
 
 def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
                            apply_fn, meta_model, lookahead, batch_stats=None,
                            mask=None, gate=None, val_rng=None,
-                           mode: str = 'jvp', levels=None, level=None) -> MetaGrad:
+                           mode: str = 'jvp', levels=None, level=None,
+                           virtual=None) -> MetaGrad:
   """Meta gradient from an already computed training forward (shared by steps).
 
   `levels`/`level`: nested static scopes and the traced index of the one to
   run (`jvp` path only; the `reverse` reference always runs the full program).
+  `virtual`: the ungated `VirtualStep` of `fwd` (same θ, look-ahead and mask)
+  when the caller already computed it (`jvp` path: not computed again; the
+  `reverse` path differentiates through its own).
   """
   if mask is None:
     mask = lookahead_lib.scope_mask(params, None)
-  extra = {} if mode == 'reverse' else {'levels': levels, 'level': level}
+  extra = ({} if mode == 'reverse' else
+           {'levels': levels, 'level': level, 'virtual': virtual})
   return PATHS[mode](fwd, theta, params, train_labels, val_batch,
                      apply_fn=apply_fn, meta_model=meta_model, lookahead=lookahead,
                      batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng,

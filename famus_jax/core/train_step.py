@@ -17,6 +17,7 @@ from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import meta_gradient as meta_grad_lib
 from famus_jax.core import virtual as virtual_lib
+from famus_jax.core.protocols import MetaStepContext
 from famus_jax.core.train_state import StepSetup, TrainState
 
 PyTree = Any
@@ -50,6 +51,23 @@ def weight_metrics(weights: jax.Array, batch: dict) -> dict:
   return metrics
 
 
+def _meta_step_context(setup: StepSetup, state: TrainState, fwd, mg, theta, labels,
+                       val_batch, val_rng, selection, begin_state) -> MetaStepContext:
+  """What the layer sampler's `finish` reads after Meta-Train."""
+  def lookahead_grads(theta):
+    weights = setup.meta_model.weights(theta, mg.virtual.losses)
+    return forward_lib.weighted_gradient(fwd, setup.meta_model, theta, weights, labels)
+
+  val_grads = mg.val_grads
+  if val_grads is None:  # the reverse path never forms v
+    val_grads = jax.grad(lambda p: meta_grad_lib.validation_loss(
+        setup.apply_fn, p, state.batch_stats, val_batch, val_rng))(
+            jax.lax.stop_gradient(mg.virtual.params))
+  return MetaStepContext(selection=selection, begin_state=begin_state, meta_grad=mg,
+                         theta=theta, theta_grad=mg.theta,
+                         lookahead_grads=lookahead_grads, val_grads=val_grads)
+
+
 def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
                     setup: StepSetup) -> tuple[TrainState, dict]:
   """One meta iteration (all three stages); pure, jit it with `setup` static.
@@ -74,12 +92,12 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
   mask = lookahead_lib.scope_mask(state.params, setup.scope)
   lookahead = make_lookahead(setup, state)
   sampler = setup.sampler
-  selection = sampler_ctx = None
-  if sampler is not None:
+  selection = begin_state = virtual = None
+  if sampler is not None:  # Virtual-Train once: its gradient feeds the sampler
     virtual = virtual_lib.virtual_from_forward(
         fwd, theta, state.params, labels, meta_model=setup.meta_model,
         lookahead=lookahead, mask=mask)
-    selection, sampler_ctx = sampler.begin(state.sampler_params, virtual.grads,
+    selection, begin_state = sampler.begin(state.sampler_params, virtual.grads,
                                            sampler_rng)
   mg = meta_grad_lib.meta_grad_from_forward(
       fwd, theta, state.params, labels, val_batch,
@@ -87,24 +105,15 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
       lookahead=lookahead, batch_stats=state.batch_stats, mask=mask,
       gate=None if selection is None else selection.leaf_gates, val_rng=val_rng,
       mode=setup.mode, levels=None if sampler is None else sampler.levels,
-      level=None if selection is None else selection.level)
+      level=None if selection is None else selection.level, virtual=virtual)
   theta_grad = mg.theta
   sampler_params, sampler_opt_state = state.sampler_params, state.sampler_opt_state
   sampler_metrics = {}
   if sampler is not None:
-    def lookahead_grads(theta):
-      weights = setup.meta_model.weights(theta, mg.virtual.losses)
-      return forward_lib.weighted_gradient(fwd, setup.meta_model, theta, weights, labels)
-
-    def val_grads():
-      return jax.grad(lambda p: meta_grad_lib.validation_loss(
-          setup.apply_fn, p, state.batch_stats, val_batch, val_rng))(
-              jax.lax.stop_gradient(mg.virtual.params))
-
+    ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch, val_rng,
+                             selection, begin_state)
     theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
-        sampler_ctx, selection, mg, theta, theta_grad, state.sampler_params,
-        state.sampler_opt_state, lookahead_grads=lookahead_grads,
-        val_grads=mg.val_grads if mg.val_grads is not None else val_grads())
+        ctx, state.sampler_params, state.sampler_opt_state)
   meta_params, meta_opt_state = update_meta_params(setup, state, theta_grad)
   theta_new = setup.meta_model.lookahead_params(meta_params, n)
   weights = setup.meta_model.actual_weights(theta_new, mg.virtual.losses, theta_grad)
@@ -126,6 +135,46 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
       **weight_metrics(weights, train_batch),
       **sampler_metrics,
   }
+  return new_state, metrics
+
+
+def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup
+                        ) -> tuple[TrainState, dict]:
+  """An iteration without a meta step (`meta.interval > 1`): Actual-Train with
+  the current θ.
+
+  MW-Net: `V = Ψ(ℓ; θ)` normalised; MLC: uniform weights with the current
+  transition matrix in the loss; L2R (no persistent θ): uniform weights.
+
+  Args:
+    state: the `TrainState`.
+    batch: {'image': (n, ...), 'label': (n,)[, 'true_label': (n,)]}.
+    setup: static `StepSetup`.
+
+  Returns:
+    The new state and the metrics of `meta_train_step` without the meta ones.
+  """
+  rng, fwd_rng = jax.random.split(state.rng)
+  labels = batch['label']
+  n = labels.shape[0]
+  meta_model = setup.meta_model
+  fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
+                                  batch['image'], fwd_rng)
+  theta = meta_model.lookahead_params(state.meta_params, n)
+  losses = jax.lax.stop_gradient(meta_model.loss(theta, fwd.logits, labels))
+  if meta_model.persistent:
+    weights = meta_model.weights(theta, losses)
+  else:
+    weights = jnp.full((n,), 1.0 / n, losses.dtype)
+  actual = actual_lib.actual_from_forward(
+      fwd, state.params, state.opt_state, weights, labels, meta_model=meta_model,
+      tx=setup.tx, theta=theta)
+  new_state = state.replace(step=state.step + 1, params=actual.params,
+                            batch_stats=actual.batch_stats, opt_state=actual.opt_state,
+                            rng=rng)
+  metrics = {'loss': jnp.mean(losses_lib.cross_entropy(fwd.logits, labels)),
+             'weighted_loss': actual.loss, 'lr': setup.lr_schedule(state.step),
+             'weights': weights, **weight_metrics(weights, batch)}
   return new_state, metrics
 
 

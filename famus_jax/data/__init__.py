@@ -1,8 +1,8 @@
 """Data sets, label noise, meta sets and the grain input pipeline.
 
 Entry points: ``load_dataset(config.data, seed, workdir) -> DataSplits`` and
-``make_loader(source, batch_size=..., seed=...)``. See DESIGN.md §5-§6 and the
-module docstrings for the exact semantics.
+``make_loader(source, batch_size=..., seed=...)``. See the module docstrings
+for the exact semantics.
 """
 
 from famus_jax.data.augment import augment_batch_jax, crop_flip_numpy
@@ -16,13 +16,14 @@ from famus_jax.data.sources import (ArraySource, DataSplits, DatasetMissingError
 from famus_jax.data.splits import long_tail_counts, long_tail_indices, split_meta_set
 
 
-def make_split_loaders(splits, data_config, seed: int):
+def make_split_loaders(splits, data_config, seed: int, test: bool = True):
   """Convenience: the usual loaders for a DataSplits.
 
   ``train``: shuffled, augmented (``data_config.augment``), forever, with
   ``splits.train_sampler`` if any; ``meta``: its own shuffle stream, cycling
   forever independently of ``train`` (None without a meta set); ``test``: one
-  ordered pass, no augmentation, last partial batch kept.
+  ordered pass, no augmentation, last partial batch kept (None with
+  ``test=False``).
   """
   common = dict(num_workers=int(data_config.num_workers),
                 prefetch=int(data_config.prefetch))
@@ -34,6 +35,8 @@ def make_split_loaders(splits, data_config, seed: int):
     meta = make_loader(splits.meta, batch_size=min(int(data_config.meta_batch_size),
                                                    len(splits.meta)),
                        seed=seed + 1, augment=data_config.augment, **common)
+  if not test:
+    return {"train": train, "meta": meta, "test": None}
   test = make_loader(splits.test, batch_size=int(data_config.eval_batch_size), seed=0,
                      shuffle=False, num_epochs=1, drop_remainder=False, **common)
   return {"train": train, "meta": meta, "test": test}

@@ -1,6 +1,7 @@
 """Layer samplers: which layers' look-ahead terms carry the meta gradient.
 
-Registry `SAMPLERS`, keyed by `meta.sampler`:
+Registry `SAMPLERS`, keyed by `meta.sampler`, of constructors
+`(meta, candidate layers, common fields) -> sampler or None`:
 - 'all'    exact meta gradient (no sampler; `build_sampler` returns None);
 - 'famus'  learned per-layer gradient samplers Γ(·; η_l) with hard Gumbel gates
            and the auxiliary losses L_r (λ1) and L_g (λ2);
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from famus_jax.core import lookahead as lookahead_lib
+from famus_jax.core.protocols import MetaStepContext
 from famus_jax.famus import gumbel
 from famus_jax.famus import layers as layers_lib
 from famus_jax.famus import pooling
@@ -62,8 +64,6 @@ class LayerSampler:
   levels: tuple = ()
   layer_level: tuple = ()
 
-  learned = False
-
   @property
   def num_layers(self) -> int:
     return len(self.layers)
@@ -99,11 +99,9 @@ class LayerSampler:
     """Gates of this iteration from the Virtual-Train gradient: (Selection, ctx)."""
     return self.select(params, grads, rng), None
 
-  def finish(self, ctx, selection, meta_grad, theta, theta_grad, params, opt_state, *,
-             lookahead_grads, val_grads):
+  def finish(self, ctx: MetaStepContext, params, opt_state):
     """After Meta-Train: (θ gradient, sampler params, sampler opt state, metrics)."""
-    del ctx, meta_grad, theta, lookahead_grads, val_grads
-    return theta_grad, params, opt_state, self.metrics(selection)
+    return ctx.theta_grad, params, opt_state, self.metrics(ctx.selection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +126,6 @@ class FamusSampler(LayerSampler):
   delta: float = 0.1
   hidden: int = 128
   feature_dims: tuple = ()
-
-  learned = True
 
   def init(self, rng):
     net = gumbel.GradientSampler(self.hidden)
@@ -176,13 +172,12 @@ class FamusSampler(LayerSampler):
     gates, gates_vjp = jax.vjp(lambda eta: self.gates(eta, features, rng), params)
     return self.selection(gates), gates_vjp
 
-  def finish(self, ctx, selection, meta_grad, theta, theta_grad, params, opt_state, *,
-             lookahead_grads, val_grads):
+  def finish(self, ctx: MetaStepContext, params, opt_state):
     """η ← SGD step on ∂(L_c + λ1 L_r)/∂η through the straight-through gates;
     θ's gradient gains λ2 ∇_θ L_g."""
-    gates_vjp = ctx
+    gates_vjp, selection, theta_grad = ctx.begin_state, ctx.selection, ctx.theta_grad
     _, leaf_vjp = jax.vjp(self.leaf_gates, selection.gates)
-    d_gates = leaf_vjp(meta_grad.gate)[0]            # ∂L_c/∂r_l = Σ_leaves ⟨u, g⟩
+    d_gates = leaf_vjp(ctx.meta_grad.gate)[0]        # ∂L_c/∂r_l = Σ_leaves ⟨u, g⟩
     rate, d_rate = jax.value_and_grad(self.rate_loss)(selection.gates)
     eta_grad = gates_vjp(d_gates + self.lambda1 * d_rate)[0]
     updates, opt_state = self.optimizer().update(eta_grad, opt_state, params)
@@ -191,14 +186,11 @@ class FamusSampler(LayerSampler):
                'sampler_grad_norm': optax.tree.norm(eta_grad)}
     if self.lambda2 > 0:
       matching, d_theta = jax.value_and_grad(
-          lambda t: self.matching_loss(lookahead_grads(t), val_grads))(theta)
+          lambda t: self.matching_loss(ctx.lookahead_grads(t), ctx.val_grads))(ctx.theta)
       theta_grad = jax.tree_util.tree_map(lambda a, b: a + self.lambda2 * b,
                                           theta_grad, d_theta)
       metrics['matching_loss'] = matching
     return theta_grad, params, opt_state, metrics
-
-
-SAMPLERS = ('all', 'famus', 'random', 'block')
 
 
 def _leaf_layer_index(params: PyTree, layers) -> tuple:
@@ -235,7 +227,7 @@ def candidates(meta, model, params, sample_images) -> tuple:
 def check_sampler_name(name: str) -> None:
   if name not in SAMPLERS:
     raise ValueError(f'Unknown sampler {name!r} (config field meta.sampler); known: '
-                     f'{", ".join(SAMPLERS)}.')
+                     f'{", ".join(sorted(SAMPLERS))}.')
 
 
 def static_scope(meta, model, params, sample_images) -> Optional[frozenset]:
@@ -266,18 +258,32 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
   """
   check_sampler_name(meta.sampler)
   static_scope(meta, model, params, sample_images)  # validates b and the scope
-  if meta.sampler in ('all', 'block'):
-    return None
   _, cands = candidates(meta, model, params, sample_images)
+  return SAMPLERS[meta.sampler](meta, params, cands)
+
+
+def _common_fields(meta, params, cands) -> dict:
+  """The `LayerSampler` fields shared by the gated samplers."""
   prune_levels = _check_int(meta, 'prune_levels', 1, len(cands), 'meta.prune_levels')
   levels, layer_level = _levels(cands, prune_levels)
-  common = dict(layers=cands, leaf_layer=_leaf_layer_index(params, cands),
-                treedef=jax.tree_util.tree_structure(params), levels=levels,
-                layer_level=layer_level)
-  if meta.sampler == 'random':
-    s = _check_int(meta, 's', 1, len(cands),
-                   f'the number of random layers s (there are {len(cands)} candidate layers)')
-    return RandomSampler(s=s, **common)
+  return dict(layers=cands, leaf_layer=_leaf_layer_index(params, cands),
+              treedef=jax.tree_util.tree_structure(params), levels=levels,
+              layer_level=layer_level)
+
+
+def _no_sampler(meta, params, cands) -> None:
+  """'all' and 'block': every scope leaf carries the meta gradient (no gates)."""
+  del meta, params, cands
+
+
+def _random_sampler(meta, params, cands) -> RandomSampler:
+  s = _check_int(meta, 's', 1, len(cands),
+                 f'the number of random layers s (there are {len(cands)} candidate layers)')
+  return RandomSampler(s=s, **_common_fields(meta, params, cands))
+
+
+def _famus_sampler(meta, params, cands) -> FamusSampler:
+  common = _common_fields(meta, params, cands)
   k = _check_int(meta, 'k', 1, len(cands),
                  f'K (there are {len(cands)} candidate layers; see meta.candidate_layers)')
   if not meta.tau > 0:
@@ -286,3 +292,11 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
   return FamusSampler(k=k, tau=float(meta.tau), lambda1=float(meta.lambda1),
                       lambda2=float(meta.lambda2), delta=float(meta.delta),
                       feature_dims=pooling.feature_dims(by_path, cands), **common)
+
+
+SAMPLERS = {
+    'all': _no_sampler,
+    'block': _no_sampler,
+    'famus': _famus_sampler,
+    'random': _random_sampler,
+}

@@ -18,12 +18,9 @@ import ml_collections
 
 from famus_jax.data import default_data_config
 
-METHODS = ('ce', 'mwnet', 'l2r', 'mlc')
-MODES = ('jvp', 'reverse')
-LOOKAHEADS = ('sgd', 'optimizer')
-META_OPTIMIZERS = ('adam', 'sgd')
-SAMPLERS = ('all', 'famus', 'random', 'block')
-GRANULARITIES = ('module', 'tensor')
+# Names that no registry holds (the meta choices are read from their registries
+# in `validate_config`: methods, modes, look-aheads, meta optimizers, samplers,
+# granularities).
 SCHEDULES = ('piecewise', 'constant', 'cosine')
 UNITS = ('step', 'epoch')
 DTYPES = ('float32', 'bfloat16')
@@ -75,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.weight_decay = 1e-4
   c.meta.momentum = 0.9
   c.meta.interval = 1  # meta step every `interval` iterations
-  c.meta.sampler = 'all'  # all (exact) | famus | random | block
+  c.meta.warmup_epochs = 0  # plain cross-entropy for the first epochs (meta methods)
+  c.meta.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
   c.meta.k = 4  # FaMUS: target number of sampled layers
   c.meta.s = 4  # random: layers drawn per iteration
   c.meta.b = 1  # block: the residual block
@@ -228,38 +226,7 @@ def validate_config(config) -> None:
                       "'piecewise' schedule takes boundaries; set () for "
                       f'optim.schedule={config.optim.schedule!r}')
 
-  # meta
-  method = choice(config, 'meta.method', METHODS)
-  choice(config, 'meta.mode', MODES)
-  choice(config, 'meta.lookahead', LOOKAHEADS)
-  choice(config, 'meta.optimizer', META_OPTIMIZERS)
-  number(config, 'meta.lr', 0, lo_open=True)
-  number(config, 'meta.weight_decay', 0)
-  number(config, 'meta.momentum', 0, 1, hi_open=True)
-  number(config, 'meta.interval', 1, integer=True)
-  sampler = choice(config, 'meta.sampler', SAMPLERS)
-  number(config, 'meta.k', 1, integer=True)
-  number(config, 'meta.s', 1, integer=True)
-  number(config, 'meta.b', 1, integer=True)
-  number(config, 'meta.lambda1', 0)
-  number(config, 'meta.lambda2', 0)
-  number(config, 'meta.tau', 0, lo_open=True)
-  number(config, 'meta.delta', 0, lo_open=True)
-  choice(config, 'meta.granularity', GRANULARITIES)
-  number(config, 'meta.prune_levels', 0, integer=True)
-  cand = config.meta.candidate_layers
-  if (not isinstance(cand, str) or not _CANDIDATE_RE.match(cand)
-      or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):
-    raise ConfigError(f'config.meta.candidate_layers={cand!r}: must be \'all\', '
-                      "'top:N' (N >= 1) or comma-separated layer names")
-  if method == 'ce' and sampler != 'all':
-    raise ConfigError(f"config.meta.sampler={sampler!r}: meta.method='ce' has no meta "
-                      "step to sample layers for; use meta.sampler='all' or a meta method "
-                      '(mwnet, l2r, mlc)')
-  if method != 'ce' and config.data.meta_per_class == 0:
-    raise ConfigError(f"config.data.meta_per_class=0: meta.method={method!r} needs a "
-                      'clean meta set (meta_per_class >= 1, or -1 on clothing1m); '
-                      "without one use meta.method='ce'")
+  _validate_meta(config)
 
   # train
   number(config, 'train.log_every', 1, integer=True)
@@ -272,6 +239,55 @@ def validate_config(config) -> None:
   number(config, 'train.weight_window', 0, integer=True)
 
 
+def _validate_meta(config) -> None:
+  """`config.meta`: every choice read from the registry that holds it."""
+  # pylint: disable=g-import-not-at-top
+  from famus_jax.core import meta_gradient, train_state
+  from famus_jax.famus import layers as layers_lib
+  from famus_jax.famus import samplers as samplers_lib
+  from famus_jax.training import strategies
+  # pylint: enable=g-import-not-at-top
+  method = choice(config, 'meta.method', sorted(strategies.STRATEGIES))
+  strategy = strategies.STRATEGIES[method]
+  try:
+    strategy.meta_model(config.meta)
+  except ValueError as e:
+    raise ConfigError(f'config.meta.model_kwargs: {e}') from None
+  choice(config, 'meta.mode', sorted(meta_gradient.PATHS))
+  choice(config, 'meta.lookahead', sorted(train_state.LOOKAHEADS))
+  choice(config, 'meta.optimizer', sorted(train_state.META_OPTIMIZERS))
+  number(config, 'meta.lr', 0, lo_open=True)
+  number(config, 'meta.weight_decay', 0)
+  number(config, 'meta.momentum', 0, 1, hi_open=True)
+  number(config, 'meta.interval', 1, integer=True)
+  number(config, 'meta.warmup_epochs', 0)
+  choice(config, 'meta.sampler', sorted(samplers_lib.SAMPLERS))
+  number(config, 'meta.k', 1, integer=True)
+  number(config, 'meta.s', 1, integer=True)
+  number(config, 'meta.b', 1, integer=True)
+  number(config, 'meta.lambda1', 0)
+  number(config, 'meta.lambda2', 0)
+  number(config, 'meta.tau', 0, lo_open=True)
+  number(config, 'meta.delta', 0, lo_open=True)
+  choice(config, 'meta.granularity', sorted(layers_lib.GRANULARITIES))
+  number(config, 'meta.prune_levels', 0, integer=True)
+  cand = config.meta.candidate_layers
+  if (not isinstance(cand, str) or not _CANDIDATE_RE.match(cand)
+      or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):
+    raise ConfigError(f'config.meta.candidate_layers={cand!r}: must be \'all\', '
+                      "'top:N' (N >= 1) or comma-separated layer names")
+  if strategy.uses_meta_set and config.data.meta_per_class == 0:
+    raise ConfigError(f"config.data.meta_per_class=0: meta.method={method!r} needs a "
+                      'clean meta set (meta_per_class >= 1, or -1 on clothing1m); '
+                      'without one use meta.method=ce (plain cross-entropy)')
+
+
+def uses_meta_set(config) -> bool:
+  """Whether `config.meta.method` draws validation batches (has a meta step)."""
+  from famus_jax.training import strategies  # pylint: disable=g-import-not-at-top
+  return strategies.get_strategy_class(config.meta.method).uses_meta_set
+
+
 def validate_against_data(config, splits, num_devices: int,
                           process_count: int = 1) -> None:
   """Checks that need the data and the devices; raises `ConfigError`."""
@@ -280,12 +296,13 @@ def validate_against_data(config, splits, num_devices: int,
   if d.batch_size > n_train:
     raise ConfigError(f'config.data.batch_size={d.batch_size}: larger than the '
                       f'training split ({n_train} examples); must be <= {n_train}')
-  if config.meta.method != 'ce' and splits.meta is not None:
+  meta_step = uses_meta_set(config)
+  if meta_step and splits.meta is not None:
     n_meta = len(splits.meta)
     if d.meta_batch_size > n_meta:
       raise ConfigError(f'config.data.meta_batch_size={d.meta_batch_size}: larger than '
                         f'the meta set ({n_meta} examples); must be <= {n_meta}')
-  if config.meta.method != 'ce' and splits.meta is None:
+  if meta_step and splits.meta is None:
     raise ConfigError(f'config.data.meta_per_class={d.meta_per_class}: the data set '
                       f'{d.name!r} gave no meta set, which meta.method='
                       f'{config.meta.method!r} needs')
@@ -295,7 +312,7 @@ def validate_against_data(config, splits, num_devices: int,
                       f'or {splits.num_classes}')
   shards = num_devices
   for field in ('batch_size', 'meta_batch_size', 'eval_batch_size'):
-    if field == 'meta_batch_size' and config.meta.method == 'ce':
+    if field == 'meta_batch_size' and not meta_step:
       continue
     if d[field] % shards:
       raise ConfigError(f'config.data.{field}={d[field]}: must be a multiple of the '

@@ -13,18 +13,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any, Iterable, Optional
 
+import jax
 import numpy as np
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+  """`v` with numpy scalars/arrays as Python values; NaN/Inf as strings."""
   if isinstance(v, dict):
-    return {k: _jsonable(x) for k, x in v.items()}
+    return {k: jsonable(x) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
-    return [_jsonable(x) for x in v]
+    return [jsonable(x) for x in v]
   if isinstance(v, np.ndarray):
-    return _jsonable(v.tolist())
+    return jsonable(v.tolist())
   if isinstance(v, (np.floating, float)):
     f = float(v)
     return f if math.isfinite(f) else str(f)  # 'nan' / 'inf' stay valid JSON
@@ -33,6 +36,28 @@ def _jsonable(v: Any) -> Any:
   if isinstance(v, np.bool_):
     return bool(v)
   return v
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Writes `payload` as indented JSON, atomically (temporary file, rename)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(jsonable(payload), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def first_non_finite(rows: Iterable[dict], keys: Iterable[str] = ('loss',)
+                     ) -> Optional[int]:
+  """Index of the first host metrics row whose 'finite' flag is False or whose
+  `keys` hold NaN/Inf; None when all are finite."""
+  keys = tuple(keys)
+  for i, m in enumerate(rows):
+    if not bool(m.get('finite', True)):
+      return i
+    if any(k in m and not np.all(np.isfinite(np.asarray(m[k], np.float64)))
+           for k in keys):
+      return i
+  return None
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -67,7 +92,7 @@ class JsonlWriter:
     self._f = open(path, 'a')
 
   def write(self, row: dict) -> None:
-    self._f.write(json.dumps(_jsonable(row)) + '\n')
+    self._f.write(json.dumps(jsonable(row)) + '\n')
     self._f.flush()
 
   def close(self) -> None:
@@ -196,3 +221,77 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
   u = ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0
   return float(u / (n_pos * n_neg))
 
+
+
+SCALAR_SKIP = ('weights', 'gates', 'finite')  # per-example or per-layer values, flags
+RELATIVE = ('weight_mean', 'weight_std', 'weight_clean', 'weight_noisy')
+
+
+class StepMetrics:
+  """Per-step device metrics -> checked host rows, averaged into log rows.
+
+  Weight statistics are reported relative to uniform (× batch size); the
+  recent weights go to a `WeightWindow` for the clean-vs-noisy histograms.
+  """
+
+  def __init__(self, batch_size: int, layer_names: Optional[list[str]],
+               weight_window: int):
+    self.pending: list[tuple] = []  # (step, device metrics, labels, true labels)
+    self.rows: list[dict] = []  # host scalars of the steps since the last row
+    self.batch_size = batch_size
+    self.layer_names = layer_names
+    self.window = WeightWindow(weight_window)
+    self.row_start = time.perf_counter()
+
+  def add(self, step: int, metrics: dict, labels, true_labels):
+    self.pending.append((step, metrics, labels, true_labels))
+
+  def drain(self) -> Optional[int]:
+    """Moves pending metrics to the host; returns the first non-finite step."""
+    if not self.pending:
+      return None
+    fetched = jax.device_get([m for _, m, _, _ in self.pending])
+    bad = first_non_finite(fetched)
+    for (step, _, labels, true_labels), m in zip(self.pending[:bad], fetched[:bad]):
+      if 'weights' in m:
+        self.window.add(np.asarray(m['weights']), labels, true_labels)
+      row = {'step': step}
+      for k, v in m.items():
+        if k not in SCALAR_SKIP:
+          row[k] = float(v) * self.batch_size if k in RELATIVE else float(v)
+      if 'gates' in m:
+        row['gates'] = np.asarray(m['gates'], np.float64).tolist()
+      self.rows.append(row)
+    bad_step = None if bad is None else self.pending[bad][0]
+    self.pending = []
+    return bad_step
+
+  def row(self, step: int) -> dict:
+    """The log row of `step`: means over the steps since the last row."""
+    now = time.perf_counter()
+    rows, self.rows = self.rows, []
+    out: dict[str, Any] = {'step': step}
+    keys = sorted({k for r in rows for k in r if k not in ('step', 'gates')})
+    for k in keys:
+      vals = [r[k] for r in rows if k in r]
+      out[k] = rows[-1][k] if k == 'lr' else float(np.mean(vals))
+    gates = [r['gates'] for r in rows if 'gates' in r]
+    if gates:
+      last = gates[-1]
+      out['layer_frequency'] = np.mean(np.asarray(gates), axis=0).round(4).tolist()
+      out['selected_layers'] = [
+          (self.layer_names[i] if self.layer_names else i)
+          for i, g in enumerate(last) if g > 0.5]
+    out['meta_steps'] = sum(1 for r in rows if 'val_loss' in r)
+    n = max(len(rows), 1)
+    out['step_time_s'] = (now - self.row_start) / n
+    out['steps_per_s'] = n / max(now - self.row_start, 1e-9)
+    self.row_start = now
+    return out
+
+  def get_state(self) -> dict:
+    return {'rows': self.rows, 'window': self.window.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    self.rows = list(state.get('rows', []))
+    self.window.set_state(state.get('window', {}))

@@ -1,11 +1,11 @@
 """Digits: cross-entropy vs Algorithm 2 at several symmetric noise rates.
 
-  python -m famus_jax.alg2.compare_digits --noise=0.4,0.6 --seeds=0 \\
+  python -m experiments.alg2_compare_digits --noise=0.4,0.6 --seeds=0 \\
       --out=/tmp/alg2_digits.json [--workdir=/tmp/alg2_digits_runs] [--set k=v ...]
 
 Both arms use configs/digits_alg2.py's model, data (no clean meta set), batch
 size, epochs and learning-rate schedule. CE is one network trained by the
-standard loop (`famus_jax.train`, `meta.method='ce'`); Alg. 2 co-trains two
+standard loop (`famus_jax.train`, plain cross-entropy: `meta.method=ce`); Alg. 2 co-trains two
 networks, so it costs more than twice the compute of the CE arm: we report
 each of its networks alone as well as their ensemble. `--set` overrides any
 field of the Alg. 2 config (e.g. `--set meta.sampler=all`).
@@ -22,7 +22,7 @@ import time
 
 from famus_jax.alg2 import config as alg2_config
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 CONFIG = os.path.join(REPO, 'configs', 'digits_alg2.py')
 
 
@@ -42,7 +42,7 @@ def ce_config(alg2_cfg):
   d = copy.deepcopy(alg2_cfg.to_dict())
   d.pop('alg2')
   c = ml_collections.ConfigDict(d)
-  c.meta.method, c.meta.sampler = 'ce', 'all'
+  c.meta.method = 'ce'  # (its meta.sampler is ignored)
   c.train.eval_every = 0
   c.train.checkpoint_every = 0
   c.train.log_every = 10

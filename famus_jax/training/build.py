@@ -1,0 +1,65 @@
+"""The pieces of a run built from its config: model, layer sampler and scope,
+`StepSetup`, method strategy. Shared by the standard loop and Alg. 2."""
+
+from __future__ import annotations
+
+import jax
+
+from famus_jax import core
+from famus_jax import models as models_lib
+from famus_jax.training import strategies as strategies_lib
+from famus_jax.training.config import ConfigError
+
+
+def build_model(config, num_classes: int):
+  """The base network of `config.model`; bad kwargs raise `ConfigError`."""
+  try:
+    return models_lib.get_model(config.model.name, num_classes=num_classes,
+                                dtype=config.model.dtype, **config.model.kwargs.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.model (name={config.model.name!r}, '
+                      f'kwargs={config.model.kwargs.to_dict()}): {e}') from None
+
+
+def _field_error(e: Exception) -> ConfigError:
+  msg = str(e)
+  return ConfigError(msg if msg.startswith('config.') else
+                     ('config.' + msg if msg.startswith('meta.') else msg))
+
+
+def build_sampler_and_scope(config, model, sample_images):
+  """FaMUS sampler (or None) and static meta scope (or None), validated.
+
+  Both None for a method without a meta step (its `meta.sampler` is ignored).
+  """
+  if not strategies_lib.get_strategy_class(config.meta.method).uses_meta_set:
+    return None, None
+  from famus_jax import famus  # pylint: disable=g-import-not-at-top
+  init = lambda: model.init({'params': jax.random.PRNGKey(0),
+                             'dropout': jax.random.PRNGKey(0)}, sample_images, train=False)
+  params = jax.eval_shape(init)['params']  # abstract: nothing runs or compiles
+  try:
+    scope = famus.static_scope(config.meta, model, params, sample_images)
+    sampler = famus.build_sampler(config.meta, model, params, sample_images)
+  except ValueError as e:
+    raise _field_error(e) from None
+  return sampler, scope
+
+
+def build_setup(config, model, lr_schedule, sampler=None, scope=None) -> core.StepSetup:
+  """The static `StepSetup`: optimizers, the method's meta model, sampler, scope."""
+  o, m = config.optim, config.meta
+  tx = core.sgd_with_weight_decay(lr_schedule, momentum=o.momentum,
+                                  weight_decay=o.weight_decay, nesterov=o.nesterov)
+  meta_model = strategies_lib.get_strategy_class(m.method).meta_model(m)
+  meta_tx = core.make_meta_optimizer(m.optimizer, m.lr, m.weight_decay, m.momentum)
+  kwargs = {} if sampler is None else {'sampler': sampler}
+  return core.StepSetup(apply_fn=model.apply, meta_model=meta_model, tx=tx,
+                        meta_tx=meta_tx, lr_schedule=lr_schedule, mode=m.mode,
+                        lookahead=m.lookahead, scope=scope, **kwargs)
+
+
+def build_strategy(config, setup: core.StepSetup, mesh, warmup_steps: int):
+  """The method strategy of `config.meta.method` with its compiled programs."""
+  cls = strategies_lib.get_strategy_class(config.meta.method)
+  return cls(setup, mesh, interval=int(config.meta.interval), warmup_steps=warmup_steps)
