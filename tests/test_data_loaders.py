@@ -16,7 +16,13 @@ from PIL import Image
 
 from famus_jax import data
 
-tfds = pytest.importorskip("tensorflow_datasets")
+
+
+@pytest.fixture
+def tfds():
+  """tensorflow-datasets, for the tests that run its mock data (only they skip
+  when it cannot be imported)."""
+  return pytest.importorskip("tensorflow_datasets")
 
 
 def _cfg(**kw):
@@ -81,15 +87,15 @@ def test_digits(tmp_path):
 # ------------------------------------------------------------------ tfds sets
 
 
-def _mock(n):
+def _mock(tfds, n):
   return tfds.testing.mock_data(num_examples=n, policy=tfds.testing.MockPolicy.USE_CODE)
 
 
 @pytest.mark.parametrize("name,num_classes,noise", [
     ("cifar10", 10, "asymmetric"), ("cifar100", 100, "symmetric")])
-def test_cifar_mock(name, num_classes, noise, tmp_path):
+def test_cifar_mock(name, num_classes, noise, tmp_path, tfds):
   per = 3 if num_classes == 100 else 20
-  with _mock(1500):
+  with _mock(tfds, 1500):
     s = data.load_dataset(_cfg(name=name, noise_type=noise, noise_rate=0.4,
                                meta_per_class=per), seed=0, workdir=str(tmp_path))
   assert s.image_shape == (32, 32, 3) and s.num_classes == num_classes
@@ -98,24 +104,34 @@ def test_cifar_mock(name, num_classes, noise, tmp_path):
   _check_source(s.train, num_classes, (32, 32, 3))
   assert np.bincount(s.meta.labels, minlength=num_classes).tolist() == [per] * num_classes
   assert np.intersect1d(s.meta.source_index, s.train.source_index).size == 0
-  assert 0 < s.info["realised_noise_rate"] < 0.5
+  changed = s.train.labels != s.train.true_labels
+  assert s.info["realised_noise_rate"] == pytest.approx(changed.mean())
+  mapping = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+  # Requested 40 %: symmetric draws a uniform class (the true one included, so
+  # 0.4 · 99/100 change); asymmetric flips 40 % of the mapped classes only.
+  if noise == "symmetric":
+    expected = 0.4 * (num_classes - 1) / num_classes
+    sd = np.sqrt(expected * (1 - expected) / changed.size)
+  else:
+    flippable = np.isin(s.train.true_labels, list(mapping)).sum()
+    expected = 0.4 * flippable / changed.size
+    sd = np.sqrt(0.4 * 0.6 * flippable) / changed.size
+  assert abs(changed.mean() - expected) < 4 * sd, (changed.mean(), expected)
   if noise == "asymmetric":
-    changed = s.train.labels != s.train.true_labels
-    mapping = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
     np.testing.assert_array_equal(
         s.train.labels[changed], [mapping[t] for t in s.train.true_labels[changed]])
   assert os.path.exists(tmp_path / "noisy_labels.npz")
 
 
 @pytest.mark.parametrize("imbalance", [100, 10])
-def test_cifar10_lt_mock(imbalance):
-  with _mock(1000):
+def test_cifar10_lt_mock(imbalance, tfds):
+  with _mock(tfds, 1000):
     s = data.load_dataset(_cfg(name="cifar10_lt", imbalance_factor=imbalance,
                                noise_type="none", meta_per_class=10), seed=0)
   assert np.bincount(s.meta.labels, minlength=10).tolist() == [10] * 10
   assert np.intersect1d(s.meta.source_index, s.train.source_index).size == 0
   # n = the smallest class count left after the meta draw
-  with _mock(1000):
+  with _mock(tfds, 1000):
     full = tfds.data_source("cifar10", split="train", download=False)
     all_labels = np.array([full[i]["label"] for i in range(len(full))])
   n = np.bincount(all_labels, minlength=10).min() - 10
@@ -124,8 +140,8 @@ def test_cifar10_lt_mock(imbalance):
   assert s.info["imbalance_factor"] == imbalance
 
 
-def test_cnwl_mock(tmp_path):
-  with _mock(300):
+def test_cnwl_mock(tmp_path, tfds):
+  with _mock(tfds, 300):
     s = data.load_dataset(_cfg(name="cnwl", noise_type="none", cnwl_noise=40,
                                meta_per_class=0), seed=0, workdir=str(tmp_path))
   assert s.num_classes == 100 and s.image_shape == (32, 32, 3)
@@ -138,7 +154,8 @@ def test_cnwl_mock(tmp_path):
   assert s.info["realised_noise_rate"] == 0.0  # among images with known labels
 
 
-def test_tfds_missing_data_is_one_line_error(tmp_path):
+def test_tfds_missing_data_is_one_line_error(tmp_path, tfds):
+  del tfds  # the loaders import it
   for name, extra in (("cifar10", {}), ("cifar100_lt", {"imbalance_factor": 50.0}),
                       ("cnwl", {"noise_type": "none"})):
     cfg = _cfg(name=name, data_dir=str(tmp_path / "nothing"), **extra)
