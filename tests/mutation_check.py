@@ -52,9 +52,9 @@ MUTATIONS = (
              r'axis=tuple\(range\(grad\.ndim - 1\)\)', 'axis=tuple(range(1, grad.ndim))',
              (FAMUS,)),
     Mutation('bn_stats_from_validation_forward', 'famus_jax/core/train_step.py',
-             r'batch_stats=actual\.batch_stats',
-             "batch_stats=forward_lib.apply_model(setup.apply_fn, state.params, "
-             "state.batch_stats, val_batch['image'], train=True)[1]", (CORE,)),
+             r'params=actual\.params, batch_stats=actual\.batch_stats',
+             "params=actual.params, batch_stats=forward_lib.apply_model(setup.apply_fn, "
+             "state.params, state.batch_stats, val_batch['image'], train=True)[1]", (CORE,)),
     Mutation('pairflip_map_off_by_one', 'famus_jax/data/noise.py',
              r'\{i: \(i \+ 1\) % num_classes', '{i: (i + 2) % num_classes', (NOISE,)),
     Mutation('cifar100_map_off_by_one', 'famus_jax/data/noise.py',
