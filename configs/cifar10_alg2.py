@@ -19,47 +19,24 @@ Table 2: 93.64 / 92.91).
 
 import ml_collections
 
-from famus_jax.alg2.config import load_sibling, with_alg2
-from famus_jax.training.config import base_config
+from famus_jax.alg2.config import with_alg2
+from famus_jax.training.config import load_config
 
 
 def get_config():
-  c = load_sibling('cifar10.py', __file__) or base_config()
+  c = load_config('cifar10.py', relative_to=__file__)  # data, augmentation, β, δ, K
+  c = with_alg2(c)  # data.meta_per_class = 0: no clean meta set
   c.model.name = 'preact_resnet18'
   c.model.kwargs = ml_collections.ConfigDict({'width': 64})
-
-  c.data.name = 'cifar10'
-  c.data.noise_type = 'symmetric'
-  c.data.noise_rate = 0.4
   c.data.batch_size = 64
   c.data.meta_batch_size = 64
-  c.data.eval_batch_size = 500
-  c.data.augment = 'crop_flip'
-
   c.optim.lr = 0.02
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.nesterov = False
-  c.optim.schedule = 'piecewise'
   c.optim.unit = 'epoch'
   c.optim.num_steps = 0
   c.optim.num_epochs = 300
   c.optim.boundaries = (200, 250)
-  c.optim.decay_factor = 0.1
-
-  c.meta.method = 'mwnet'
-  c.meta.sampler = 'famus'
-  c.meta.optimizer = 'adam'
-  c.meta.lr = 1e-3
-  c.meta.weight_decay = 1e-4
-  c.meta.k = 4
-  c.meta.delta = 0.1
   c.meta.lambda1 = 0.1
   c.meta.lambda2 = 0.1
-
-  c.train.log_every = 100
-  c = with_alg2(c)
-  c.alg2.warmup_epochs = 10
-  c.alg2.ssl.lambda_u = 25.0
-  c.alg2.ssl.rampup_epochs = 16.0
+  # DivideMix's CIFAR-10 values where the paper is silent (the alg2 defaults):
+  # warm-up 10 epochs, λ_u 25, ramp-up 16 epochs.
   return c

@@ -18,46 +18,17 @@ Measured (2 seeds, 40 epochs; famus_jax/alg2/README.md): 40 % noise CE
 73.3/72.7 %, Alg. 2 99.1/99.3 %; 60 % noise CE 57.3/58.7 %, Alg. 2 97.8/98.9 %.
 """
 
-import ml_collections
-
-from famus_jax.alg2.config import load_sibling, with_alg2
-from famus_jax.training.config import base_config
+from famus_jax.alg2.config import with_alg2
+from famus_jax.training.config import load_config
 
 
 def get_config():
-  c = load_sibling('digits.py', __file__) or base_config()
-  c.seed = 0
-  c.model.name = 'digits_cnn'
-  c.model.kwargs = ml_collections.ConfigDict({'width': 8, 'depth': 2})
-
-  c.data.name = 'digits'
-  c.data.noise_type = 'symmetric'
-  c.data.noise_rate = 0.4
-  c.data.batch_size = 64
+  c = load_config('digits.py', relative_to=__file__)  # model, data, optimizer
+  c = with_alg2(c)  # data.meta_per_class = 0: no clean meta set
   c.data.meta_batch_size = 64
-  c.data.eval_batch_size = 450
   c.data.augment = 'none'
-
-  c.optim.lr = 0.05
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'piecewise'
-  c.optim.unit = 'epoch'
-  c.optim.num_steps = 0
-  c.optim.num_epochs = 40
   c.optim.boundaries = (30,)
-
-  c.meta.method = 'mwnet'
-  c.meta.sampler = 'famus'
-  c.meta.k = 4
-  c.meta.lr = 1e-3
-  c.meta.weight_decay = 1e-4
-  c.meta.delta = 0.1
   c.meta.lambda1 = 0.0
-  c.meta.lambda2 = 0.0
-
-  c.train.progress = True
-  c = with_alg2(c)
   c.alg2.warmup_epochs = 5
   c.alg2.gmm.during_warmup = True
   c.alg2.ssl.lambda_u = 25.0

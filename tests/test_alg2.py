@@ -345,6 +345,19 @@ def test_alg2_config_errors():
                                            'optim.num_steps': 100, 'optim.boundaries': ()}))
   with pytest.raises(ConfigError, match='threshold'):
     alg2_config.validate(_digits_config(**{'alg2.gmm.threshold': 1.5}))
+  # a base-schema field Algorithm 2 does not read is rejected, not ignored
+  with pytest.raises(ConfigError, match=r"config.train.eval_every=5: not used by "
+                     r"Algorithm 2 \(it evaluates every alg2.eval_every_epochs\)"):
+    alg2_config.validate(_digits_config(**{'train.eval_every': 5}))
+  with pytest.raises(ConfigError, match='meta.warmup_epochs=2.*alg2.warmup_epochs'):
+    alg2_config.validate(_digits_config(**{'meta.warmup_epochs': 2.0}))
+  # the schema is base_config() + alg2: any base field is known
+  c = _digits_config()
+  with c.unlocked():
+    c.optim.bogus = 1
+  with pytest.raises(ConfigError, match=r'config.optim.bogus: unknown field; the schema '
+                     r'is famus_jax.alg2.config.alg2_schema\(\)'):
+    alg2_config.validate(c)
 
 
 # ---------------------------------------------------------------------------

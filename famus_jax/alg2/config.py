@@ -1,12 +1,14 @@
 """`config.alg2`: the Algorithm 2 fields, their defaults, validation, ablations.
 
-An Alg. 2 config is an ordinary experiment config (`famus_jax.training.config.
-base_config()` schema) plus an `alg2` sub-config; `config.alg2.enabled = True`
-selects `famus_jax.alg2.train_and_evaluate`. The run length is in epochs
-(`optim.unit='epoch'`); `data.meta_per_class` must be 0 (no clean meta set: the
-pseudo-clean sets replace it). `meta.method`/`meta.sampler` choose the meta
-step (MW-Net + FaMUS by default; `meta.method='ce'` trains the supervised part
-with plain cross-entropy, no meta step).
+The Alg. 2 schema (`alg2_schema()`) is the experiment schema
+(`famus_jax.training.config.base_config()`) plus an `alg2` sub-config;
+`config.alg2.enabled = True` selects `famus_jax.alg2.train_and_evaluate`. The
+run length is in epochs (`optim.unit='epoch'`); `data.meta_per_class` must be
+0 (no clean meta set: the pseudo-clean sets replace it). `meta.method` /
+`meta.sampler` choose the meta step (MW-Net + FaMUS by default; `meta.method=ce`
+trains the supervised part with plain cross-entropy, no meta step). Fields of
+the base schema that Algorithm 2 does not use (`IGNORED`) must keep their
+defaults: a value there would be silently without effect.
 
 Ablations (command-line overrides, also `ABLATIONS`):
   MW-Net + Pseudo-clean (supplement Table 2)  --config.meta.sampler=all
@@ -22,11 +24,10 @@ Ablations (command-line overrides, also `ABLATIONS`):
 from __future__ import annotations
 
 import copy
-import importlib.util
-import os
 
 import ml_collections
 
+from famus_jax.alg2 import sampling
 from famus_jax.training import config as config_lib
 from famus_jax.training.config import ConfigError
 
@@ -42,7 +43,14 @@ ABLATIONS = {
     'ce_codivide_ssl': {'meta.method': 'ce', 'meta.sampler': 'all'},
 }
 
-SSL_AUGMENTS = ('data', 'shift', 'none')
+# Base-schema fields Algorithm 2 does not read, and what it reads instead.
+IGNORED = {
+    'train.log_every': 'it writes one row per epoch (alg2_epochs.jsonl)',
+    'train.eval_every': 'it evaluates every alg2.eval_every_epochs',
+    'train.checkpoint_every': 'it saves every alg2.checkpoint_every_epochs',
+    'train.weight_window': 'it keeps no weight histograms',
+    'meta.warmup_epochs': 'its warm-up is alg2.warmup_epochs',
+}
 
 
 def alg2_defaults() -> ml_collections.ConfigDict:
@@ -79,16 +87,33 @@ def alg2_defaults() -> ml_collections.ConfigDict:
   return a
 
 
+def alg2_schema() -> ml_collections.ConfigDict:
+  """Every field of an Alg. 2 config with its default: `base_config()` + `alg2`."""
+  c = config_lib.base_config()
+  c.alg2 = alg2_defaults()
+  return c
+
+
 def with_alg2(config: ml_collections.ConfigDict, **alg2_overrides
               ) -> ml_collections.ConfigDict:
-  """`config` switched to the Alg. 2 path: adds `alg2`, no clean meta set."""
+  """`config` switched to the Alg. 2 path: adds `alg2`, no clean meta set, and
+  the fields Algorithm 2 does not read (`IGNORED`) back at their defaults."""
   c = copy.deepcopy(config)
   with c.unlocked():
     c.alg2 = alg2_defaults()
   c.data.meta_per_class = 0
+  base = config_lib.base_config()
+  for dotted in IGNORED:
+    set_field(c, dotted, _get(base, dotted))
   for dotted, value in alg2_overrides.items():
     set_field(c.alg2, dotted, value)
   return c
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
 
 
 def set_field(config, dotted: str, value) -> None:
@@ -100,15 +125,9 @@ def set_field(config, dotted: str, value) -> None:
 
 
 def load_sibling(name: str, relative_to: str):
-  """`get_config()` of configs/<name> if that file exists, else None."""
-  path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), name)
-  if not os.path.isfile(path):
-    return None
-  spec = importlib.util.spec_from_file_location(
-      'famus_alg2_base_' + os.path.splitext(name)[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """`get_config()` of the config file `name` beside `relative_to`
+  (`famus_jax.training.config.load_config`)."""
+  return config_lib.load_config(name, relative_to=relative_to)
 
 
 def is_enabled(config) -> bool:
@@ -116,45 +135,19 @@ def is_enabled(config) -> bool:
   return 'alg2' in config and bool(config.alg2.get('enabled', False))
 
 
-def _plain(config) -> ml_collections.ConfigDict:
-  """A deep copy without `alg2` (what the base schema knows)."""
-  d = config_lib.config_to_dict(config)
-  d.pop('alg2', None)
-  return ml_collections.ConfigDict(d)
-
-
-def _unknown_fields(config, schema, prefix: str) -> list[str]:
-  out = []
-  for key in config.keys():
-    if key not in schema:
-      out.append(prefix + key)
-    elif isinstance(config[key], ml_collections.ConfigDict):
-      out.extend(_unknown_fields(config[key], schema[key], f'{prefix}{key}.'))
-  return out
-
-
 def validate(config) -> None:
-  """Base schema checks plus the Alg. 2 fields; raises `ConfigError` (one line).
-
-  The base validation runs twice: once with the real data config and meta
-  step disabled (the base schema requires a clean meta set for a meta method),
-  once with the default data config and the real meta fields.
-  """
+  """The Alg. 2 schema's checks; raises `ConfigError` (one line)."""
   if 'alg2' not in config:
     raise ConfigError('config.alg2: missing; build the config with '
                       'famus_jax.alg2.config.with_alg2()')
-  unknown = _unknown_fields(config.alg2, alg2_defaults(), 'alg2.')
-  if unknown:
-    raise ConfigError(f'config.{unknown[0]}: unknown field; the schema is '
-                      'famus_jax.alg2.config.alg2_defaults()')
-  data_check = _plain(config)
-  data_check.meta.method, data_check.meta.sampler = 'ce', 'all'
-  config_lib.validate_config(data_check)
-  meta_check = _plain(config)
-  meta_check.data = ml_collections.ConfigDict(config_lib.base_config().data.to_dict())
-  meta_check.train.eval_batch_size = meta_check.data.eval_batch_size
-  config_lib.validate_config(meta_check)
-
+  config_lib.validate_config(config, schema=alg2_schema(),
+                             schema_name='famus_jax.alg2.config.alg2_schema()',
+                             clean_meta_set=False)
+  base = config_lib.base_config()
+  for dotted, instead in IGNORED.items():
+    if _get(config, dotted) != _get(base, dotted):
+      raise ConfigError(f'config.{dotted}={_get(config, dotted)!r}: not used by '
+                        f'Algorithm 2 ({instead}); leave it at {_get(base, dotted)!r}')
   if config.data.meta_per_class != 0:
     raise ConfigError(f'config.data.meta_per_class={config.data.meta_per_class!r}: '
                       'must be 0 with alg2.enabled (the pseudo-clean sets are the meta '
@@ -188,4 +181,4 @@ def validate(config) -> None:
   config_lib.number(config, 'alg2.ssl.rampup_epochs', 0)
   config_lib.number(config, 'alg2.ssl.prior_weight', 0)
   config_lib.number(config, 'alg2.ssl.batch_size', 0, integer=True)
-  config_lib.choice(config, 'alg2.ssl.augment', SSL_AUGMENTS)
+  config_lib.choice(config, 'alg2.ssl.augment', sorted(sampling.AUGMENTS))

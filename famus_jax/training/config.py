@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.weight_decay = 1e-4
   c.meta.momentum = 0.9
   c.meta.interval = 1  # meta step every `interval` iterations
-  c.meta.warmup_epochs = 0  # plain cross-entropy for the first epochs (meta methods)
+  c.meta.warmup_epochs = 0.0  # plain cross-entropy for the first epochs (meta methods)
   c.meta.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
   c.meta.k = 4  # FaMUS: target number of sampled layers
   c.meta.s = 4  # random: layers drawn per iteration
@@ -169,12 +169,18 @@ def _unknown_fields(config, schema, prefix=''):
 _CANDIDATE_RE = re.compile(r'^(all|top:[1-9][0-9]*|[^,\s]+(,[^,\s]+)*)$')
 
 
-def validate_config(config) -> None:
-  """Checks names, types, ranges and combinations; raises `ConfigError`."""
-  unknown = _unknown_fields(config, base_config())
+def validate_config(config, *, schema=None,
+                    schema_name: str = 'famus_jax.training.config.base_config()',
+                    clean_meta_set: bool = True) -> None:
+  """Checks names, types, ranges and combinations; raises `ConfigError`.
+
+  `schema` (default `base_config()`): the fields allowed; `clean_meta_set`:
+  whether a meta method needs `data.meta_per_class` >= 1 (Algorithm 2 draws
+  its meta sets from the training data instead).
+  """
+  unknown = _unknown_fields(config, base_config() if schema is None else schema)
   if unknown:
-    raise ConfigError(f'config.{unknown[0]}: unknown field; the schema is '
-                      'famus_jax.training.config.base_config()')
+    raise ConfigError(f'config.{unknown[0]}: unknown field; the schema is {schema_name}')
   if not _is_number(config.seed, integer=True):
     raise ConfigError(f'config.seed={config.seed!r}: must be an integer')
 
@@ -226,7 +232,7 @@ def validate_config(config) -> None:
                       "'piecewise' schedule takes boundaries; set () for "
                       f'optim.schedule={config.optim.schedule!r}')
 
-  _validate_meta(config)
+  _validate_meta(config, clean_meta_set)
 
   # train
   number(config, 'train.log_every', 1, integer=True)
@@ -239,7 +245,7 @@ def validate_config(config) -> None:
   number(config, 'train.weight_window', 0, integer=True)
 
 
-def _validate_meta(config) -> None:
+def _validate_meta(config, clean_meta_set: bool = True) -> None:
   """`config.meta`: every choice read from the registry that holds it."""
   # pylint: disable=g-import-not-at-top
   from famus_jax.core import meta_gradient, train_state
@@ -276,7 +282,7 @@ def _validate_meta(config) -> None:
       or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):
     raise ConfigError(f'config.meta.candidate_layers={cand!r}: must be \'all\', '
                       "'top:N' (N >= 1) or comma-separated layer names")
-  if strategy.uses_meta_set and config.data.meta_per_class == 0:
+  if clean_meta_set and strategy.uses_meta_set and config.data.meta_per_class == 0:
     raise ConfigError(f"config.data.meta_per_class=0: meta.method={method!r} needs a "
                       'clean meta set (meta_per_class >= 1, or -1 on clothing1m); '
                       'without one use meta.method=ce (plain cross-entropy)')
