@@ -1,14 +1,20 @@
 """Meta models Ψ(·; θ): how the meta parameters θ enter the training objective.
 
 Every meta model defines the look-ahead objective `Σ_i V_i(θ) ℓ_i(f(x_i; w), θ)`
-through three pure functions, and the weights of the real update:
+through pure functions:
 
 - `loss(θ, logits, labels) -> (n,)`: per-example training loss ℓ_i (θ enters
-  it only for MLC);
-- `weights(θ, losses) -> (n,)`: look-ahead weights V_i from the stop-gradient
-  per-example losses;
-- `actual_weights(θ', losses, meta_grad) -> (n,)`: weights of the Actual-Train
-  step, after the meta update.
+  it only for the MLC models);
+- `weights(θ, losses) -> (n,)`: weights V_i from the stop-gradient per-example
+  losses; the same function gives the Actual-Train weights V'_i at θ';
+- `lookahead_params(meta_params, n)`: θ as the look-ahead uses it;
+- `lookahead_lr(base_lr)`: learning rate of the plain-SGD look-ahead (the
+  base rate α, or a fixed inner rate of the method);
+- `meta_update(θ, ∇_θ L^val) -> θ'`: θ after the meta step, for meta models
+  whose θ is not persistent (`persistent=False`; persistent θ follows the
+  meta optimizer instead);
+- `idle_params(meta_params, n)`: θ for an iteration without a meta step
+  (`meta.interval > 1`).
 
 Models live in `META_MODELS`, keyed by the config string `meta.method`.
 """
@@ -35,6 +41,13 @@ def torch_linear_init(fan_in: int):
   bound = fan_in ** -0.5
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
       key, shape, dtype, -bound, bound)
+
+
+def persistent_meta_update(model, theta, meta_grad):
+  """`meta_update` of a persistent θ: never called, the meta optimizer steps it."""
+  del theta, meta_grad
+  raise TypeError(f'meta model {model.name!r} keeps θ across iterations: the meta '
+                  'optimizer (StepSetup.meta_tx) updates it, not meta_update.')
 
 
 class WeightNet(nn.Module):
@@ -66,6 +79,14 @@ class MWNet:
     del batch_size
     return theta
 
+  idle_params = lookahead_params  # no meta step: the current θ
+
+  def lookahead_lr(self, base_lr):
+    return base_lr
+
+  def meta_update(self, theta, meta_grad):
+    return persistent_meta_update(self, theta, meta_grad)
+
   def loss(self, theta, logits, labels):
     del theta
     return losses_lib.cross_entropy(logits, labels)
@@ -79,10 +100,6 @@ class MWNet:
     if self.normalize:
       return losses_lib.normalize_by_sum(raw)
     return raw / raw.shape[0]
-
-  def actual_weights(self, theta, losses, meta_grad):
-    del meta_grad
-    return self.weights(theta, losses)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +116,19 @@ class L2R:
     del theta
     return jnp.zeros((batch_size,), jnp.result_type(float))  # float64 under x64
 
+  def idle_params(self, theta, batch_size):
+    """Without a meta step: uniform ε = 1/n (the mean cross-entropy)."""
+    del theta
+    return jnp.full((batch_size,), 1.0 / batch_size, jnp.result_type(float))
+
+  def lookahead_lr(self, base_lr):
+    return base_lr
+
+  def meta_update(self, theta, meta_grad):
+    """ε' = max(−∂L^val/∂ε, 0) / Σ (all zero when no entry is negative), (n,)."""
+    del theta
+    return losses_lib.normalize_by_sum(jnp.maximum(-meta_grad, 0.0))
+
   def loss(self, theta, logits, labels):
     del theta
     return losses_lib.cross_entropy(logits, labels)
@@ -107,21 +137,88 @@ class L2R:
     del losses
     return theta  # V_i = ε_i
 
-  def actual_weights(self, theta, losses, meta_grad):
-    del theta, losses
-    return losses_lib.normalize_by_sum(jnp.maximum(-meta_grad, 0.0))
+
+def column_normalize(t: jax.Array) -> jax.Array:
+  """Divides every column of a (C, C) matrix with a non-zero sum by that sum.
+
+  All-zero columns stay zero (the official MLC code skips them).
+  """
+  total = jnp.sum(t, axis=0, keepdims=True)
+  return t / jnp.where(total == 0, jnp.ones_like(total), total)
 
 
 @dataclasses.dataclass(frozen=True)
 class MLC:
-  """Meta loss correction (Wang et al. 2020): a learned transition matrix T.
+  """Meta Loss Correction (Wang, Hu, Hu, CVPR 2020) as its official code runs it.
 
-  θ is a (C, C) matrix of logits, `T = softmax(θ, axis=1)` (row-stochastic),
-  initialised with `init_diagonal` probability on the diagonal; the training
-  loss is `CE(Tᵀ softmax(f(x)), ỹ)`, so θ enters the loss itself.
+  Every iteration T starts again as the (C, C) identity (like L2R's ε):
+
+  - training loss `Σ_i CE(f(x_i; w) @ T, ỹ_i)` (batch *sum*, T applied to the
+    logits before the softmax), so V_i = 1;
+  - look-ahead `ŵ = w − inner_lr ∇_w` of that loss (plain SGD at a fixed
+    inner rate, 1e-3 in the official code, not the base rate α);
+  - G = ∂L^val(ŵ)/∂T, L^val the mean CE of the uncorrected network at ŵ;
+  - `T' = max(T − step_size G, 0)`, then every column with a non-zero sum is
+    divided by its sum (`meta_update`);
+  - Actual-Train: the base optimizer's step on `Σ_i CE(f(x_i; w) @ T', ỹ_i)`.
+
+  `step_size` follows the official code (a fixed 0.11); the paper's meta rate
+  β = 1e-5 is the other reading, selected with
+  `--config.meta.model_kwargs.step_size=1e-5`. The config's `meta.lr` and
+  meta optimizer are unused (nothing persists). An iteration without a meta
+  step (`meta.interval > 1`) uses T = I: the plain batch-sum cross-entropy.
+  """
+  step_size: float = 0.11
+  inner_lr: float = 1e-3
+  name: str = 'mlc'
+  persistent: bool = False  # T restarts at the identity every iteration
+
+  def init(self, rng, num_classes):
+    del rng
+    if num_classes < 2:
+      raise ValueError(f'MLC needs num_classes >= 2, got {num_classes}.')
+    return {'transition': jnp.eye(num_classes, dtype=jnp.float32)}
+
+  def lookahead_params(self, theta, batch_size):
+    """{'transition': (C, C) identity}, whatever `theta` holds."""
+    del batch_size
+    num_classes = theta['transition'].shape[0]
+    return {'transition': jnp.eye(num_classes, dtype=jnp.result_type(float))}
+
+  idle_params = lookahead_params
+
+  def lookahead_lr(self, base_lr):
+    del base_lr
+    return self.inner_lr
+
+  def meta_update(self, theta, meta_grad):
+    """T' = column_normalize(max(T − step_size G, 0)), (C, C)."""
+    t = jnp.maximum(theta['transition'] - self.step_size * meta_grad['transition'], 0.0)
+    return {'transition': column_normalize(t)}
+
+  def loss(self, theta, logits, labels):
+    """CE(logits @ T, ỹ), (n,)."""
+    return losses_lib.cross_entropy(logits @ theta['transition'].astype(logits.dtype),
+                                    labels)
+
+  def weights(self, theta, losses):
+    del theta
+    return jnp.ones(losses.shape, losses.dtype)  # the batch sum
+
+
+@dataclasses.dataclass(frozen=True)
+class MLCTransition:
+  """Our extension of MLC: a persistent, learned transition matrix on probabilities.
+
+  Differs from the official `MLC` in four ways: θ is a (C, C) matrix of logits
+  kept across iterations and updated by the meta optimizer (Adam, rate
+  `meta.lr`); `T = softmax(θ, axis=1)` is row-stochastic, initialised with
+  `init_diagonal` probability on the diagonal; T acts on the probabilities,
+  `CE(Tᵀ softmax(f(x)), ỹ)` (forward loss correction); and the loss is the
+  batch mean, with the base learning rate α in the look-ahead.
   """
   init_diagonal: float = 0.9
-  name: str = 'mlc'
+  name: str = 'mlc_transition'
   persistent: bool = True
 
   def init(self, rng, num_classes):
@@ -136,6 +233,14 @@ class MLC:
     del batch_size
     return theta
 
+  idle_params = lookahead_params
+
+  def lookahead_lr(self, base_lr):
+    return base_lr
+
+  def meta_update(self, theta, meta_grad):
+    return persistent_meta_update(self, theta, meta_grad)
+
   def transition(self, theta) -> jax.Array:
     """Row-stochastic (C, C) transition matrix T."""
     return jax.nn.softmax(theta['transition_logits'], axis=1)
@@ -148,15 +253,12 @@ class MLC:
     del theta
     return jnp.full(losses.shape, 1.0 / losses.shape[0], losses.dtype)
 
-  def actual_weights(self, theta, losses, meta_grad):
-    del meta_grad
-    return self.weights(theta, losses)
-
 
 META_MODELS: dict[str, Callable[..., Any]] = {
     'mwnet': MWNet,
     'l2r': L2R,
     'mlc': MLC,
+    'mlc_transition': MLCTransition,
 }
 
 
@@ -166,4 +268,11 @@ def get_meta_model(name: str, **kwargs):
     raise ValueError(
         f'Unknown meta model {name!r} (config field meta.method); known: '
         f'{", ".join(sorted(META_MODELS))}.')
-  return META_MODELS[name](**kwargs)
+  cls = META_MODELS[name]
+  fields = sorted(f.name for f in dataclasses.fields(cls) if f.name != 'name'
+                  and f.name != 'persistent')
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f'meta model {name!r} has no field(s) {", ".join(unknown)}; '
+                     f'its fields: {", ".join(fields) or "none"}.')
+  return cls(**kwargs)

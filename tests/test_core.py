@@ -17,6 +17,7 @@ from famus_jax.core import lookahead as lookahead_lib
 from tiny_models import NUM_CLASSES, TinyCNN, TinyMLP, init_model, make_batches
 
 MODELS = {'mlp': TinyMLP, 'cnn': TinyCNN}
+METHODS = tuple(fj.META_MODELS)  # mwnet, l2r, mlc, mlc_transition
 STATIC = ('apply_fn', 'meta_model', 'mode', 'scope', 'lookahead_tx')
 
 
@@ -50,7 +51,7 @@ class MetaGradAgreementTest(chex.TestCase):
   """`jvp` and `reverse` agree, with and without jit."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(model=('mlp', 'cnn'), method=('mwnet', 'l2r', 'mlc'))
+  @parameterized.product(model=('mlp', 'cnn'), method=METHODS)
   def test_float32(self, model, method):
     theta, params, train, val, kw = setup_problem(model, method)
     grad = self.variant(fj.meta_grad, static_argnames=STATIC)
@@ -60,7 +61,7 @@ class MetaGradAgreementTest(chex.TestCase):
     assert float(jnp.linalg.norm(flat(ref.theta))) > 0
     np.testing.assert_allclose(fast.val_loss, ref.val_loss, rtol=1e-6)
 
-  @parameterized.product(model=('mlp', 'cnn'), method=('mwnet', 'l2r', 'mlc'))
+  @parameterized.product(model=('mlp', 'cnn'), method=METHODS)
   def test_float64(self, model, method):
     with jax.enable_x64(True):
       theta, params, train, val, kw = setup_problem(model, method, jnp.float64)
@@ -69,7 +70,7 @@ class MetaGradAgreementTest(chex.TestCase):
       assert flat(fast.theta).dtype == jnp.float64
       assert rel_err(fast.theta, ref.theta) <= 1e-10
 
-  @parameterized.parameters('mwnet', 'mlc')
+  @parameterized.parameters('mwnet', 'mlc', 'mlc_transition')
   def test_optimizer_lookahead_with_momentum_and_weight_decay(self, method):
     """Look-ahead through SGD + momentum + weight decay with a non-zero trace."""
     theta, params, train, val, kw = setup_problem('cnn', method)
@@ -130,7 +131,7 @@ class MetaGradAgreementTest(chex.TestCase):
 
 class FiniteDifferenceTest(parameterized.TestCase):
 
-  @parameterized.product(method=('mwnet', 'l2r', 'mlc'), mode=('jvp', 'reverse'))
+  @parameterized.product(method=METHODS, mode=('jvp', 'reverse'))
   def test_central_differences_float64(self, method, mode):
     with jax.enable_x64(True):
       theta, params, train, val, kw = setup_problem('cnn', method, jnp.float64)
@@ -186,7 +187,7 @@ def test_hand_derivation_l2r_linear_model():
         {'image': jnp.asarray(x_val), 'label': jnp.asarray(y_val)},
         apply_fn=Linear().apply, meta_model=fj.get_meta_model('l2r'), lr=alpha)
     np.testing.assert_allclose(np.asarray(got.theta), expected, rtol=1e-12)
-    weights = fj.get_meta_model('l2r').actual_weights(None, None, got.theta)
+    weights = fj.get_meta_model('l2r').meta_update(None, got.theta)
     np.testing.assert_allclose(
         np.asarray(weights), np.maximum(-expected, 0) / np.maximum(-expected, 0).sum())
 
@@ -242,7 +243,7 @@ class MetaTrainStepTest(parameterized.TestCase):
                                   NUM_CLASSES, setup)
     return setup, state, train, val
 
-  @parameterized.product(method=('mwnet', 'l2r', 'mlc'))
+  @parameterized.product(method=METHODS)
   def test_step_matches_the_three_stages_composed_by_hand(self, method):
     setup, state, train, val = self.make(method)
     step = fj.jit_meta_train_step(setup, donate=False)
@@ -250,16 +251,17 @@ class MetaTrainStepTest(parameterized.TestCase):
     # By hand with the public functions (dropout-free model: RNG irrelevant).
     n = train['label'].shape[0]
     theta = setup.meta_model.lookahead_params(state.meta_params, n)
-    kw = dict(apply_fn=setup.apply_fn, meta_model=setup.meta_model, lr=0.1,
-              batch_stats=state.batch_stats)
+    kw = dict(apply_fn=setup.apply_fn, meta_model=setup.meta_model,
+              lr=setup.meta_model.lookahead_lr(0.1), batch_stats=state.batch_stats)
     mg = fj.meta_grad(theta, state.params, train, val, **kw)
     if setup.meta_model.persistent:
       upd, _ = setup.meta_tx.update(mg.theta, state.meta_opt_state, state.meta_params)
       meta_params = optax.apply_updates(state.meta_params, upd)
+      theta_new = setup.meta_model.lookahead_params(meta_params, n)
     else:
       meta_params = state.meta_params
-    theta_new = setup.meta_model.lookahead_params(meta_params, n)
-    weights = setup.meta_model.actual_weights(theta_new, mg.virtual.losses, mg.theta)
+      theta_new = setup.meta_model.meta_update(theta, mg.theta)
+    weights = setup.meta_model.weights(theta_new, mg.virtual.losses)
     actual = fj.actual_step(state.params, state.opt_state, train, weights,
                             apply_fn=setup.apply_fn, meta_model=setup.meta_model,
                             tx=setup.tx, theta=theta_new, batch_stats=state.batch_stats)
@@ -311,9 +313,9 @@ class MetaTrainStepTest(parameterized.TestCase):
 
 def test_l2r_all_negative_case_gives_zero_weights():
   l2r = fj.get_meta_model('l2r')
-  weights = l2r.actual_weights(None, None, jnp.array([0.5, 1.0, 0.0, 2.0]))
+  weights = l2r.meta_update(None, jnp.array([0.5, 1.0, 0.0, 2.0]))
   np.testing.assert_array_equal(np.asarray(weights), np.zeros(4))
-  mixed = l2r.actual_weights(None, None, jnp.array([-1.0, 3.0, -3.0]))
+  mixed = l2r.meta_update(None, jnp.array([-1.0, 3.0, -3.0]))
   np.testing.assert_allclose(np.asarray(mixed), [0.25, 0.0, 0.75])
 
 
@@ -329,7 +331,7 @@ def test_mwnet_zero_sum_does_not_divide_by_zero():
 
 
 def test_mlc_transition_is_row_stochastic_and_near_identity():
-  mlc = fj.get_meta_model('mlc')
+  mlc = fj.get_meta_model('mlc_transition')
   t = mlc.transition(mlc.init(jax.random.PRNGKey(0), 4))
   np.testing.assert_allclose(np.asarray(t.sum(1)), np.ones(4), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(jnp.diag(t)), np.full(4, 0.9), rtol=1e-5)
@@ -367,7 +369,7 @@ class ErrorTest(parameterized.TestCase):
       fj.meta_grad(self.theta, self.params, self.train, empty, **self.kw)
 
   def test_unknown_meta_model_lists_known_ones(self):
-    with pytest.raises(ValueError, match=r"Unknown meta model 'mw_net'.*known: l2r, mlc, mwnet"):
+    with pytest.raises(ValueError, match=r"Unknown meta model 'mw_net'.*known: l2r, mlc, mlc_transition, mwnet"):
       fj.get_meta_model('mw_net')
 
   def test_unknown_mode(self):

@@ -25,7 +25,8 @@ class MetaModel(Protocol):
   persistent: bool  # θ is kept and stepped by the meta optimizer across iterations
 
   def init(self, rng: jax.Array, num_classes: int) -> PyTree:
-    """The stored meta parameters (an empty dict when θ is not persistent)."""
+    """The stored meta parameters (when θ is not persistent, only what
+    `lookahead_params` needs: L2R an empty dict, MLC the C×C identity)."""
 
   def lookahead_params(self, meta_params: PyTree, batch_size: int) -> PyTree:
     """θ as Virtual-Train and Meta-Train use it."""
@@ -37,7 +38,8 @@ class MetaModel(Protocol):
     """Learning rate of the plain-SGD look-ahead."""
 
   def meta_update(self, theta: PyTree, meta_grad: PyTree) -> PyTree:
-    """θ' after the meta step when θ is not persistent."""
+    """θ' after the meta step when θ is not persistent (L2R's ε', MLC's T');
+    a persistent model raises TypeError (the meta optimizer steps its θ)."""
 
   def loss(self, theta: PyTree, logits: jax.Array, labels: jax.Array) -> jax.Array:
     """(n,) per-example training loss ℓ_i from (n, C) logits and (n,) labels."""

@@ -5,7 +5,7 @@ and the real one (V'), and its batch statistics are the ones kept.
 """
 
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,19 +24,32 @@ PyTree = Any
 
 
 def make_lookahead(setup: StepSetup, state: TrainState) -> lookahead_lib.Lookahead:
-  """The look-ahead rule of this iteration (plain SGD at the current lr, or the optimizer)."""
+  """The look-ahead rule of this iteration.
+
+  Plain SGD at the meta model's `lookahead_lr` (the current base lr α, or a
+  fixed inner rate such as MLC's 1e-3), or the base optimizer's update.
+  """
   if setup.lookahead == 'optimizer':
     return lookahead_lib.Lookahead(tx=setup.tx, opt_state=state.opt_state)
-  return lookahead_lib.Lookahead(lr=setup.lr_schedule(state.step))
+  return lookahead_lib.Lookahead(
+      lr=setup.meta_model.lookahead_lr(setup.lr_schedule(state.step)))
 
 
-def update_meta_params(setup: StepSetup, state: TrainState, grad: PyTree):
-  """θ' = meta optimizer step; meta models without persistent θ keep theirs."""
-  if not setup.meta_model.persistent:
-    return state.meta_params, state.meta_opt_state
+def update_meta_params(setup: StepSetup, state: TrainState, theta: PyTree,
+                       grad: PyTree, batch_size: int):
+  """The meta step: (meta_params, meta_opt_state, θ' in look-ahead form).
+
+  Persistent θ takes a meta optimizer step; otherwise the meta model's
+  `meta_update(θ, grad)` gives θ' (L2R's ε', MLC's T') and the state keeps
+  its (unused) meta params.
+  """
+  model = setup.meta_model
+  if not model.persistent:
+    return state.meta_params, state.meta_opt_state, model.meta_update(theta, grad)
   updates, meta_opt_state = setup.meta_tx.update(grad, state.meta_opt_state,
                                                  state.meta_params)
-  return optax.apply_updates(state.meta_params, updates), meta_opt_state
+  meta_params = optax.apply_updates(state.meta_params, updates)
+  return meta_params, meta_opt_state, model.lookahead_params(meta_params, batch_size)
 
 
 def weight_metrics(weights: jax.Array, batch: dict) -> dict:
@@ -68,62 +81,102 @@ def _meta_step_context(setup: StepSetup, state: TrainState, fwd, mg, theta, labe
                          lookahead_grads=lookahead_grads, val_grads=val_grads)
 
 
-def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
-                    setup: StepSetup) -> tuple[TrainState, dict]:
-  """One meta iteration (all three stages); pure, jit it with `setup` static.
+class MetaBegin(NamedTuple):
+  """The first part of a meta iteration, handed to the second (a pytree).
 
-  Args:
-    state: the `TrainState`.
-    train_batch: {'image': (n, ...), 'label': (n,)[, 'true_label': (n,)]}.
-    val_batch: {'image': (m, ...), 'label': (m,)}.
-    setup: static `StepSetup`; with `setup.sampler`, FaMUS / random gates
-      select the layers whose look-ahead terms carry the meta gradient.
-
-  Returns:
-    The new state and a dict of scalar metrics plus 'weights' (n,) and, with a
-    sampler, 'gates' (L,).
+  Attributes:
+    logits: (n, C) training logits at w.
+    vjp: the training forward's VJP (a pytree of its residuals).
+    batch_stats: running statistics after the training forward.
+    virtual: the ungated Virtual-Train `VirtualStep` (None without a sampler).
+    selection: the sampler's gates (`.level`: int32 scope index), or None.
+    begin_state: the sampler's `begin` state (e.g. the gates' VJP), or None.
+    rng, fwd_rng, val_rng: the next state key and this iteration's keys.
   """
+  logits: jax.Array
+  vjp: Any
+  batch_stats: Any
+  virtual: Optional[virtual_lib.VirtualStep]
+  selection: Any
+  begin_state: Any
+  rng: jax.Array
+  fwd_rng: jax.Array
+  val_rng: jax.Array
+
+
+def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> MetaBegin:
+  """Training forward (its VJP kept), Virtual-Train backward and the sampler's
+  gates: everything the choice of the meta scope depends on."""
   rng, fwd_rng, val_rng, sampler_rng = jax.random.split(state.rng, 4)
-  n = train_batch['label'].shape[0]
   labels = train_batch['label']
   fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                   train_batch['image'], fwd_rng)
-  theta = setup.meta_model.lookahead_params(state.meta_params, n)
-  mask = lookahead_lib.scope_mask(state.params, setup.scope)
-  lookahead = make_lookahead(setup, state)
-  sampler = setup.sampler
   selection = begin_state = virtual = None
-  if sampler is not None:  # Virtual-Train once: its gradient feeds the sampler
+  if setup.sampler is not None:  # Virtual-Train once: its gradient feeds the sampler
+    theta = setup.meta_model.lookahead_params(state.meta_params, labels.shape[0])
     virtual = virtual_lib.virtual_from_forward(
         fwd, theta, state.params, labels, meta_model=setup.meta_model,
-        lookahead=lookahead, mask=mask)
-    selection, begin_state = sampler.begin(state.sampler_params, virtual.grads,
-                                           sampler_rng)
+        lookahead=make_lookahead(setup, state),
+        mask=lookahead_lib.scope_mask(state.params, setup.scope))
+    selection, begin_state = setup.sampler.begin(state.sampler_params, virtual.grads,
+                                                 sampler_rng)
+  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, selection,
+                   begin_state, rng, fwd_rng, val_rng)
+
+
+def _scope_levels(sampler, selection, level: Optional[int]):
+  """(levels, level) for Meta-Train: a static `level` (host dispatch), the
+  traced one of the selection (`lax.switch`), or (None, None): every scope leaf."""
+  if sampler is None or len(sampler.levels) <= 1:
+    return None, None
+  if level is not None:
+    return sampler.levels, int(level)
+  if sampler.dispatch == 'switch':
+    return sampler.levels, selection.level
+  return None, None
+
+
+def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batch: dict,
+                *, setup: StepSetup, level: Optional[int] = None
+                ) -> tuple[TrainState, dict]:
+  """The rest of a meta iteration after `meta_begin`: Meta-Train (on scope
+  `level` of the sampler's nested scopes when given, which must hold every
+  selected layer), the sampler and meta updates, Actual-Train through the kept
+  VJP. Arguments and results as `meta_train_step`."""
+  n = train_batch['label'].shape[0]
+  labels = train_batch['label']
+  fwd = forward_lib.TrainForward(
+      begin.logits, begin.vjp, begin.batch_stats, forward_lib.logits_function(
+          setup.apply_fn, state.batch_stats, train_batch['image'], begin.fwd_rng))
+  theta = setup.meta_model.lookahead_params(state.meta_params, n)
+  sampler, selection = setup.sampler, begin.selection
+  levels, scope_level = _scope_levels(sampler, selection, level)
   mg = meta_grad_lib.meta_grad_from_forward(
       fwd, theta, state.params, labels, val_batch,
       apply_fn=setup.apply_fn, meta_model=setup.meta_model,
-      lookahead=lookahead, batch_stats=state.batch_stats, mask=mask,
-      gate=None if selection is None else selection.leaf_gates, val_rng=val_rng,
-      mode=setup.mode, levels=None if sampler is None else sampler.levels,
-      level=None if selection is None else selection.level, virtual=virtual)
+      lookahead=make_lookahead(setup, state), batch_stats=state.batch_stats,
+      mask=lookahead_lib.scope_mask(state.params, setup.scope),
+      gate=None if selection is None else selection.leaf_gates, val_rng=begin.val_rng,
+      mode=setup.mode, levels=levels, level=scope_level, virtual=begin.virtual,
+      gate_grad='scope' if sampler is None else sampler.gate_grad)
   theta_grad = mg.theta
   sampler_params, sampler_opt_state = state.sampler_params, state.sampler_opt_state
   sampler_metrics = {}
   if sampler is not None:
-    ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch, val_rng,
-                             selection, begin_state)
+    ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch,
+                             begin.val_rng, selection, begin.begin_state)
     theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
         ctx, state.sampler_params, state.sampler_opt_state)
-  meta_params, meta_opt_state = update_meta_params(setup, state, theta_grad)
-  theta_new = setup.meta_model.lookahead_params(meta_params, n)
-  weights = setup.meta_model.actual_weights(theta_new, mg.virtual.losses, theta_grad)
+  meta_params, meta_opt_state, theta_new = update_meta_params(
+      setup, state, theta, theta_grad, n)
+  weights = setup.meta_model.weights(theta_new, mg.virtual.losses)
   actual = actual_lib.actual_from_forward(
       fwd, state.params, state.opt_state, weights, labels,
       meta_model=setup.meta_model, tx=setup.tx, theta=theta_new)
   new_state = state.replace(
       step=state.step + 1, params=actual.params, batch_stats=actual.batch_stats,
       opt_state=actual.opt_state, meta_params=meta_params,
-      meta_opt_state=meta_opt_state, rng=rng, sampler_params=sampler_params,
+      meta_opt_state=meta_opt_state, rng=begin.rng, sampler_params=sampler_params,
       sampler_opt_state=sampler_opt_state)
   metrics = {
       'loss': jnp.mean(losses_lib.cross_entropy(fwd.logits, labels)),
@@ -138,13 +191,36 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
   return new_state, metrics
 
 
+def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
+                    setup: StepSetup) -> tuple[TrainState, dict]:
+  """One meta iteration (all three stages) as one program; pure, jit it with
+  `setup` static. `meta_begin` then `meta_finish`; a sampler with
+  `dispatch='switch'` picks its scope with `lax.switch`, otherwise the meta
+  path spans every gated leaf (the host-dispatch programs compute the same
+  numbers scope by scope).
+
+  Args:
+    state: the `TrainState`.
+    train_batch: {'image': (n, ...), 'label': (n,)[, 'true_label': (n,)]}.
+    val_batch: {'image': (m, ...), 'label': (m,)}.
+    setup: static `StepSetup`; with `setup.sampler`, FaMUS / random gates
+      select the layers whose look-ahead terms carry the meta gradient.
+
+  Returns:
+    The new state and a dict of scalar metrics plus 'weights' (n,) and, with a
+    sampler, 'gates' (L,).
+  """
+  begin = meta_begin(state, train_batch, setup=setup)
+  return meta_finish(state, begin, train_batch, val_batch, setup=setup)
+
 def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup
                         ) -> tuple[TrainState, dict]:
   """An iteration without a meta step (`meta.interval > 1`): Actual-Train with
   the current θ.
 
-  MW-Net: `V = Ψ(ℓ; θ)` normalised; MLC: uniform weights with the current
-  transition matrix in the loss; L2R (no persistent θ): uniform weights.
+  θ is the meta model's `idle_params`: MW-Net and `mlc_transition` their
+  current θ; L2R uniform weights 1/n (mean CE); MLC T = I with weight 1 (the
+  batch-sum CE of its Actual-Train loss, uncorrected).
 
   Args:
     state: the `TrainState`.
@@ -160,12 +236,9 @@ def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup
   meta_model = setup.meta_model
   fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                   batch['image'], fwd_rng)
-  theta = meta_model.lookahead_params(state.meta_params, n)
+  theta = meta_model.idle_params(state.meta_params, n)
   losses = jax.lax.stop_gradient(meta_model.loss(theta, fwd.logits, labels))
-  if meta_model.persistent:
-    weights = meta_model.weights(theta, losses)
-  else:
-    weights = jnp.full((n,), 1.0 / n, losses.dtype)
+  weights = meta_model.weights(theta, losses)
   actual = actual_lib.actual_from_forward(
       fwd, state.params, state.opt_state, weights, labels, meta_model=meta_model,
       tx=setup.tx, theta=theta)

@@ -25,7 +25,7 @@ SCHEDULES = ('piecewise', 'constant', 'cosine')
 UNITS = ('step', 'epoch')
 DTYPES = ('float32', 'bfloat16')
 # Fields whose contents are free-form (checked by the code that consumes them).
-FREE_FORM = ('model.kwargs',)
+FREE_FORM = ('model.kwargs', 'meta.model_kwargs')
 
 
 class ConfigError(ValueError):
@@ -64,7 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.num_epochs = 0
 
   c.meta = ml_collections.ConfigDict()
-  c.meta.method = 'mwnet'  # ce | mwnet | l2r | mlc
+  c.meta.method = 'mwnet'  # ce | mwnet | l2r | mlc | mlc_transition
+  c.meta.model_kwargs = ml_collections.ConfigDict()  # meta model fields (mlc: step_size, inner_lr)
   c.meta.mode = 'jvp'  # jvp | reverse (meta-gradient path)
   c.meta.lookahead = 'sgd'  # sgd | optimizer
   c.meta.optimizer = 'adam'  # adam | sgd (meta model optimizer)
