@@ -80,7 +80,7 @@ QUICK = ('plain', 'mwnet_exact', 'mwnet_famus', 'l2r_exact', 'l2r_famus', 'mlc_e
          'famus_levels4')
 SMOKE = ('plain', 'mwnet_exact', 'mwnet_famus', 'block_last')
 
-# The paper (one V100, WRN-28-10, batch 100), ms per iteration (DESIGN.md §7).
+# The paper (one V100, WRN-28-10, batch 100), ms per iteration (its timing table).
 PAPER_MS = {
     'mwnet_exact': 933, 'mwnet_famus': 284, 'l2r_exact': 839, 'l2r_famus': 244,
     'mlc_exact': 265, 'mlc_famus': 84,  # MLC: WRN-40-2, batch 64

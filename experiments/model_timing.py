@@ -1,6 +1,6 @@
 """Parameter counts of every backbone and forward/backward time of the CIFAR ones.
 
-Closing note of issue #4. Prints a table and writes
+Prints a table and writes
 ``experiments/results/model_timing_<kind>.json`` (kind: 'cpu' or the
 accelerator, e.g. 'h100') with
 

@@ -4,7 +4,7 @@ One iteration is one jit-compiled call chosen by the method's strategy
 (`famus_jax.training.strategies`): the core's `meta_train_step` (Virtual-Train,
 Meta-Train with the configured layer sampler, Actual-Train) on meta iterations
 (every `meta.interval`-th), the weighted step with the current meta model on
-the others, the plain cross-entropy step for `meta.method='ce'` and during
+the others, the plain cross-entropy step for `meta.method=ce` and during
 `meta.warmup_epochs`. The train state is donated and replicated over a 1-D
 device mesh, batches are sharded along it. Metrics stay on device until the
 next log step; every compiled function must compile once (checked at every

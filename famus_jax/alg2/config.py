@@ -18,7 +18,7 @@ Ablations (command-line overrides, also `ABLATIONS`):
   no mixup                                    --config.alg2.ssl.mixup=False
   no unsupervised term                        --config.alg2.ssl.lambda_u=0
   no class-prior regulariser                  --config.alg2.ssl.prior_weight=0
-  co-divide + SSL without meta-learning       --config.meta.method=ce --config.meta.sampler=all
+  co-divide + SSL without meta-learning       --config.meta.method=ce
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import ml_collections
 
 from famus_jax.alg2 import sampling
 from famus_jax.training import config as config_lib
+from famus_jax.training import strategies
 from famus_jax.training.config import ConfigError
 
 ABLATIONS = {
@@ -40,7 +41,7 @@ ABLATIONS = {
     'no_mixup': {'alg2.ssl.mixup': False},
     'no_unsupervised': {'alg2.ssl.lambda_u': 0.0},
     'no_prior': {'alg2.ssl.prior_weight': 0.0},
-    'ce_codivide_ssl': {'meta.method': 'ce', 'meta.sampler': 'all'},
+    'ce_codivide_ssl': {'meta.method': strategies.PLAIN},
 }
 
 # Base-schema fields Algorithm 2 does not read, and what it reads instead.

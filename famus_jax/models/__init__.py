@@ -1,4 +1,4 @@
-"""Backbones for FaMUS experiments (issue #4).
+"""Backbones for FaMUS experiments.
 
 All models are Flax Linen modules called as ``model.apply(variables, x,
 train=...)`` with NHWC float inputs; they return float32 logits of shape
@@ -84,7 +84,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # counts are those of the reference implementations named in each module
 # (DivideMix PreResNet18, Zagoruyko's WRN, He et al. option-A ResNet-32,
 # torchvision resnet50, timm inception_resnet_v2); the published figures are
-# the rounded numbers quoted in the papers / issue #4.
+# the rounded numbers quoted in the papers.
 REFERENCE_PARAM_COUNTS: dict[str, tuple[int, int, str]] = {
     "preact_resnet18": (10, 11_172_170, "11.17M"),
     "wrn28_10": (10, 36_479_194, "36.5M"),

@@ -141,8 +141,9 @@ class MetaStrategy(PlainStrategy):
     return super().run_iteration(step, state, batch)
 
 
+PLAIN = 'ce'  # config meta.method of plain cross-entropy (no meta step)
 STRATEGIES: dict[str, type] = {
-    'ce': PlainStrategy,
+    PLAIN: PlainStrategy,
     **{name: MetaStrategy for name in meta_models.META_MODELS},
 }
 
