@@ -56,8 +56,12 @@ def test_paper_settings():
   assert (l2r.meta.method, tuple(l2r.optim.boundaries), l2r.optim.num_steps) == (
       'l2r', (40000, 50000), 60000)
   mlc = load('cifar10_mlc.py')
-  assert (mlc.model.name, mlc.data.batch_size, mlc.optim.lr, mlc.meta.lr) == (
-      'wrn40_2', 64, 1e-4, 1e-5)
+  assert (mlc.model.name, mlc.data.batch_size, mlc.data.meta_per_class, mlc.meta.method,
+          mlc.optim.momentum, mlc.optim.weight_decay) == ('wrn40_2', 64, 50, 'mlc', 0.9, 5e-4)
+  # CE warm-up at lr 0.1, then MLC at 1e-4 from the warm-up's last epoch on.
+  assert (mlc.meta.warmup_epochs, tuple(mlc.optim.boundaries), mlc.optim.lr,
+          mlc.optim.decay_factor) == (39, (39,), 0.1, 1e-3)
+  assert dict(mlc.meta.model_kwargs) == {'step_size': 0.11, 'inner_lr': 1e-3}
   lt = load('cifar10_lt.py')
   assert (lt.model.name, lt.optim.lr, lt.optim.unit, tuple(lt.optim.boundaries),
           lt.optim.num_epochs, lt.meta.lr, lt.meta.delta, lt.data.meta_per_class) == (
