@@ -8,6 +8,8 @@ are written and that every number in the JSON is finite.
 import json
 import math
 import os
+import re
+import statistics
 import sys
 
 import pytest
@@ -125,18 +127,27 @@ def test_iteration_time_smoke(argv, tmp_path):
   iteration_time.main(argv)
   payload = check_outputs(str(tmp_path), 'iteration_time_cpu_smoke')
   rows = payload['rows']
-  assert rows['plain']['ratio'] == 1.0
   assert set(iteration_time.SMOKE) <= set(rows)
-  assert rows['mwnet_exact']['paper_ratio_to_exact'] == 1.0
-  assert all(r['ms'] > 0 for r in rows.values())
+  for row in rows.values():  # the median of the timed rounds, divided by the references
+    assert row['ms'] > 0 and row['ms'] == pytest.approx(statistics.median(row['ms_all']))
+    assert row['ratio'] == pytest.approx(row['ms'] / rows['plain']['ms'])
+    assert row['ratio_to_exact'] == pytest.approx(row['ms'] / rows['mwnet_exact']['ms'])
+  # The paper's Table 1/4 times (ms): MW-Net 933, + FaMUS 284, last block b12 326.
+  assert rows['mwnet_famus']['paper_ratio_to_exact'] == pytest.approx(284 / 933)
+  assert rows['block_last']['paper_ratio_to_exact'] == pytest.approx(326 / 933)
+  assert rows['plain']['paper_ratio_to_exact'] is None
 
 
 def test_synthetic_cifar_run_smoke(argv, tmp_path):
   from experiments import synthetic_cifar_run
   synthetic_cifar_run.main(argv)
   payload = check_outputs(str(tmp_path), 'synthetic_cifar_cpu_smoke')
-  assert set(payload['rows']) == {'ce', 'mwnet_famus'}
-  assert payload['rows']['ce']['ratio_to_first'] == 1.0
+  rows = payload['rows']
+  assert set(rows) == {'ce', 'mwnet_famus'}
+  for row in rows.values():
+    assert row['ms_per_iteration'] > 0
+    assert row['ratio_to_first'] == pytest.approx(
+        row['ms_per_iteration'] / rows['ce']['ms_per_iteration'])
   assert 0.2 < payload['data']['realised_noise_rate'] < 0.5
 
 
@@ -156,8 +167,19 @@ def test_pseudo_clean_significance_smoke(argv, tmp_path):
   pcs.main(argv)
   payload = check_outputs(str(tmp_path), 'pseudo_clean_significance_smoke')
   row = payload['table']['0.4']
-  assert len(row['famus_pseudo_clean']['accuracies']) == 2
-  assert all(p < 0.01 for p in payload['paper_p_values'].values())
+  famus, mwnet = (row[a]['accuracies'] for a in ('famus_pseudo_clean', 'mwnet_pseudo_clean'))
+  assert len(famus) == len(mwnet) == 2
+  for arm, acc in (('famus_pseudo_clean', famus), ('mwnet_pseudo_clean', mwnet)):
+    assert row[arm]['mean'] == pytest.approx(sum(acc) / 2)
+    assert row[arm]['std'] == pytest.approx(abs(acc[0] - acc[1]) / math.sqrt(2))
+  # Student's pooled t on the measured accuracies, by hand (n = 2 per arm, 2 dof).
+  pooled = math.sqrt((row['famus_pseudo_clean']['std'] ** 2
+                      + row['mwnet_pseudo_clean']['std'] ** 2) / 2)
+  if pooled > 0:
+    t = (sum(famus) - sum(mwnet)) / 2 / (pooled * math.sqrt(2 / 2))
+    assert row['test']['student_t'] == pytest.approx(t)
+    # one-tailed p for 2 dof: P(T > t) = 1/2 − t / (2 sqrt(t² + 2))
+    assert row['test']['student_p'] == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)))
 
 
 def test_t_test_direction():
@@ -165,6 +187,13 @@ def test_t_test_direction():
   from experiments import pseudo_clean_significance as pcs
   assert pcs.t_test([0.95, 0.96, 0.955], [0.90, 0.91, 0.905])['student_p'] < 0.01
   assert pcs.t_test([0.90, 0.91, 0.905], [0.95, 0.96, 0.955])['student_p'] > 0.99
+  # The paper's Table 2 p-values from its means and stds (n = 3, 4 dof), by hand:
+  # one-tailed p for 4 dof is 1/2 − (3/4)·x·(1 − x²/3), x = t / sqrt(t² + 4).
+  for col, arms in pcs.PAPER.items():
+    (m1, s1), (m2, s2) = arms['famus_pseudo_clean'], arms['mwnet_pseudo_clean']
+    t = (m1 - m2) / math.sqrt((s1 ** 2 + s2 ** 2) / 2 * (2 / 3))
+    x = t / math.sqrt(t * t + 4)
+    assert pcs.paper_p_values()[col] == pytest.approx(0.5 - 0.75 * x * (1 - x * x / 3)), col
 
 
 def test_quickstart_notebook_runs(monkeypatch):
@@ -186,7 +215,10 @@ def test_quickstart_notebook_runs(monkeypatch):
   client.execute()  # raises CellExecutionError on any failing cell
   text = '\n'.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
                    for o in c.get('outputs', []))
-  assert 'jvp vs by hand' in text
-  assert 'clean test accuracy' in text
+  relative = re.search(r'jvp vs by hand: ([0-9.eE+-]+) \(relative\)', text)
+  assert relative, text
+  assert float(relative.group(1)) < 1e-4
+  accuracy = re.search(r'clean test accuracy: CE ([0-9.]+) +MW-Net ([0-9.]+)', text)
+  assert accuracy and all(0.0 <= float(a) <= 1.0 for a in accuracy.groups()), text
   assert any('image/png' in o.get('data', {}) for c in nb.cells if c.cell_type == 'code'
              for o in c.get('outputs', []))
