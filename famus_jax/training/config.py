@@ -199,7 +199,22 @@ def validate_config(config, *, schema=None,
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
-  # optim
+  _validate_optim(config)
+  _validate_meta(config, clean_meta_set)
+
+  # train
+  number(config, 'train.log_every', 1, integer=True)
+  number(config, 'train.eval_every', 0, integer=True)
+  number(config, 'train.checkpoint_every', 0, integer=True)
+  number(config, 'train.keep_checkpoints', 1, integer=True)
+  number(config, 'train.eval_batch_size', 1, integer=True)
+  boolean(config, 'train.progress')
+  number(config, 'train.num_devices', 0, integer=True)
+  number(config, 'train.weight_window', 0, integer=True)
+
+
+def _validate_optim(config) -> None:
+  """`config.optim`: rates, schedule and the run length in its unit."""
   number(config, 'optim.lr', 0, lo_open=True)
   number(config, 'optim.momentum', 0, 1, hi_open=True)
   number(config, 'optim.weight_decay', 0)
@@ -232,18 +247,6 @@ def validate_config(config, *, schema=None,
     raise ConfigError(f'config.optim.boundaries={tuple(bounds)!r}: only the '
                       "'piecewise' schedule takes boundaries; set () for "
                       f'optim.schedule={config.optim.schedule!r}')
-
-  _validate_meta(config, clean_meta_set)
-
-  # train
-  number(config, 'train.log_every', 1, integer=True)
-  number(config, 'train.eval_every', 0, integer=True)
-  number(config, 'train.checkpoint_every', 0, integer=True)
-  number(config, 'train.keep_checkpoints', 1, integer=True)
-  number(config, 'train.eval_batch_size', 1, integer=True)
-  boolean(config, 'train.progress')
-  number(config, 'train.num_devices', 0, integer=True)
-  number(config, 'train.weight_window', 0, integer=True)
 
 
 def _validate_meta(config, clean_meta_set: bool = True) -> None:
