@@ -92,12 +92,16 @@ def apply(root: str, mutation: Mutation) -> str:
   return original
 
 
-def run_tests(root: str, tests: tuple, timeout: int) -> dict:
-  """pytest -x -q in the copy; the copy's package shadows the installed one."""
+def run_tests(root: str, tests: tuple, timeout: int, first_failure: bool = True,
+              deselect: tuple = ()) -> dict:
+  """pytest -q (-x) in the copy; the copy's package shadows the installed one."""
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS='cpu')
   start = time.time()
+  flags = ['-x'] if first_failure else []
+  for node in deselect:
+    flags += ['--deselect', node]
   try:
-    proc = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+    proc = subprocess.run([sys.executable, '-m', 'pytest', *flags, '-q', '-p', 'no:cacheprovider',
                            *tests], cwd=root, env=env, capture_output=True, text=True,
                           timeout=timeout)
     output, rc = proc.stdout + proc.stderr, proc.returncode
@@ -123,7 +127,8 @@ def main(argv=None) -> int:
                       help='copy the last commit instead of the working tree')
   parser.add_argument('--only', default='', help='comma-separated mutation names')
   parser.add_argument('--baseline', action='store_true',
-                      help='first run the test files unmutated (they must pass)')
+                      help='first run the test files unmutated; tests failing there are '
+                           'left out of the mutation runs (and reported)')
   parser.add_argument('--timeout', type=int, default=1800, help='seconds per pytest run')
   parser.add_argument('--results-dir', default=os.path.join(ROOT, 'experiments', 'results'))
   args = parser.parse_args(argv)
@@ -140,12 +145,14 @@ def main(argv=None) -> int:
     check_copy_is_imported(root)
     if args.baseline:
       files = tuple(sorted({t for m in chosen for t in m.tests}))
-      baseline = run_tests(root, files, args.timeout)
-      print(f'baseline {files}: rc={baseline["returncode"]} {baseline["tail"]}', flush=True)
+      baseline = run_tests(root, files, args.timeout, first_failure=False)
+      print(f'baseline {files}: rc={baseline["returncode"]} {baseline["tail"]}; failing '
+            f'without a mutation (left out below): {baseline["failed"]}', flush=True)
     for m in chosen:
       original = apply(root, m)
       try:
-        result = run_tests(root, m.tests, args.timeout)
+        result = run_tests(root, m.tests, args.timeout,
+                           deselect=tuple(baseline['failed']) if baseline else ())
       finally:
         with open(os.path.join(root, m.path), 'w') as f:
           f.write(original)
