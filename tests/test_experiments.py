@@ -162,6 +162,7 @@ def test_digits_study_smoke(argv, tmp_path):
     assert 0.0 <= r['final_test_accuracy'] <= 1.0 and r['wall_s'] > 0
 
 
+@pytest.mark.slow
 def test_pseudo_clean_significance_smoke(argv, tmp_path):
   from experiments import pseudo_clean_significance as pcs
   pcs.main(argv)
@@ -196,6 +197,7 @@ def test_t_test_direction():
     assert pcs.paper_p_values()[col] == pytest.approx(0.5 - 0.75 * x * (1 - x * x / 3)), col
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(monkeypatch):
   import nbclient  # the `test` extra installs nbclient, nbformat and ipykernel
   import nbformat
