@@ -122,8 +122,14 @@ def make_config(method: str, setting: str, seed: int, epochs: int, smoke: bool,
   return c
 
 
-def run_one(method: str, config) -> dict:
-  workdir = tempfile.mkdtemp(prefix=f'digits_study_{method}_')
+def run_one(method: str, config, collect=None) -> dict:
+  """One `train_and_evaluate` call in a temporary workdir (removed afterwards).
+
+  `collect(workdir, summary) -> dict` adds what it reads from the workdir
+  (e.g. metrics.jsonl) to the result, before the workdir goes.
+  """
+  workdir = tempfile.mkdtemp(prefix=f'study_{method}_')
+  extra = {}
   try:
     start = time.perf_counter()
     if method == 'alg2':
@@ -133,6 +139,8 @@ def run_one(method: str, config) -> dict:
       from famus_jax import train  # pylint: disable=g-import-not-at-top
       summary = train.train_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
+    if collect is not None:
+      extra = collect(workdir, summary)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
   final = summary.get('final') or {}
@@ -143,7 +151,8 @@ def run_one(method: str, config) -> dict:
           'wall_s': wall, 'num_steps': int(summary.get('num_steps') or 0),
           'first_step_s': summary.get('first_step_s', summary.get('first_epoch_s')),
           'train_weight_auc': final.get('train_weight_auc'),
-          'realised_noise_rate': (summary.get('data') or {}).get('realised_noise_rate')}
+          'realised_noise_rate': (summary.get('data') or {}).get('realised_noise_rate'),
+          **extra}
 
 
 def aggregate(runs: list[dict], methods, settings) -> dict:

@@ -162,6 +162,31 @@ def test_digits_study_smoke(argv, tmp_path):
     assert 0.0 <= r['final_test_accuracy'] <= 1.0 and r['wall_s'] > 0
 
 
+def test_fashion_mnist_study_smoke(argv, tmp_path):
+  """On IDX files written here (130 training, 20 test images per class)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments import fashion_mnist_study
+  from famus_jax.data import idx
+  rng = np.random.default_rng(0)
+  folder = tmp_path / 'fashion'
+  for split, per in (('train', 130), ('t10k', 20)):
+    labels = np.tile(np.arange(10, dtype=np.uint8), per)
+    idx.write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
+    idx.write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'),
+                  rng.integers(0, 256, (labels.size, 28, 28)).astype(np.uint8))
+  # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the other paths.
+  fashion_mnist_study.main(argv + ['--methods', 'ce_meta,mwnet', '--set',
+                                   f'data.data_dir="{folder}"'])
+  payload = check_outputs(str(tmp_path), 'fashion_mnist_study_smoke')
+  assert os.path.exists(os.path.join(str(tmp_path), 'fashion_mnist_study_smoke.md'))
+  runs = {r['method']: r for r in payload['runs']}
+  assert set(runs) == {'ce_meta', 'mwnet'}
+  # same number of iterations: 20 images/class x 10 classes / batch 100, 1 epoch
+  assert runs['ce_meta']['num_steps'] == runs['mwnet']['num_steps'] == 2
+  assert len(runs['mwnet']['weights_over_training']['clean']) >= 1
+  assert 0.0 <= runs['ce_meta']['final_test_accuracy'] <= 1.0
+
+
 @pytest.mark.slow
 def test_pseudo_clean_significance_smoke(argv, tmp_path):
   from experiments import pseudo_clean_significance as pcs

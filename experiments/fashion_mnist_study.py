@@ -1,0 +1,310 @@
+"""Noisy-label study on real 28×28 images: Fashion-MNIST, every method, 3 noise settings.
+
+Rows (same model, batch, optimiser, learning rate, schedule shape and number
+of iterations; only the method changes, all fixed before the runs):
+  CE on the noisy labels; CE on the true labels of the same images (upper
+  bound); CE on the 1,000 clean meta images only (`data.train_split='meta'`,
+  the baseline every meta method must beat; same number of iterations, so it
+  cycles over its 10 batches); MW-Net (exact meta gradient); MW-Net + FaMUS;
+  L2R; MLC — through `famus_jax.train.train_and_evaluate` with
+  configs/fashion_mnist.py — and Algorithm 2 (no clean labels: all training
+  images noisy, pseudo-clean meta sets from GMM co-training, MW-Net + FaMUS,
+  semi-supervised term) through `famus_jax.alg2.train_and_evaluate` with
+  configs/fashion_mnist_alg2.py.
+Columns: 40 % and 60 % symmetric, 40 % asymmetric (the Fashion-MNIST class
+map: T-shirt/top↔shirt, pullover→coat, sandal→sneaker, sneaker→ankle boot;
+half the classes flip, so ~20 % of the labels are wrong).
+
+Sized for a 2-core CPU: a per-class subset of the 59,000 noisy training
+images (`data.train_per_class`, drawn with the seed after the meta draw; the
+meta set and the 10,000 test images are whole) and a few epochs of it, lr ÷10
+at 90 % and 95 % of the run. Alg. 2 has no meta set: it draws 100 more noisy
+images per class in their place (e.g. 5,100 instead of 5,000 + 1,000 clean).
+
+  python -m experiments.fashion_mnist_study --quick   # 500/class × 4 epochs, 2 seeds
+  python -m experiments.fashion_mnist_study           # 2000/class × 4 epochs, 2 seeds
+  python -m experiments.fashion_mnist_study --smoke --set data.data_dir='"DIR"'
+
+Per (method, setting): mean ± std over seeds of the final clean test accuracy,
+steady-state ms per iteration (Alg. 2: per co-training iteration of both
+networks, its GMM passes included) and wall time of the whole call (data,
+compilation from a warm persistent cache, training, evaluation, checkpoint).
+Also the mean MW-Net weight of clean- and of noisy-labelled training examples
+over training (relative to uniform), for the methods that weight examples.
+Writes experiments/results/fashion_mnist_study[_quick].{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from experiments import common
+from experiments import digits_lab as lab
+from experiments import digits_study as study
+
+METHODS = {
+    'ce': ('CE (noisy labels)', {'meta.method': 'ce', 'meta.sampler': 'all'}),
+    'ce_true': ('CE (true labels, upper bound)',
+                {'meta.method': 'ce', 'meta.sampler': 'all', 'data.noise_type': 'none'}),
+    'ce_meta': ('CE (1,000 clean meta images only)',
+                {'meta.method': 'ce', 'meta.sampler': 'all', 'data.train_split': 'meta'}),
+    'mwnet': ('MW-Net (exact)', {'meta.method': 'mwnet', 'meta.sampler': 'all'}),
+    'mwnet_famus': ('MW-Net + FaMUS', {'meta.method': 'mwnet', 'meta.sampler': 'famus'}),
+    'l2r': ('L2R (exact)', {'meta.method': 'l2r', 'meta.sampler': 'all'}),
+    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all'}),
+    'alg2': ('Alg. 2 (pseudo-clean, FaMUS; no clean labels)', {}),
+}
+SETTINGS = {
+    'sym40': ('symmetric', 0.4, 'sym. 40 %'),
+    'sym60': ('symmetric', 0.6, 'sym. 60 %'),
+    'asym40': ('asymmetric', 0.4, 'asym. 40 %'),
+}
+# (train images per class, epochs, seeds) of each mode.
+MODES = {'full': (2000, 4, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
+# configs/fashion_mnist.py's meta_per_class: Alg. 2 trains on these too.
+ALG2_EXTRA_PER_CLASS = 100
+
+
+def _epoch_schedule(c, epochs: float) -> None:
+  """Run length `epochs`, lr ÷10 at 90 % and 95 % of it."""
+  c.optim.unit, c.optim.num_steps, c.optim.num_epochs = 'epoch', 0, epochs
+  c.optim.boundaries = (0.9 * epochs, 0.95 * epochs)
+
+
+def make_config(method: str, setting: str, seed: int, per_class: int, epochs: int,
+                smoke: bool, overrides: dict):
+  """One run's config: configs/fashion_mnist[_alg2].py, the setting, the budget."""
+  noise_type, noise_rate, _ = SETTINGS[setting]
+  c = study.load_config_file('fashion_mnist_alg2.py' if method == 'alg2'
+                             else 'fashion_mnist.py')
+  c.seed = int(seed)
+  c.data.noise_type, c.data.noise_rate = noise_type, float(noise_rate)
+  c.data.train_per_class = int(per_class)
+  c.train.progress = False
+  if method == 'alg2':
+    # no clean meta set: the images that are the others' meta set are noisy
+    # training images here (as in the paper, all of the training set)
+    c.data.train_per_class = int(per_class) + ALG2_EXTRA_PER_CLASS
+    epochs = max(int(epochs), 2)
+    full = 4  # configs/fashion_mnist_alg2.py: 1 warm-up epoch of 4
+    c.alg2.warmup_epochs = max(1, int(round(c.alg2.warmup_epochs * epochs / full)))
+    c.alg2.ssl.rampup_epochs = max(1.0, float(c.alg2.ssl.rampup_epochs) * epochs / full)
+    c.alg2.eval_every_epochs = c.alg2.checkpoint_every_epochs = 0
+    _epoch_schedule(c, epochs)
+  else:
+    for k, v in METHODS[method][1].items():
+      study.set_field(c, k, v)
+    _epoch_schedule(c, epochs)
+    steps_per_epoch = 10 * int(per_class) // int(c.data.batch_size)
+    if c.data.train_split == 'meta':  # as many iterations as the others
+      steps = int(epochs * steps_per_epoch)
+      c.optim.unit, c.optim.num_epochs, c.optim.num_steps = 'step', 0, steps
+      c.optim.boundaries = tuple(sorted({b for b in (int(0.9 * steps), int(0.95 * steps))
+                                         if 0 < b < steps}))
+    c.train.eval_every = c.train.checkpoint_every = 0
+    c.train.log_every = max(1, int(epochs * steps_per_epoch) // 20)
+  if smoke:
+    c.model.kwargs.width = 4
+  for k, v in overrides.items():
+    if method == 'alg2' or not k.startswith('alg2.'):
+      study.set_field(c, k, v)
+  return c
+
+
+def collect(workdir: str, summary: dict) -> dict:
+  """Weights over training (metrics.jsonl) or Alg. 2's epoch times."""
+  from famus_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  if summary.get('algorithm') == 'alg2':
+    from famus_jax.alg2 import analysis  # pylint: disable=g-import-not-at-top
+    rows = analysis.EpochLog.read(workdir)
+    warm = int(summary.get('warmup_epochs') or 0)
+    per_step = [r['epoch_time_s'] / summary['steps_per_epoch'] for r in rows
+                if r.get('epoch', 0) >= warm and 'epoch_time_s' in r]
+    return {'alg2_ms_per_iteration': 1e3 * float(np.median(per_step)) if per_step else None}
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  keep = [r for r in rows if 'weight_clean' in r and 'weight_noisy' in r]
+  return {'weights_over_training': {
+      'step': [int(r['step']) for r in keep],
+      'clean': [float(r['weight_clean']) for r in keep],
+      'noisy': [float(r['weight_noisy']) for r in keep]}} if keep else {}
+
+
+def markdown(payload) -> str:
+  table, settings = payload['table'], payload['settings']
+  lines = ['| method | ' + ' | '.join(SETTINGS[s][2] for s in settings)
+           + ' | ms / iteration | wall time per run (s) |',
+           '|' + '---|' * (len(settings) + 3)]
+  for m in payload['methods']:
+    if m not in table:
+      continue
+    cells = [f"{100 * c['accuracy_mean']:.1f} ± {100 * c['accuracy_std']:.1f}"
+             if (c := table[m].get(s)) else '—' for s in settings]
+    ms = [table[m][s]['ms_per_iteration'] for s in settings
+          if s in table[m] and table[m][s]['ms_per_iteration']]
+    walls = [table[m][s]['wall_s_mean'] for s in settings if s in table[m]]
+    lines.append(f'| {METHODS[m][0]} | ' + ' | '.join(cells)
+                 + f" | {f'{np.median(ms):.0f}' if ms else '—'} | {np.mean(walls):.0f} |")
+  mach, b = payload['machine'], payload['budget']
+  lines += ['', (
+      f"Clean test accuracy (%) on the 10,000 Fashion-MNIST test images, mean ± std over "
+      f"seeds {payload['seeds']}. Training: {b['train_per_class']} images per class "
+      f"({10 * b['train_per_class']:,}) with noisy labels, {b['epochs']} epochs × "
+      f"{b['steps_per_epoch']} iterations of {b['batch_size']}, lr {b['lr']} ÷10 at 90 % "
+      f"and 95 % of the run, the same for every method; 1,000 clean meta images (100 per "
+      f"class; Alg. 2: noisy and in its training set). Model `fashion_resnet` (width "
+      f"{b['width']}). ms / iteration: steady-state training rate, median over runs "
+      f"(Alg. 2: both networks and the GMM passes, per iteration); wall time: one "
+      f"`train_and_evaluate` call, mean over runs. {mach['device_kind']} "
+      f"({mach['cpu_count']} cores), jax {mach['jax_version']}; total "
+      f"{payload['total_wall_s'] / 60:.0f} min.")]
+  return '\n'.join(lines) + '\n'
+
+
+def plot(path, payload):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  table, settings, runs = payload['table'], payload['settings'], payload['runs']
+  fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.3 * (len(settings) + 1), 4),
+                           squeeze=False)
+  for j, s in enumerate(settings):
+    ax = axes[0, j]
+    for i, m in enumerate(payload['methods']):
+      c = table.get(m, {}).get(s)
+      if c and c['ms_per_iteration']:
+        ax.errorbar(c['ms_per_iteration'], 100 * c['accuracy_mean'],
+                    yerr=100 * c['accuracy_std'], fmt='osD^v<>P*X'[i % 10], color=f'C{i}',
+                    capsize=2, label=METHODS[m][0])
+    ax.set(xlabel='ms per iteration', title=SETTINGS[s][2])
+    ax.set_xscale('log')
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel('clean test accuracy (%)')
+  axes[0, len(settings) - 1].legend(fontsize=6, loc='lower right')
+  ax = axes[0, -1]
+  s0 = settings[0]
+  for i, m in enumerate(payload['methods']):
+    series = [r['weights_over_training'] for r in runs if r['method'] == m
+              and r['setting'] == s0 and r.get('weights_over_training')]
+    if not series:
+      continue
+    n = min(len(w['step']) for w in series)
+    steps = series[0]['step'][:n]
+    for kind, style in (('clean', '-'), ('noisy', '--')):
+      ax.plot(steps, np.mean([w[kind][:n] for w in series], 0), style, color=f'C{i}',
+              label=f'{METHODS[m][0]}: {kind} labels')
+  ax.set(xlabel='iteration', ylabel='mean weight (× uniform)',
+         title=f'meta-weights over training, {SETTINGS[s0][2]}')
+  ax.grid(alpha=0.3)
+  if ax.lines:
+    ax.legend(fontsize=6)
+  mach = payload['machine']
+  fig.suptitle(f"Fashion-MNIST: accuracy vs cost, {payload['budget']['train_per_class']} "
+               f"images/class × {payload['epochs']} epochs, seeds {payload['seeds']} "
+               f"({mach['device_kind']}, {mach['cpu_count']} cores)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='500 images/class (CPU, ~20 min)')
+  parser.add_argument('--smoke', action='store_true',
+                      help='20 images/class, 1 epoch, tiny model (tests)')
+  parser.add_argument('--per-class', type=int, default=None,
+                      help='noisy training images per class (full 2000, quick 500)')
+  parser.add_argument('--epochs', type=int, default=None, help='epochs per run (Alg. 2 ≥ 2)')
+  parser.add_argument('--methods', default=None, help=f'comma-separated: {",".join(METHODS)}')
+  parser.add_argument('--settings', default=None, help=f'comma-separated: {",".join(SETTINGS)}')
+  parser.add_argument('--seeds', default=None, help='comma-separated (default 0,1)')
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='config override for every run (JSON values)')
+  parser.add_argument('--results-dir', default=None)
+  parser.add_argument('--xla-cache', default=None)
+  args = parser.parse_args(argv)
+  mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
+  per_class, epochs, seeds = MODES[mode]
+  args.per_class = args.per_class or per_class
+  args.epochs = args.epochs or epochs
+  args.methods = (args.methods or ('ce,ce_meta,mwnet_famus,alg2' if args.smoke
+                                   else ','.join(METHODS))).split(',')
+  args.settings = (args.settings or ('sym40' if args.smoke else ','.join(SETTINGS))
+                   ).split(',')
+  args.seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else list(seeds)
+  for name, given, known in (('methods', args.methods, METHODS),
+                             ('settings', args.settings, SETTINGS)):
+    bad = set(given) - set(known)
+    if bad:
+      parser.error(f'unknown {name} {sorted(bad)}; known: {", ".join(known)}')
+  args.overrides = {k: study.parse_value(v) for k, v in
+                    (item.split('=', 1) for item in args.set)}
+  return args
+
+
+def main(argv=None):
+  args = _parse(argv)
+  cache = lab.enable_compilation_cache(args.xla_cache)
+  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  build = lambda m, s, seed, per_class: make_config(
+      m, s, seed, per_class, args.epochs, args.smoke, args.overrides)
+  start = time.perf_counter()
+  runs = []
+  for method in args.methods:
+    if cache is not None and not args.smoke:
+      # Fills the compilation cache on a 2-batch run, so timed runs find it warm.
+      t0 = time.perf_counter()
+      study.run_one(method, build(method, args.settings[0], args.seeds[0], 20))
+      print(f'{method:<12s} compile run (discarded): {time.perf_counter() - t0:.1f} s',
+            file=sys.stderr, flush=True)
+    for setting in args.settings:
+      for seed in args.seeds:
+        config = build(method, setting, seed, args.per_class)
+        cpu0 = time.process_time()
+        row = {'method': method, 'setting': setting, 'seed': seed,
+               **study.run_one(method, config, collect)}
+        row['cpu_s'] = time.process_time() - cpu0  # all threads of this process
+        if row.get('alg2_ms_per_iteration'):
+          row['ms_per_iteration'] = row['alg2_ms_per_iteration']
+        runs.append(row)
+        print(f"{method:<12s} {setting:<7s} seed {seed}: accuracy "
+              f"{row['final_test_accuracy']:.4f}  wall {row['wall_s']:.1f} s  "
+              f"cpu {row['cpu_s']:.1f} s  ms/it {row.get('ms_per_iteration') or 0:.0f}  "
+              f"(total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+
+  base = make_config('ce', args.settings[0], 0, args.per_class, args.epochs, args.smoke,
+                     args.overrides)
+  payload = {
+      'script': 'fashion_mnist_study', 'quick': args.quick, 'smoke': args.smoke,
+      'epochs': args.epochs, 'methods': args.methods, 'settings': args.settings,
+      'seeds': args.seeds, 'setting_defs': {s: SETTINGS[s] for s in args.settings},
+      'method_labels': {m: METHODS[m][0] for m in args.methods},
+      'budget': {'train_per_class': args.per_class, 'epochs': args.epochs,
+                 'batch_size': int(base.data.batch_size), 'lr': float(base.optim.lr),
+                 'steps_per_epoch': 10 * args.per_class // int(base.data.batch_size),
+                 'width': int(base.model.kwargs.width)},
+      'overrides': args.overrides, 'xla_cache': cache is not None,
+      'runs': runs, 'table': study.aggregate(runs, args.methods, args.settings),
+      'total_wall_s': time.perf_counter() - start, 'machine': common.machine(),
+  }
+  results_dir = args.results_dir or common.RESULTS_DIR
+  stem = 'fashion_mnist_study' + ('_smoke' if args.smoke else '_quick' if args.quick else '')
+  path = common.write_json(stem + '.json', payload, results_dir)
+  md = markdown(payload)
+  with open(os.path.join(results_dir, stem + '.md'), 'w') as f:
+    f.write(md)
+  plot(path[:-5] + '.png', payload)
+  print(md)
+  print(f"total {payload['total_wall_s']:.0f} s; wrote {path}, {stem}.md, {stem}.png")
+  return payload
+
+
+if __name__ == '__main__':
+  main()
