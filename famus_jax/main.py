@@ -162,10 +162,27 @@ def main(argv):
   except train.Preempted as e:
     print(f'famus_jax: {e}', file=sys.stderr)
     sys.exit(143)
-  acc, best = summary.get('final_test_accuracy'), summary.get('best_test_accuracy')
+  for line in done_lines(summary, _WORKDIR.value):
+    print(line)
+
+
+def done_lines(summary: dict, workdir: str) -> list[str]:
+  """What a finished run prints: model selection, then the final result."""
   fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else str(v)
-  print(f"famus_jax: done, step {summary.get('step')}: test accuracy {fmt(acc)} "
-        f"(best {fmt(best)}); summary in {_WORKDIR.value}/summary.json")
+  lines = []
+  selected = summary.get('selected_by_meta_set')
+  if selected:
+    lines.append(f"famus_jax: best clean meta-set accuracy {fmt(selected['meta_accuracy'])} "
+                 f"at step {selected['step']}: test accuracy "
+                 f"{fmt(selected['test_accuracy'])}")
+  noise = (summary.get('data') or {}).get('realised_noise_rate')
+  noise = ('' if noise is None else f'; realised noise rate {fmt(noise)} (the fraction of '
+           'training labels that differ from the true label)')
+  lines.append(f"famus_jax: done, step {summary.get('step')}: final test accuracy "
+               f"{fmt(summary.get('final_test_accuracy'))} (highest of all evaluations "
+               f"{fmt(summary.get('best_test_accuracy'))}, a test-set oracle){noise}; "
+               f"summary in {workdir}/summary.json")
+  return lines
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,8 @@ from famus_jax.training import schedules
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training.build import (build_model, build_sampler_and_scope,  # pylint: disable=unused-import
                                       build_setup, build_strategy)
-from famus_jax.training.run import (NonFiniteLossError, Preempted,  # pylint: disable=unused-import
-                                    RecompilationError, Run, means)
+from famus_jax.training.run import (ChanceWatch, NonFiniteLossError,  # pylint: disable=unused-import
+                                    Preempted, RecompilationError, Run, means)
 
 log = logging.getLogger('famus_jax.train')
 
@@ -102,7 +103,8 @@ class Trainer:
         int(config.data.batch_size),
         [layer.name for layer in sampler.layers] if sampler is not None else None,
         int(config.train.weight_window))
-    self.first_step_s = self.last_accuracy = None
+    self.chance = ChanceWatch(self.num_classes)
+    self.first_step_s = self.last_eval = None
 
   # -- resume ----------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class Trainer:
       jax.block_until_ready(m['loss'])
       self.first_step_s = time.perf_counter() - t0
     self.mets.add(step + 1, m, host['label'], host['true_label'])
+    self.run.check_iteration(step + 1, m['finite'])
 
   def drain(self) -> None:
     """Moves pending metrics to the host; `NonFiniteLossError` on NaN/Inf."""
@@ -159,8 +162,11 @@ class Trainer:
     for name, source in (self.splits.extra_test or {}).items():
       extra = self.evaluate(source)
       row[f'{name}_accuracy'], row[f'{name}_top5'] = extra['correct'], extra['correct5']
+    if self.splits.meta is not None:  # clean held-out labels: for model selection
+      meta = self.evaluate(self.splits.meta)
+      row['meta_accuracy'], row['meta_loss'] = meta['correct'], meta['loss']
     row.update(self.mets.window.eval_stats())
-    self.last_accuracy = row['test_accuracy']
+    self.last_eval = row
     return row
 
 
@@ -192,26 +198,57 @@ def train_and_evaluate(config, workdir: str) -> dict:
       t.iterate(step)
       done = step + 1
       if pbar is not None:
+        if step == start:
+          pbar.unpause()  # rate and ETA without the first iteration's compilation
         pbar.update(1)
       if done % int(c.log_every) == 0 or done == t.num_steps:
-        t.drain()
-        row = dict(t.mets.row(done), compiled=run.check_compiled_once(t.programs))
-        if writer is not None:
-          writer.write_train(row)
-        if pbar is not None:
-          pbar.set_postfix({'loss': f"{row['loss']:.3f}", **(
-              {} if t.last_accuracy is None else {'acc': f'{t.last_accuracy:.3f}'})},
-                           refresh=False)
+        _log_row(run, t, writer, pbar, done)
       if due(int(c.eval_every), done):
         t.drain()
         _write_eval(writer, t.eval_row(done), t.mets.window)
+        t.chance.end_period(done)
       if due(int(c.checkpoint_every), done):
         t.drain()
         run.ckpt.save(done, t.state, t.data_state())
     t.drain()
     final = _final_eval(run, t, writer, start)
+    t.chance.end_period(t.num_steps)
     run.ckpt.save(t.num_steps, t.state, t.data_state())
   return _summarize(run, t, final, start)
+
+
+def progress_postfix(row: dict, last_eval) -> dict:
+  """The progress bar's labelled numbers: the weighted training loss (what the
+  update minimises; plain cross-entropy for `ce`), the meta steps' validation
+  loss on the clean meta set, and the last evaluation's test accuracy."""
+  out = {'weighted_train_loss' if 'weighted_loss' in row else 'train_loss':
+         f"{row.get('weighted_loss', row['loss']):.3f}"}
+  if 'val_loss' in row:
+    out['meta_val_loss'] = f"{row['val_loss']:.3f}"
+  if last_eval is not None:
+    out[f"test_acc@{last_eval['step']}"] = f"{last_eval['test_accuracy']:.3f}"
+  return out
+
+
+def _log_row(run: Run, t: Trainer, writer, pbar, done: int) -> None:
+  """The log row of iteration `done`: written, watched, shown on the bar."""
+  t.drain()
+  row = dict(t.mets.row(done), compiled=run.check_compiled_once(t.programs))
+  t.chance.add(row)
+  if writer is not None:
+    writer.write_train(row)
+  if pbar is not None:
+    pbar.set_postfix(progress_postfix(row, t.last_eval), refresh=False)
+
+
+def selected_by_meta_set(eval_rows: list[dict]) -> Optional[dict]:
+  """The evaluation with the best clean meta-set accuracy (the latest of ties):
+  model selection without the test set."""
+  rows = [r for r in eval_rows if 'meta_accuracy' in r and 'test_accuracy' in r]
+  if not rows:
+    return None
+  best = max(rows, key=lambda r: (r['meta_accuracy'], r['step']))
+  return {k: best[k] for k in ('step', 'meta_accuracy', 'test_accuracy')}
 
 
 def _write_eval(writer, row: dict, window) -> dict:
@@ -243,7 +280,9 @@ def _summarize(run: Run, t: Trainer, final: dict, start: int) -> dict:
       'steps_per_epoch': t.steps_per_epoch, 'method': config.meta.method,
       'sampler': config.meta.sampler if t.strategy.uses_meta_set else None,
       'final': final, 'final_test_accuracy': final['test_accuracy'],
+      # the highest test accuracy of all evaluations: a test-set oracle
       'best_test_accuracy': max(accs) if accs else final['test_accuracy'],
+      'selected_by_meta_set': selected_by_meta_set(eval_rows),
       'last_train_row': train_rows[-1] if train_rows else None,
       'resumed_from': start or None, 'first_step_s': t.first_step_s,
       'steps_per_s': float(np.median(rates)) if rates else None,

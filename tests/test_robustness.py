@@ -16,9 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from famus_jax import main as main_lib
+from famus_jax import train
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import lock as lock_lib
-from test_train_support import REPO
+from famus_jax.training import run as run_lib
+from test_train_support import REPO, TINY_FLAGS, compilation_cache, read_jsonl, tiny_config
 
 # ---------------------------------------------------------------------------
 # Workdir lock.
@@ -293,6 +296,190 @@ def test_unwritable_workdir(tmp_path):
   _assert_one_line_error(_main('--config=configs/digits.py', f'--workdir={workdir}'),
                          'is not writable')
   assert not os.path.exists(workdir)
+
+
+def _tiny_cmd(workdir, **flags):
+  merged = {**TINY_FLAGS, 'meta.sampler': 'all', **flags}
+  return ['--config=configs/digits.py', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in merged.items()]
+
+
+@pytest.mark.parametrize('override,needles', [
+    ('meta.k=999', ('config.meta.k=999 is out of range',)),  # with meta.sampler=famus
+    ('data.batch_size=100000', ('config.data.batch_size=100000: larger than the '
+                                'training split',)),
+])
+def test_bad_value_leaves_the_workdir_untouched(tmp_path, override, needles):
+  key, value = override.split('=')
+  flags = {'meta.sampler': 'famus', key: value}
+  new = tmp_path / 'new'
+  _assert_one_line_error(_main(*_tiny_cmd(new, **flags)), *needles)
+  assert not os.path.exists(new)  # not even created
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  _assert_one_line_error(_main(*_tiny_cmd(empty, **flags)), *needles)
+  assert os.listdir(empty) == []
+
+
+# ---------------------------------------------------------------------------
+# Whole runs: two at once, corrupt checkpoints, divergence.
+
+
+def _wait_for_lock(workdir, proc, timeout=240):
+  path = os.path.join(workdir, lock_lib.LOCK_NAME)
+  start = time.time()
+  while not (os.path.exists(path) and os.path.getsize(path)):
+    if proc.poll() is not None:
+      raise AssertionError(f'first run ended ({proc.returncode}): {proc.stderr.read()}')
+    assert time.time() - start < timeout, 'the first run never took the lock'
+    time.sleep(0.05)
+
+
+def test_second_run_on_a_workdir_is_refused(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = subprocess.Popen(
+      [sys.executable, '-m', 'famus_jax.main',
+       *_tiny_cmd(workdir, **{'optim.num_steps': 10**7, 'train.log_every': 50,
+                              'train.eval_every': 0, 'train.checkpoint_every': 0})],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_lock(workdir, first)
+    second = _main(*_tiny_cmd(workdir))
+    _assert_one_line_error(second, f'--workdir={workdir} is in use by another run '
+                           f'(pid {first.pid} on ', 'famus_jax', 'started ')
+  finally:
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+  assert first.returncode == 143, err[-2000:]
+  steps = [r['step'] for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))]
+  assert steps == sorted(set(steps))  # one writer: no interleaved rows
+  assert not os.path.exists(os.path.join(workdir, lock_lib.LOCK_NAME))
+
+
+@pytest.fixture(scope='module')
+def xla_cache(tmp_path_factory):
+  with compilation_cache(tmp_path_factory.mktemp('xla_cache_runs')):
+    yield
+
+
+def _rows_without_timing(path):
+  skip = ('step_time_s', 'steps_per_s', 'compiled')
+  return [{k: v for k, v in r.items() if k not in skip} for r in read_jsonl(path)]
+
+
+@pytest.mark.parametrize('corrupt', [truncate_array_file, flip_bytes],
+                         ids=['truncated', 'bit_flipped'])
+def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, caplog,
+                                                                xla_cache, corrupt):
+  del xla_cache
+  c = tiny_config('mwnet', 'all', steps=8)
+  workdir = str(tmp_path / 'run')
+  reference = train.train_and_evaluate(c, workdir)
+  ref_eval = _rows_without_timing(os.path.join(workdir, 'eval.jsonl'))
+  ref_train = _rows_without_timing(os.path.join(workdir, 'metrics.jsonl'))
+  corrupt(os.path.join(workdir, 'checkpoints', '8'))
+  with caplog.at_level(logging.WARNING, logger='famus_jax.checkpoint'):
+    again = train.train_and_evaluate(c, workdir)
+  assert [r.getMessage().split(' (')[0] for r in caplog.records
+          if r.name == 'famus_jax.checkpoint'] == ['checkpoint step 8 is corrupt']
+  assert again['resumed_from'] == 4
+  assert again['final'] == reference['final']  # exact floats
+  assert _rows_without_timing(os.path.join(workdir, 'eval.jsonl')) == ref_eval
+  assert _rows_without_timing(os.path.join(workdir, 'metrics.jsonl')) == ref_train
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+
+
+def test_no_intact_checkpoint_keeps_the_summary(tmp_path, xla_cache):
+  del xla_cache
+  c = tiny_config('mwnet', 'all', steps=8)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(c, str(workdir))
+  before = {n: (workdir / n).read_bytes() for n in ('summary.json', 'eval.jsonl',
+                                                    'metrics.jsonl')}
+  for step in ('4', '8'):
+    truncate_metadata(str(workdir / 'checkpoints' / step))
+  with pytest.raises(checkpoint_lib.CheckpointError, match='no intact checkpoint'):
+    train.train_and_evaluate(c, str(workdir))
+  assert {n: (workdir / n).read_bytes() for n in before} == before
+
+
+def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch, xla_cache):
+  """lr = 1e6: the run names the first non-finite iteration and runs at most
+  one more (the check reads each iteration's flag when the next is launched)."""
+  del xla_cache
+  flags = []  # the finiteness flag of every iteration that ran, read eagerly
+  iterate = train.Trainer.iterate
+
+  def recording(self, step):
+    try:
+      iterate(self, step)
+    finally:
+      flags.append(bool(self.mets.pending[-1][1]['finite']))
+  monkeypatch.setattr(train.Trainer, 'iterate', recording)
+  c = tiny_config('mwnet', 'all', steps=60, optim__lr=1e6, train__log_every=50,
+                  train__eval_every=0, train__checkpoint_every=0)
+  with pytest.raises(run_lib.NonFiniteLossError) as e:
+    train.train_and_evaluate(c, str(tmp_path))
+  first_bad = flags.index(False) + 1  # iterations are numbered from 1
+  assert e.value.step == first_bad
+  assert len(flags) <= first_bad + 1
+  with open(tmp_path / 'summary.json') as f:
+    assert json.load(f)['status'] == 'non_finite'
+
+
+def test_chance_level_warns_once(caplog):
+  watch = run_lib.ChanceWatch(10)
+  level = np.log(10)
+  with caplog.at_level(logging.WARNING, logger='famus_jax.run'):
+    for step, loss in ((2, 2.5), (4, level * 0.99)):
+      watch.add({'step': step, 'loss': loss})
+    assert watch.end_period(4)
+    watch.add({'step': 6, 'loss': 5.0, 'val_loss': level})  # meta steps: val loss
+    assert watch.end_period(8)
+    watch.add({'step': 10, 'loss': 5.0, 'val_loss': 1.0})  # learning
+    assert not watch.end_period(12)
+  messages = [r.getMessage() for r in caplog.records]
+  assert len(messages) == 1 and 'training stayed at chance level up to step 4' in \
+      messages[0] and 'since step 2' in messages[0] and 'optim.lr' in messages[0]
+
+
+def test_tiny_learning_rate_warns_in_a_run(tmp_path, caplog, xla_cache):
+  del xla_cache
+  c = tiny_config('ce', steps=8, optim__lr=1e-9)
+  with caplog.at_level(logging.WARNING, logger='famus_jax.run'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert ['chance level' in r.getMessage() for r in caplog.records
+          if r.name == 'famus_jax.run'] == [True]
+
+
+# ---------------------------------------------------------------------------
+# What a run prints.
+
+
+def test_progress_bar_labels_its_numbers():
+  meta_row = {'step': 38, 'loss': 3.3, 'weighted_loss': 2.1234, 'val_loss': 0.4567}
+  assert train.progress_postfix(meta_row, None) == {
+      'weighted_train_loss': '2.123', 'meta_val_loss': '0.457'}
+  assert train.progress_postfix({'step': 4, 'loss': 1.5},
+                                {'step': 2, 'test_accuracy': 0.25}) == {
+                                    'train_loss': '1.500', 'test_acc@2': '0.250'}
+
+
+def test_final_lines_name_the_selection_and_the_noise_rate():
+  eval_rows = [{'step': 2, 'meta_accuracy': 0.5, 'test_accuracy': 0.6},
+               {'step': 4, 'meta_accuracy': 0.7, 'test_accuracy': 0.65},
+               {'step': 6, 'meta_accuracy': 0.7, 'test_accuracy': 0.62},
+               {'step': 8, 'meta_accuracy': 0.6, 'test_accuracy': 0.7}]
+  selected = train.selected_by_meta_set(eval_rows)
+  assert selected == {'step': 6, 'meta_accuracy': 0.7, 'test_accuracy': 0.62}
+  summary = {'step': 8, 'final_test_accuracy': 0.7, 'best_test_accuracy': 0.7,
+             'selected_by_meta_set': selected, 'data': {'realised_noise_rate': 0.343}}
+  lines = main_lib.done_lines(summary, '/w')
+  assert lines == [
+      'famus_jax: best clean meta-set accuracy 0.7000 at step 6: test accuracy 0.6200',
+      'famus_jax: done, step 8: final test accuracy 0.7000 (highest of all evaluations '
+      '0.7000, a test-set oracle); realised noise rate 0.3430 (the fraction of training '
+      'labels that differ from the true label); summary in /w/summary.json']
 
 
 # ---------------------------------------------------------------------------

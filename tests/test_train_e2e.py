@@ -40,7 +40,7 @@ def test_main_every_method(tmp_path, method, sampler):
   workdir = str(tmp_path / 'run')
   proc = _run(_main_cmd(workdir, **{'meta.method': method, 'meta.sampler': sampler}))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'famus_jax: done, step 8: test accuracy' in proc.stdout
+  assert 'famus_jax: done, step 8: final test accuracy' in proc.stdout
   summary, rows = check_run_files(workdir, 8, method)
   assert summary['method'] == method
   if sampler == 'famus':

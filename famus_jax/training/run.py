@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -30,10 +34,13 @@ import numpy as np
 from famus_jax import data as data_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import config as config_lib
+from famus_jax.training import lock as lock_lib
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training import signals
 from famus_jax.training.config import ConfigError
+
+log = logging.getLogger('famus_jax.run')
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,6 +93,69 @@ def check_compiled_once(programs: dict[str, Callable]) -> dict[str, int]:
 
 
 first_non_finite = metrics_lib.first_non_finite
+
+
+class FiniteWatch:
+  """The per-iteration NaN/Inf check, one iteration behind the device.
+
+  `add(step, flag)` reads the on-device flag of the *previous* iteration (done
+  or nearly: the new one depends on it), so the host never waits for the
+  iteration it just launched. A run therefore stops at most one iteration
+  after the first non-finite one, and names that one.
+  """
+
+  def __init__(self):
+    self._pending: Optional[tuple[int, Any]] = None
+
+  def add(self, step: int, flag) -> Optional[int]:
+    """Queues `flag` of `step`; returns the previous step if it was non-finite."""
+    previous, self._pending = self._pending, (step, flag)
+    return self._check(previous)
+
+  def flush(self) -> Optional[int]:
+    """Checks the last queued step (before a save, an evaluation, the end)."""
+    previous, self._pending = self._pending, None
+    return self._check(previous)
+
+  @staticmethod
+  def _check(entry) -> Optional[int]:
+    if entry is not None and not bool(jax.device_get(entry[1])):
+      return entry[0]
+    return None
+
+
+class ChanceWatch:
+  """Warns once when a whole evaluation period trained at chance level.
+
+  Chance level: the loss the run learns from (the validation loss of the meta
+  steps where a row has one, else the training loss) never went below
+  `fraction` × log C in the period: a learning rate far too high or too low.
+  """
+
+  def __init__(self, num_classes: int, fraction: float = 0.98):
+    self.level = math.log(num_classes)
+    self.fraction = fraction
+    self.losses: list[float] = []
+    self.first_step: Optional[int] = None
+    self.warned = False
+
+  def add(self, row: dict) -> None:
+    loss = row.get('val_loss', row.get('loss'))
+    if loss is not None:
+      self.losses.append(float(loss))
+      self.first_step = row['step'] if self.first_step is None else self.first_step
+
+  def end_period(self, step: int) -> bool:
+    """At an evaluation: warns (once per run) if the period was at chance."""
+    losses, first, self.losses, self.first_step = self.losses, self.first_step, [], None
+    at_chance = bool(losses) and min(losses) >= self.fraction * self.level
+    if at_chance and not self.warned:
+      self.warned = True
+      log.warning('training stayed at chance level up to step %d: the loss never went '
+                  'below %.3f (log of %d classes) since step %d; check optim.lr (far '
+                  'too high or too low)', step, self.level, round(math.exp(self.level)),
+                  first)
+    return at_chance
 
 
 # ---------------------------------------------------------------------------
@@ -143,10 +213,22 @@ class Run:
     self.resumable = resumable  # config prefixes that may change on resume
     self.start_time = time.perf_counter()
     self.mesh = self.ckpt = self.stop = None
+    self._staging: Optional[str] = None
+    self._finite_watch = FiniteWatch()
     self._stack = contextlib.ExitStack()
 
   def __enter__(self) -> 'Run':
-    os.makedirs(self.workdir, exist_ok=True)
+    try:
+      return self._enter()
+    except BaseException:
+      self._stack.close()  # the lock, the staged data files
+      raise
+
+  def _enter(self) -> 'Run':
+    if self.is_main:  # one run per workdir, released when the run ends
+      self._stack.enter_context(lock_lib.WorkdirLock(self.workdir))
+    else:
+      os.makedirs(self.workdir, exist_ok=True)
     self.check_resume()
     try:
       self.mesh = sharding_lib.make_mesh(int(self.config.train.num_devices))
@@ -187,8 +269,14 @@ class Run:
           'workdir, or the same config to resume')
 
   def write_config(self) -> None:
-    if self.is_main:
-      metrics_lib.write_json(self.config_path, config_lib.config_to_dict(self.config))
+    """`config.json`, and the data files staged by `load_dataset`: call it once
+    the run's checks have passed (a failed start leaves the workdir as it was)."""
+    if not self.is_main:
+      return
+    if self._staging is not None:
+      for name in sorted(os.listdir(self._staging)):
+        shutil.move(os.path.join(self._staging, name), os.path.join(self.workdir, name))
+    metrics_lib.write_json(self.config_path, config_lib.config_to_dict(self.config))
 
   def closing(self, obj):
     """Registers `obj.close()` for the end of the run; returns `obj`."""
@@ -208,9 +296,18 @@ class Run:
     return self.closing(tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True))
 
   def load_dataset(self):
-    """The data splits of `config.data` (noise reports written by process 0)."""
-    return data_lib.load_dataset(self.config.data, int(self.config.seed),
-                                 self.workdir if self.is_main else None)
+    """The data splits of `config.data`. Process 0's noise files
+    (`noisy_labels.npz`, `noise_report.json`) wait in a staging directory
+    until `write_config`."""
+    if self.is_main and self._staging is None:
+      self._staging = self._stack.enter_context(
+          tempfile.TemporaryDirectory(prefix='famus_jax_staging_'))
+    splits = data_lib.load_dataset(self.config.data, int(self.config.seed),
+                                   self._staging)
+    if splits.info.get('noisy_labels_path'):
+      splits.info['noisy_labels_path'] = os.path.join(
+          self.workdir, os.path.basename(splits.info['noisy_labels_path']))
+    return splits
 
   # -- devices -------------------------------------------------------------------
 
@@ -233,6 +330,13 @@ class Run:
   def stop_requested(self) -> Optional[int]:
     """The signal number of a pending SIGTERM/SIGINT, else None."""
     return self.stop.signum
+
+  def check_iteration(self, step: int, finite_flag) -> None:
+    """The per-iteration NaN/Inf check: `NonFiniteLossError` naming the first
+    non-finite iteration, at most one iteration after it (`FiniteWatch`)."""
+    bad = self._finite_watch.add(step, finite_flag)
+    if bad is not None:
+      raise self.non_finite(bad)
 
   def non_finite(self, step: int) -> NonFiniteLossError:
     """The error for a NaN/Inf at `step`, naming the last good checkpoint."""
