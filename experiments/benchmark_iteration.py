@@ -72,7 +72,11 @@ def core_variants() -> list[Variant]:
       Variant('mwnet_reverse', 'mwnet', 'reverse'),
       Variant('mwnet_jvp', 'mwnet', 'jvp'),
       Variant('l2r_jvp', 'l2r', 'jvp'),
+      Variant('mlc_reverse', 'mlc', 'reverse'),  # the official MLC step (T = I, fixed inner lr)
       Variant('mlc_jvp', 'mlc', 'jvp'),
+      Variant('mlc_famus_k4', 'mlc', meta=(('sampler', 'famus'), ('lambda1', 0.1),
+                                           ('lambda2', 0.1))),
+      Variant('mlc_transition_jvp', 'mlc_transition', 'jvp'),  # our learned-T extension
   ]
 
 
