@@ -6,7 +6,7 @@
 60,000 training images (28×28 grey, 10 classes): 1,000 clean meta images
 (100 per class, as the paper's CIFAR setting) are removed from training, the
 59,000 others get 40 % symmetric label noise; 10,000 clean test images. A
-small ResNet (`fashion_resnet`: width 16, 3 blocks, 78 K parameters).
+small ResNet (`fashion_resnet`: width 8, 3 blocks, 19,890 parameters).
 Compare with `--config.meta.method=ce` (plain cross-entropy) and
 `--config.meta.sampler=all` (exact meta gradient);
 `--config.data.noise_type=asymmetric` uses the Fashion-MNIST class map
@@ -23,7 +23,9 @@ def get_config():
   c = base_config()
   c.seed = 0
   c.model.name = 'fashion_resnet'
-  c.model.kwargs = ml_collections.ConfigDict({'width': 16, 'stage_sizes': (1, 1, 1)})
+  # width 8: channels 8/16/32, ~0.7 M multiply-adds per image (width 16: ~2.7 M);
+  # 2.5x less CPU time per MW-Net + FaMUS iteration than width 16.
+  c.model.kwargs = ml_collections.ConfigDict({'width': 8, 'stage_sizes': (1, 1, 1)})
 
   c.data.name = 'fashion_mnist'
   c.data.noise_type = 'symmetric'
