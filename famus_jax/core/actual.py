@@ -47,7 +47,7 @@ def actual_step(params: PyTree, opt_state: PyTree, batch: dict, weights: jax.Arr
   Args:
     params, opt_state: base parameters and the optax state of `tx`.
     batch: {'image': (n, ...), 'label': (n,)}.
-    weights: (n,) weights V' of the examples (e.g. `meta_model.actual_weights`).
+    weights: (n,) weights V' of the examples (`meta_model.weights(θ', losses)`).
     apply_fn, meta_model: as in `virtual_step`.
     tx: the base optimizer (e.g. SGD, momentum 0.9, weight decay, schedule).
     theta: meta parameters θ' when they enter the loss (MLC); else ignored.
