@@ -3,8 +3,9 @@
   python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/famus_digits
 
 Real 8×8 images (1,797: 450 test, 10 clean meta examples per class, the rest
-noisy training data), a tiny ResNet (`digits_cnn`); a few minutes on 2 CPU
-cores. Compare with `--config.meta.method=ce` (plain cross-entropy) and
+noisy training data), a tiny ResNet (`digits_cnn`); about 30 s on 2 CPU
+cores (28 s of CPU time measured for the 760 iterations). Compare with
+`--config.meta.method=ce` (plain cross-entropy) and
 `--config.meta.sampler=all` (exact meta gradient).
 """
 

@@ -403,6 +403,15 @@ def test_no_intact_checkpoint_keeps_the_summary(tmp_path, xla_cache):
   assert {n: (workdir / n).read_bytes() for n in before} == before
 
 
+def test_a_failure_keeps_a_completed_summary(tmp_path):
+  completed = {'status': 'completed', 'step': 8, 'final_test_accuracy': 0.9}
+  (tmp_path / 'summary.json').write_text(json.dumps(completed))
+  with pytest.raises(run_lib.NonFiniteLossError):
+    with run_lib.Run(tiny_config(), str(tmp_path)) as run:
+      raise run.non_finite(3)
+  assert json.loads((tmp_path / 'summary.json').read_text()) == completed
+
+
 def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch, xla_cache):
   """lr = 1e6: the run names the first non-finite iteration and runs at most
   one more (the check reads each iteration's flag when the next is launched)."""
@@ -439,8 +448,10 @@ def test_chance_level_warns_once(caplog):
     watch.add({'step': 10, 'loss': 5.0, 'val_loss': 1.0})  # learning
     assert not watch.end_period(12)
   messages = [r.getMessage() for r in caplog.records]
-  assert len(messages) == 1 and 'training stayed at chance level up to step 4' in \
-      messages[0] and 'since step 2' in messages[0] and 'optim.lr' in messages[0]
+  assert messages == [
+      'training stayed at chance level up to step 4: since step 2 the loss never went '
+      'below 2.257 (98 % of log 10 = 2.303, the loss of a uniform prediction); check '
+      'optim.lr (far too high or too low)']
 
 
 def test_tiny_learning_rate_warns_in_a_run(tmp_path, caplog, xla_cache):

@@ -151,10 +151,11 @@ class ChanceWatch:
     at_chance = bool(losses) and min(losses) >= self.fraction * self.level
     if at_chance and not self.warned:
       self.warned = True
-      log.warning('training stayed at chance level up to step %d: the loss never went '
-                  'below %.3f (log of %d classes) since step %d; check optim.lr (far '
-                  'too high or too low)', step, self.level, round(math.exp(self.level)),
-                  first)
+      log.warning('training stayed at chance level up to step %d: since step %d the '
+                  'loss never went below %.3f (%d %% of log %d = %.3f, the loss of a '
+                  'uniform prediction); check optim.lr (far too high or too low)', step,
+                  first, self.fraction * self.level, round(100 * self.fraction),
+                  round(math.exp(self.level)), self.level)
     return at_chance
 
 
@@ -382,5 +383,11 @@ class Run:
       metrics_lib.write_json(os.path.join(self.workdir, 'summary.json'), summary)
 
   def write_failure(self, status: str, step: int, message: str) -> None:
-    """`summary.json` of a run that stopped (non-finite loss)."""
+    """`summary.json` of a run that stopped (non-finite loss). A completed
+    run's summary is kept: its checkpoints, not the run, went bad."""
+    path = os.path.join(self.workdir, 'summary.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        if json.load(f).get('status') == 'completed':
+          return
     self.write_summary({'status': status, 'step': step, 'message': message})
