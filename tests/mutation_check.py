@@ -10,7 +10,7 @@ files there with `pytest -x -q`, restores the file, and prints a table
 experiments/results/mutation_check.json.
 
 Usage:
-  python tests/mutation_check.py [--head] [--only NAME[,NAME]] [--baseline]
+  python tests/mutation_check.py [--head | --rev COMMIT] [--only NAME[,NAME]] [--baseline]
 """
 
 import argparse
@@ -67,11 +67,11 @@ IGNORE = shutil.ignore_patterns('.git', '__pycache__', '*.egg-info', '.pytest_ca
                                 'results', '*.png', '*.npz')
 
 
-def copy_repository(dest: str, head: bool) -> None:
-  """The working tree (or the last commit) into `dest`."""
-  if head:
+def copy_repository(dest: str, rev: str = '') -> None:
+  """The working tree (or the commit `rev`) into `dest`."""
+  if rev:
     os.makedirs(dest)
-    archive = subprocess.run(['git', 'archive', 'HEAD'], cwd=ROOT, check=True,
+    archive = subprocess.run(['git', 'archive', rev], cwd=ROOT, check=True,
                              capture_output=True).stdout
     subprocess.run(['tar', '-x', '-C', dest], input=archive, check=True)
   else:
@@ -125,6 +125,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--head', action='store_true',
                       help='copy the last commit instead of the working tree')
+  parser.add_argument('--rev', default='', help='copy this commit instead of the working tree')
   parser.add_argument('--only', default='', help='comma-separated mutation names')
   parser.add_argument('--baseline', action='store_true',
                       help='first run the test files unmutated; tests failing there are '
@@ -141,7 +142,11 @@ def main(argv=None) -> int:
   rows, baseline = [], None
   with tempfile.TemporaryDirectory() as tmp:
     root = os.path.join(tmp, 'repo')
-    copy_repository(root, args.head)
+    rev = args.rev or ('HEAD' if args.head else '')
+    if rev:
+      rev = subprocess.run(['git', 'rev-parse', rev], cwd=ROOT, check=True, capture_output=True,
+                           text=True).stdout.strip()
+    copy_repository(root, rev)
     check_copy_is_imported(root)
     if args.baseline:
       files = tuple(sorted({t for m in chosen for t in m.tests}))
@@ -168,7 +173,7 @@ def main(argv=None) -> int:
   for r in rows:
     print(f'{r["bug"]:{width}s}  {"yes" if r["caught"] else "NO":6s}  {r["caught_by"] or "-"}')
   os.makedirs(args.results_dir, exist_ok=True)
-  payload = {'source': 'HEAD' if args.head else 'working tree',
+  payload = {'source': f'commit {rev}' if rev else 'working tree',
              'machine': {'platform': platform.platform(), 'python': platform.python_version(),
                          'cpus': os.cpu_count()},
              'baseline': baseline, 'mutations': rows,
