@@ -53,7 +53,7 @@ def validation_loss(apply_fn, params, batch_stats, batch, rng=None) -> jax.Array
 def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f'Unknown meta-gradient mode {mode!r} (config field '
-                     f'meta.mode); known: {", ".join(MODES)}.')
+                     f'meta.mode); known: {", ".join(sorted(MODES))}.')
 
 
 def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_model,
