@@ -1,8 +1,9 @@
 """The real-data study that fits a 2-core CPU: every method on digits, 4 noise settings.
 
 Methods (same model, data split, batch, schedule and budget in epochs; only the
-method changes): CE, MW-Net (exact meta gradient), MW-Net + FaMUS, L2R ± FaMUS,
-MLC ± FaMUS — all through `famus_jax.train.train_and_evaluate` with
+method changes, except official MLC's lr ÷ 64 for its batch-sum loss): CE, MW-Net
+(exact meta gradient), MW-Net + FaMUS, L2R ± FaMUS, MLC ± FaMUS (the official step),
+our `mlc_transition` — all through `famus_jax.train.train_and_evaluate` with
 configs/digits.py — and Algorithm 2 (pseudo-clean meta sets from GMM
 co-training, MW-Net + FaMUS, semi-supervised term; no clean labels at all)
 through `famus_jax.alg2.train_and_evaluate` with configs/digits_alg2.py.
@@ -43,14 +44,19 @@ from experiments import digits_lab as lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Official MLC trains on the batch *sum* of its corrected CE: the base rate is divided
+# by the batch size (64) so that its step per example is CE's (lr 0.05 on the mean).
+MLC_LR = {'optim.lr': 0.05 / 64}
 METHODS = {
     'ce': ('CE', {'meta.method': 'ce', 'meta.sampler': 'all'}),
     'mwnet': ('MW-Net (exact)', {'meta.method': 'mwnet', 'meta.sampler': 'all'}),
     'mwnet_famus': ('MW-Net + FaMUS', {'meta.method': 'mwnet', 'meta.sampler': 'famus'}),
     'l2r': ('L2R (exact)', {'meta.method': 'l2r', 'meta.sampler': 'all'}),
     'l2r_famus': ('L2R + FaMUS', {'meta.method': 'l2r', 'meta.sampler': 'famus'}),
-    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all'}),
-    'mlc_famus': ('MLC + FaMUS', {'meta.method': 'mlc', 'meta.sampler': 'famus'}),
+    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all', **MLC_LR}),
+    'mlc_famus': ('MLC + FaMUS', {'meta.method': 'mlc', 'meta.sampler': 'famus', **MLC_LR}),
+    'mlc_transition': ('MLC transition (ours)', {'meta.method': 'mlc_transition',
+                                                 'meta.sampler': 'all'}),
     'alg2': ('Alg. 2 (pseudo-clean, FaMUS)', {}),
 }
 SETTINGS = {
