@@ -57,7 +57,11 @@ METHODS = {
     'mwnet': ('MW-Net (exact)', {'meta.method': 'mwnet', 'meta.sampler': 'all'}),
     'mwnet_famus': ('MW-Net + FaMUS', {'meta.method': 'mwnet', 'meta.sampler': 'famus'}),
     'l2r': ('L2R (exact)', {'meta.method': 'l2r', 'meta.sampler': 'all'}),
-    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all'}),
+    # Official MLC's loss is a batch sum: lr ÷ batch (100) for CE's step per example.
+    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all',
+                            'optim.lr': 0.05 / 100}),
+    'mlc_transition': ('MLC transition (ours)', {'meta.method': 'mlc_transition',
+                                                 'meta.sampler': 'all'}),
     'alg2': ('Alg. 2 (pseudo-clean, FaMUS; no clean labels)', {}),
 }
 SETTINGS = {
