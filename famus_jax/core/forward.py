@@ -54,6 +54,14 @@ class TrainForward(NamedTuple):
   logits_fn: Callable[[PyTree], jax.Array]
 
 
+def logits_function(apply_fn: ApplyFn, batch_stats: Optional[PyTree],
+                    images: jax.Array, rng: Optional[jax.Array] = None
+                    ) -> Callable[[PyTree], jax.Array]:
+  """params -> (n, C) train-mode logits on `images` (the `logits_fn` of
+  `train_forward`, rebuilt wherever the batch, statistics and RNG are known)."""
+  return lambda p: apply_model(apply_fn, p, batch_stats, images, train=True, rng=rng)[0]
+
+
 def train_forward(apply_fn: ApplyFn, params: PyTree, batch_stats: Optional[PyTree],
                   images: jax.Array, rng: Optional[jax.Array] = None) -> TrainForward:
   """Train-mode forward of the base network with its VJP."""
@@ -61,11 +69,9 @@ def train_forward(apply_fn: ApplyFn, params: PyTree, batch_stats: Optional[PyTre
   def logits_and_stats(p):
     return apply_model(apply_fn, p, batch_stats, images, train=True, rng=rng)
 
-  def logits_fn(p):
-    return logits_and_stats(p)[0]
-
   logits, vjp, new_stats = jax.vjp(logits_and_stats, params, has_aux=True)
-  return TrainForward(logits, vjp, new_stats, logits_fn)
+  return TrainForward(logits, vjp, new_stats,
+                      logits_function(apply_fn, batch_stats, images, rng))
 
 
 def weighted_gradient(forward: TrainForward, meta_model, theta: PyTree,

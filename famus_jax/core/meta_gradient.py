@@ -76,13 +76,21 @@ def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_mode
 
 def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
                   meta_model, lookahead, batch_stats, mask, gate, val_rng,
-                  levels=None, level=None, virtual=None) -> MetaGrad:
+                  levels=None, level=None, virtual=None,
+                  gate_grad: str = 'scope') -> MetaGrad:
   """The fast exact path: one restricted JVP, then a VJP of the small head.
 
-  With `levels` (nested static scopes) and a traced `level`, `lax.switch` runs
-  only the program of that scope: the cost follows the selected layers.
+  With `levels` (nested static scopes, each inside `mask`) the tangent pass
+  runs only on scope `level`: a Python int compiles that scope alone (host
+  dispatch), a traced int selects it with `lax.switch`. Gates must be 0
+  outside the chosen scope. `gate_grad` says where ∂L^val/∂r is formed:
+  'scope' (the chosen scope; 0 for the other gated leaves) or 'all' (every
+  leaf of `mask`, so the validation backward spans all of it).
   `virtual`: the ungated Virtual-Train step of `fwd`, if already computed.
   """
+  if gate_grad not in GATE_GRADS:
+    raise ValueError(f'Unknown gate gradient {gate_grad!r} (config field '
+                     f'meta.gate_grad); known: {", ".join(GATE_GRADS)}.')
   if virtual is None:
     virtual = virtual_lib.virtual_from_forward(
         fwd, theta, params, train_labels, meta_model=meta_model,
@@ -92,18 +100,25 @@ def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
                            meta_model=meta_model, lookahead=lookahead,
                            batch_stats=batch_stats, val_rng=val_rng)
   if not levels or level is None:
-    theta_grad, gate_grad, loss, v = body(mask, gate)
+    theta_grad, gate_grad_tree, loss, v = body(mask, mask, gate)
   else:
-    branches = [functools.partial(lambda g, m: body(m, g),
-                                  m=lookahead_lib.scope_mask(params, scope))
-                for scope in levels]
-    theta_grad, gate_grad, loss, v = jax.lax.switch(level, branches, gate)
-  return MetaGrad(theta_grad, gate_grad, loss, virtual, v)
+    def masks(j):
+      tangent = lookahead_lib.scope_mask(params, levels[j])
+      return (mask if gate_grad == 'all' else tangent), tangent
+    if isinstance(level, int):  # a static scope: this program computes only it
+      theta_grad, gate_grad_tree, loss, v = body(*masks(level), gate)
+    else:
+      branches = [functools.partial(lambda g, ms: body(*ms, g), ms=masks(j))
+                  for j in range(len(levels))]
+      theta_grad, gate_grad_tree, loss, v = jax.lax.switch(level, branches, gate)
+  return MetaGrad(theta_grad, gate_grad_tree, loss, virtual, v)
 
 
 def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mask,
-                       gate, *, apply_fn, meta_model, lookahead, batch_stats, val_rng):
-  """(∇_θ, ∂/∂gate, val loss, v) with the meta path restricted to `mask`."""
+                       tangent_mask, gate, *, apply_fn, meta_model, lookahead,
+                       batch_stats, val_rng):
+  """(∇_θ, ∂/∂gate, val loss, v): v, u and ∂/∂gate on `mask`, the tangent pass
+  on `tangent_mask` (a subset of `mask` outside which the gates are 0)."""
   params_hat = jax.lax.stop_gradient(virtual.params)
   grads = jax.lax.stop_gradient(virtual.grads)
   hat_in, hat_out = lookahead_lib.split_by_mask(params_hat, mask)
@@ -132,9 +147,12 @@ def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mas
     u_in = [r * u for r, u in zip(r_in, u_in)]
 
   # J u: forward-mode product through the base network, only from the scope.
-  params_in, params_out = lookahead_lib.split_by_mask(params, mask)
+  if tangent_mask is not mask:
+    u_in = lookahead_lib.split_by_mask(lookahead_lib.merge_by_mask(
+        u_in, [jnp.zeros_like(x) for x in hat_out], mask), tangent_mask)[0]
+  params_in, params_out = lookahead_lib.split_by_mask(params, tangent_mask)
   logits_of_scope = lambda inside: fwd.logits_fn(
-      lookahead_lib.merge_by_mask(inside, params_out, mask))
+      lookahead_lib.merge_by_mask(inside, params_out, tangent_mask))
   _, logits_tangent = jax.jvp(logits_of_scope, (params_in,), (u_in,))
   logits_tangent = jax.lax.stop_gradient(logits_tangent)
 
@@ -151,17 +169,25 @@ def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mas
 
 PATHS = {'reverse': _reverse, 'jvp': _forward_mode}
 MODES = tuple(PATHS)  # config `meta.mode`
+# config `meta.gate_grad`: where the sampler's ∂L^val/∂r is formed under pruning
+GATE_GRADS = {
+    'scope': 'the running scope only (0 for gated layers outside it): the '
+             'validation backward stops at the scope',
+    'all': 'every candidate layer (the straight-through gradient without pruning): '
+           'the validation backward spans all candidates',
+}
 
 
 def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
                            apply_fn, meta_model, lookahead, batch_stats=None,
                            mask=None, gate=None, val_rng=None,
                            mode: str = 'jvp', levels=None, level=None,
-                           virtual=None) -> MetaGrad:
+                           virtual=None, gate_grad: str = 'scope') -> MetaGrad:
   """Meta gradient from an already computed training forward (shared by steps).
 
-  `levels`/`level`: nested static scopes and the traced index of the one to
-  run (`jvp` path only; the `reverse` reference always runs the full program).
+  `levels`/`level`: nested static scopes and the index (static int or traced)
+  of the one to run, `gate_grad` where ∂L^val/∂r is formed (`jvp` path only;
+  the `reverse` reference always runs the full program).
   `virtual`: the ungated `VirtualStep` of `fwd` (same θ, look-ahead and mask)
   when the caller already computed it (`jvp` path: not computed again; the
   `reverse` path differentiates through its own).
@@ -169,7 +195,8 @@ def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
   if mask is None:
     mask = lookahead_lib.scope_mask(params, None)
   extra = ({} if mode == 'reverse' else
-           {'levels': levels, 'level': level, 'virtual': virtual})
+           {'levels': levels, 'level': level, 'virtual': virtual,
+            'gate_grad': gate_grad})
   return PATHS[mode](fwd, theta, params, train_labels, val_batch,
                      apply_fn=apply_fn, meta_model=meta_model, lookahead=lookahead,
                      batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng,

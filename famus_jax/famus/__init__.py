@@ -4,6 +4,7 @@ from famus_jax.famus.gumbel import GradientSampler, hard_gumbel_softmax
 from famus_jax.famus.layers import (block_layers, leaf_names, network_layers,
                                     select_candidates)
 from famus_jax.famus.pooling import pool_tensor, pooled_layer_gradient, standardize
-from famus_jax.famus.samplers import (SAMPLERS, FamusSampler, LayerSampler,
-                                      RandomSampler, Selection, build_sampler,
-                                      candidates, static_scope)
+from famus_jax.famus.samplers import (DISPATCHES, GATE_GRADS, RATE_COSTS, SAMPLERS,
+                                      FamusSampler, LayerSampler, RandomSampler,
+                                      Selection, build_sampler, candidates,
+                                      static_scope)

@@ -1,5 +1,7 @@
 """The gradient sampler network Γ(·; η_l) and the hard Gumbel-softmax gate."""
 
+from typing import Any, Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,3 +34,14 @@ def hard_gumbel_softmax(rng: jax.Array, logits: jax.Array, tau: float) -> jax.Ar
   soft = jax.nn.softmax((logits + gumbel) / tau, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
   return hard + (soft - jax.lax.stop_gradient(soft))  # exactly 0/1 in value
+
+
+def stack_params(per_layer: Sequence[Any]) -> Any:
+  """L parameter trees of one structure -> one tree of (L, ...) leaves, each
+  leaf zero-padded at the end of every axis to the largest shape among the L
+  (a Γ's first kernel (D_l, h) -> (max D_l, h))."""
+  def stack(*leaves):
+    shape = tuple(max(dims) for dims in zip(*(x.shape for x in leaves)))
+    return jnp.stack([jnp.pad(x, [(0, t - d) for d, t in zip(x.shape, shape)])
+                      if x.ndim else x for x in leaves])
+  return jax.tree_util.tree_map(stack, *per_layer)

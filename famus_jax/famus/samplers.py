@@ -13,18 +13,25 @@ A sampler turns the Virtual-Train gradient into per-layer gates r ∈ {0,1}^L,
 broadcasts them to the parameter leaves (`leaf_gates`) and, with
 `meta.prune_levels` P > 1, also picks which of P nested precompiled scopes
 (top L/P layers, top 2L/P, …, all candidates) contains every selected layer, so
-a selection of top layers runs a cheaper program (`lax.switch`).
+a selection of top layers runs a cheaper program. `meta.dispatch` (registry
+`DISPATCHES`) says how that program is chosen; `meta.gate_grad` where the
+gates' gradient is formed under pruning; `meta.rate_cost` (registry
+`RATE_COSTS`) how L_r counts a layer.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
+from famus_jax.core import meta_gradient
 from famus_jax.core.protocols import MetaStepContext
 from famus_jax.famus import gumbel
 from famus_jax.famus import layers as layers_lib
@@ -56,13 +63,17 @@ class LayerSampler:
       candidate layer, or -1.
     treedef: params tree structure.
     levels: nested leaf-name scopes for dynamic pruning (last = all candidates).
-    layer_level: for each candidate layer the first level containing it.
+      layer_level: for each candidate layer the first level containing it.
+    dispatch: how the scope's program is chosen (a key of `DISPATCHES`).
+    gate_grad: where ∂L^val/∂r is formed under pruning ('scope' | 'all').
   """
   layers: tuple
   leaf_layer: tuple
   treedef: Any
   levels: tuple = ()
   layer_level: tuple = ()
+  dispatch: str = 'none'
+  gate_grad: str = 'scope'
 
   @property
   def num_layers(self) -> int:
@@ -92,8 +103,11 @@ class LayerSampler:
     return Selection(gates, self.leaf_gates(gates), self.level(gates))
 
   def metrics(self, selection: Selection) -> dict:
-    return {'gates': jax.lax.stop_gradient(selection.gates),
-            'num_selected': jnp.sum(jax.lax.stop_gradient(selection.gates))}
+    out = {'gates': jax.lax.stop_gradient(selection.gates),
+           'num_selected': jnp.sum(jax.lax.stop_gradient(selection.gates))}
+    if selection.level is not None:
+      out['scope_level'] = selection.level
+    return out
 
   def begin(self, params, grads, rng):
     """Gates of this iteration from the Virtual-Train gradient: (Selection, ctx)."""
@@ -102,6 +116,10 @@ class LayerSampler:
   def finish(self, ctx: MetaStepContext, params, opt_state):
     """After Meta-Train: (θ gradient, sampler params, sampler opt state, metrics)."""
     return ctx.theta_grad, params, opt_state, self.metrics(ctx.selection)
+
+  def warnings(self) -> tuple[str, ...]:
+    """One-line notes on settings that make a config field ineffective."""
+    return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +144,16 @@ class FamusSampler(LayerSampler):
   delta: float = 0.1
   hidden: int = 128
   feature_dims: tuple = ()
+  rate_weights: tuple = ()  # c_l of L_r per candidate layer (empty: all 1)
 
   def init(self, rng):
+    """η of every layer's Γ (initialised layer by layer with its own key and
+    input size D_l), stacked along a leading layer axis and zero-padded to
+    max D_l: (L, ...) leaves."""
     net = gumbel.GradientSampler(self.hidden)
     keys = jax.random.split(rng, self.num_layers)
-    return {f'layer_{i:03d}': net.init(key, jnp.zeros((d,)))['params']
-            for i, (key, d) in enumerate(zip(keys, self.feature_dims))}
+    return gumbel.stack_params([net.init(key, jnp.zeros((d,)))['params']
+                                for key, d in zip(keys, self.feature_dims)])
 
   def optimizer(self):
     return optax.sgd(self.delta, momentum=0.9)
@@ -143,10 +165,13 @@ class FamusSampler(LayerSampler):
         pooling.pooled_layer_gradient(by_path, layer))) for layer in self.layers]
 
   def gate_logits(self, params, features) -> jax.Array:
-    """(L, 2) logits of (skip, select) for every candidate layer."""
+    """(L, 2) logits of (skip, select) for every candidate layer: the L
+    networks Γ(·; η_l) as one batched computation over the stacked η and the
+    zero-padded (L, max D_l) features (padding meets zero weights)."""
     net = gumbel.GradientSampler(self.hidden)
-    return jnp.stack([net.apply({'params': params[f'layer_{i:03d}']}, f)
-                      for i, f in enumerate(features)])
+    width = max(self.feature_dims)
+    padded = jnp.stack([jnp.pad(f, (0, width - f.shape[0])) for f in features])
+    return jax.vmap(lambda p, f: net.apply({'params': p}, f))(params, padded)
 
   def gates(self, params, features, rng) -> jax.Array:
     """(L,) hard gates r_l, straight-through in η."""
@@ -155,8 +180,17 @@ class FamusSampler(LayerSampler):
   def select(self, params, grads, rng) -> Selection:
     return self.selection(self.gates(params, self.features(grads), rng))
 
+  def warnings(self) -> tuple[str, ...]:
+    if self.lambda1 == 0:
+      return (f'meta.sampler=famus with meta.lambda1=0: meta.k={self.k} has no effect '
+              '(L_r, weighted by lambda1, is what keeps about K layers selected)',)
+    return ()
+
   def rate_loss(self, gates: jax.Array) -> jax.Array:
-    """L_r = (Σ_l r_l − K)² over all gates."""
+    """L_r = (Σ_l c_l r_l − K)² over all gates (c_l = 1 unless `meta.rate_cost`
+    weighs layer l by the cost of the smallest scope holding it)."""
+    if self.rate_weights:
+      gates = gates * jnp.asarray(self.rate_weights, gates.dtype)
     return (jnp.sum(gates) - self.k) ** 2
 
   def matching_loss(self, grads: PyTree, val_grads: PyTree) -> jax.Array:
@@ -191,6 +225,55 @@ class FamusSampler(LayerSampler):
                                           theta_grad, d_theta)
       metrics['matching_loss'] = matching
     return theta_grad, params, opt_state, metrics
+
+
+DISPATCHES = {  # config `meta.dispatch`: how the program of a scope is chosen
+    'host': 'the host reads the scope index after the gates and runs that '
+            "scope's precompiled program (no XLA control flow; default)",
+    'switch': 'one program, lax.switch between the scopes (for accelerators; on '
+              'XLA:CPU a convolution inside a switch branch runs 20-30x slower)',
+    'none': 'one program over every candidate layer (gates as data: no saving)',
+}
+GATE_GRADS = meta_gradient.GATE_GRADS  # config `meta.gate_grad`
+
+
+def _count_weights(sampler, model, params, sample_images) -> tuple:
+  """L_r counts every selected layer as 1."""
+  del sampler, model, params, sample_images
+  return ()
+
+
+def _flops_weights(sampler, model, params, sample_images) -> tuple:
+  """c_l = XLA's FLOP count of the meta work of the smallest scope holding layer
+  l (validation backward to the scope and tangent pass from it), divided by
+  its mean over the candidate layers (so K keeps its scale)."""
+  if len(sampler.levels) <= 1:
+    return ()
+  variables = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+      sample_images, train=False))
+  stats = variables.get('batch_stats', {})
+
+  def scope_work(scope, params, stats, images):
+    mask = lookahead_lib.scope_mask(params, scope)
+    inside, outside = lookahead_lib.split_by_mask(params, mask)
+    def logits(ins):
+      full = lookahead_lib.merge_by_mask(ins, outside, mask)
+      return forward_lib.apply_model(model.apply, full, stats, images, train=True)[0]
+    tangent = jax.jvp(logits, (inside,), (inside,))[1]
+    return jnp.sum(tangent) + lookahead_lib.tree_vdot(
+        jax.grad(lambda ins: jnp.sum(logits(ins)))(inside), inside)
+
+  flops = [float(jax.jit(functools.partial(scope_work, scope)).lower(
+      params, stats, sample_images).cost_analysis()['flops']) for scope in sampler.levels]
+  per_layer = np.asarray([flops[j] for j in sampler.layer_level])
+  return tuple(float(c) for c in per_layer / per_layer.mean())
+
+
+RATE_COSTS = {  # config `meta.rate_cost`: c_l in L_r = (Σ_l c_l r_l − K)²
+    'count': _count_weights,
+    'flops': _flops_weights,
+}
 
 
 def _leaf_layer_index(params: PyTree, layers) -> tuple:
@@ -259,16 +342,30 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
   check_sampler_name(meta.sampler)
   static_scope(meta, model, params, sample_images)  # validates b and the scope
   _, cands = candidates(meta, model, params, sample_images)
-  return SAMPLERS[meta.sampler](meta, params, cands)
+  sampler = SAMPLERS[meta.sampler](meta, params, cands)
+  if isinstance(sampler, FamusSampler):
+    rate_cost = meta.get('rate_cost', 'count')
+    if rate_cost not in RATE_COSTS:
+      raise ValueError(f'meta.rate_cost={rate_cost!r} is unknown; known: '
+                       f'{", ".join(RATE_COSTS)}.')
+    sampler = dataclasses.replace(sampler, rate_weights=RATE_COSTS[rate_cost](
+        sampler, model, params, sample_images))
+  return sampler
 
 
 def _common_fields(meta, params, cands) -> dict:
   """The `LayerSampler` fields shared by the gated samplers."""
   prune_levels = _check_int(meta, 'prune_levels', 1, len(cands), 'meta.prune_levels')
   levels, layer_level = _levels(cands, prune_levels)
+  dispatch = meta.get('dispatch', 'switch' if prune_levels > 1 else 'none')
+  gate_grad = meta.get('gate_grad', 'scope')
+  for field, value, known in (('dispatch', dispatch, DISPATCHES),
+                              ('gate_grad', gate_grad, GATE_GRADS)):
+    if value not in known:
+      raise ValueError(f'meta.{field}={value!r} is unknown; known: {", ".join(known)}.')
   return dict(layers=cands, leaf_layer=_leaf_layer_index(params, cands),
               treedef=jax.tree_util.tree_structure(params), levels=levels,
-              layer_level=layer_level)
+              layer_level=layer_level, dispatch=dispatch, gate_grad=gate_grad)
 
 
 def _no_sampler(meta, params, cands) -> None:

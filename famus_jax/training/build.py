@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 
 from famus_jax import core
 from famus_jax import models as models_lib
 from famus_jax.training import strategies as strategies_lib
 from famus_jax.training.config import ConfigError
+
+log = logging.getLogger('famus_jax.build')
 
 
 def build_model(config, num_classes: int):
@@ -43,6 +47,8 @@ def build_sampler_and_scope(config, model, sample_images):
     sampler = famus.build_sampler(config.meta, model, params, sample_images)
   except ValueError as e:
     raise _field_error(e) from None
+  for warning in (sampler.warnings() if sampler is not None else ()):
+    log.warning(warning)
   return sampler, scope
 
 

@@ -84,7 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.delta = 0.1  # sampler learning rate
   c.meta.candidate_layers = 'all'  # all | top:N | comma-separated layer names
   c.meta.granularity = 'module'  # module | tensor
-  c.meta.prune_levels = 1
+  c.meta.prune_levels = 1  # P nested scopes (top ⌈pL/P⌉ candidate layers) for pruning
+  c.meta.dispatch = 'host'  # host | switch | none: how a scope's program is chosen
+  c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
+  c.meta.rate_cost = 'count'  # count | flops: c_l of L_r = (Σ c_l r_l − K)²
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every = 50
@@ -281,6 +284,9 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   number(config, 'meta.delta', 0, lo_open=True)
   choice(config, 'meta.granularity', sorted(layers_lib.GRANULARITIES))
   number(config, 'meta.prune_levels', 0, integer=True)
+  choice(config, 'meta.dispatch', sorted(samplers_lib.DISPATCHES))
+  choice(config, 'meta.gate_grad', sorted(samplers_lib.GATE_GRADS))
+  choice(config, 'meta.rate_cost', sorted(samplers_lib.RATE_COSTS))
   cand = config.meta.candidate_layers
   if (not isinstance(cand, str) or not _CANDIDATE_RE.match(cand)
       or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):

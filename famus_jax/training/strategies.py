@@ -15,13 +15,15 @@ host from the iteration number:
   `warmup_steps` iterations (a CE warm-up, as MLC's code and Alg. 2 use).
 
 The loop asks `needs_validation(step)` before drawing a validation batch and
-never looks at the method's name. A strategy that dispatches between several
-precompiled meta programs adds them to `programs` and picks one in
-`program_for`.
+never looks at the method's name. The meta iteration itself runs through
+the dispatcher of the sampler's `meta.dispatch` (`DISPATCHERS`): one program,
+or `meta_begin` and then, chosen on the host from the gates, the precompiled
+program of the smallest scope that holds every selected layer.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Callable, Optional
 
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from famus_jax import core
+from famus_jax import famus
 from famus_jax import meta_models
 from famus_jax.training import sharding as sharding_lib
 
@@ -61,6 +64,56 @@ def _jit_step(step_fn: Callable, setup: core.StepSetup, mesh, num_batches: int):
   return jax.jit(functools.partial(with_finite_flag(step_fn), setup=setup),
                  donate_argnums=(0,), in_shardings=(repl,) + (data,) * num_batches,
                  out_shardings=(repl, repl))
+
+
+class SingleProgram:
+  """The meta iteration as one compiled program (`meta.dispatch` 'none' or
+  'switch', or a single scope)."""
+
+  def __init__(self, setup: core.StepSetup, mesh):
+    self.programs = {'meta': _jit_step(core.meta_train_step, setup, mesh, 2)}
+    self.counts = collections.Counter()
+
+  def __call__(self, state, batch: dict, val_batch: dict):
+    self.counts['meta'] += 1
+    return self.programs['meta'](state, batch, val_batch)
+
+
+class HostDispatch:
+  """`meta.dispatch='host'`: `meta_begin` (training forward, Virtual-Train
+  backward, gates), a read of the scope index on the host, then the program
+  `meta_scope<j>` of that static scope (`meta_finish`), compiled on first use.
+  No XLA control flow; the kept VJP passes between the two programs."""
+
+  def __init__(self, setup: core.StepSetup, mesh):
+    repl = sharding_lib.replicated(mesh)
+    data = sharding_lib.batch_sharding(mesh)
+    self.programs = {'meta_begin': jax.jit(functools.partial(core.meta_begin, setup=setup),
+                                           in_shardings=(repl, data))}
+    for j in range(len(setup.sampler.levels)):
+      finish = with_finite_flag(functools.partial(core.meta_finish, level=j))
+      self.programs[f'meta_scope{j}'] = jax.jit(
+          functools.partial(finish, setup=setup), donate_argnums=(0,),
+          out_shardings=(repl, repl))
+    self.counts = collections.Counter()
+
+  def __call__(self, state, batch: dict, val_batch: dict):
+    begin = self.programs['meta_begin'](state, batch)
+    name = f'meta_scope{int(jax.device_get(begin.selection.level))}'
+    self.counts[name] += 1
+    return self.programs[name](state, begin, batch, val_batch)
+
+
+DISPATCHERS = {'host': HostDispatch, 'switch': SingleProgram, 'none': SingleProgram}
+assert set(DISPATCHERS) == set(famus.DISPATCHES)
+
+
+def make_dispatcher(setup: core.StepSetup, mesh):
+  """The dispatcher of the sampler's `dispatch` (one program without scopes)."""
+  sampler = setup.sampler
+  if sampler is None or len(sampler.levels) <= 1:
+    return SingleProgram(setup, mesh)
+  return DISPATCHERS[sampler.dispatch](setup, mesh)
 
 
 class PlainStrategy:
@@ -108,7 +161,8 @@ class MetaStrategy(PlainStrategy):
   def __init__(self, setup: core.StepSetup, mesh, *, interval: int = 1,
                warmup_steps: int = 0):
     self.interval, self.warmup_steps = int(interval), int(warmup_steps)
-    self.programs = {'meta': _jit_step(core.meta_train_step, setup, mesh, 2),
+    self.meta_step = make_dispatcher(setup, mesh)
+    self.programs = {**self.meta_step.programs,
                      'weighted': _jit_step(core.weighted_train_step, setup, mesh, 1)}
     if self.warmup_steps:
       self.programs['plain'] = _jit_step(core.plain_train_step, setup, mesh, 1)
@@ -121,6 +175,11 @@ class MetaStrategy(PlainStrategy):
   @staticmethod
   def describe(meta_config) -> str:
     return f'{meta_config.method}+{meta_config.sampler}'
+
+  @property
+  def program_counts(self) -> dict[str, int]:
+    """How many iterations each meta program ran (host dispatch: per scope)."""
+    return dict(sorted(self.meta_step.counts.items()))
 
   def program_for(self, step: int) -> str:
     if step < self.warmup_steps:
@@ -135,7 +194,7 @@ class MetaStrategy(PlainStrategy):
     """(new state, device metrics); `val_batch` on meta iterations only."""
     name = self.program_for(step)
     if name == 'meta':
-      return self.programs['meta'](state, batch, val_batch)
+      return self.meta_step(state, batch, val_batch)
     if name == 'weighted':
       return self.programs['weighted'](state, batch)
     return super().run_iteration(step, state, batch)
