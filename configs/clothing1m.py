@@ -45,6 +45,8 @@ def get_config():
   c.meta.lr = 1e-3
   c.meta.weight_decay = 1e-4
   c.meta.k = 4
+  c.meta.lambda1 = 0.1  # L_r keeps about K layers on
+  c.meta.lambda2 = 0.1  # L_g: the paper's full FaMUS
 
   c.train.log_every = 100
   c.train.eval_every = 5000

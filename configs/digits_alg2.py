@@ -28,7 +28,6 @@ def get_config():
   c.data.meta_batch_size = 64
   c.data.augment = 'none'
   c.optim.boundaries = (30,)
-  c.meta.lambda1 = 0.0
   c.alg2.warmup_epochs = 5
   c.alg2.gmm.during_warmup = True
   c.alg2.ssl.lambda_u = 25.0

@@ -18,6 +18,8 @@ def get_config():
   c = load_sibling('webvision.py', __file__)   # model, data, schedule of configs/webvision.py
   c.meta.method = 'mwnet'                      # the base config is the CE baseline
   c.meta.sampler = 'famus'
+  c.meta.lambda1 = 0.1                         # L_r keeps about K layers on
+  c.meta.lambda2 = 0.1                         # L_g: the paper's full FaMUS
   c = with_alg2(c)
   c.alg2.warmup_epochs = 1
   c.alg2.ssl.lambda_u = 0.0
