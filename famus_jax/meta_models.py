@@ -167,6 +167,9 @@ class MLC:
   `--config.meta.model_kwargs.step_size=1e-5`. The config's `meta.lr` and
   meta optimizer are unused (nothing persists). An iteration without a meta
   step (`meta.interval > 1`) uses T = I: the plain batch-sum cross-entropy.
+  The loss being a sum, the base learning rate is per example (the official
+  1e-4 at batch 64). `meta.lookahead='optimizer'` replaces the fixed-rate SGD
+  look-ahead with the base optimizer's update, as for every meta model.
   """
   step_size: float = 0.11
   inner_lr: float = 1e-3
