@@ -533,6 +533,7 @@ def xla_cache_env(tmp_path_factory):
           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('command', readme_commands(),
                          ids=lambda c: ' '.join(c[3:]).replace('/', '_'))
 def test_readme_command_runs(tmp_path, xla_cache_env, command):
