@@ -14,10 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from famus_jax.models import cpu_conv
+
 Dtype = Any
+
+# conv_impl options of the models: 'xla' = lax.conv_general_dilated as is;
+# 'cpu' = cpu_conv (same values, derivatives in the forms XLA:CPU runs fast);
+# 'auto' = 'cpu' when JAX's default backend is the CPU, else 'xla'.
+CONV_IMPLS = ("auto", "xla", "cpu")
 
 # PyTorch-style He initialisation (kaiming_normal_, mode='fan_out'), as used by
 # torchvision's ResNet and the Wide-ResNet reference code.
@@ -38,22 +46,34 @@ def canonical_dtype(dtype: Dtype) -> jnp.dtype:
   return out
 
 
+def resolve_conv_impl(impl: str) -> str:
+  """'xla' or 'cpu' for a conv_impl option ('auto' follows jax.default_backend())."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+  if impl == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
 def conv(features: int, kernel: int | tuple[int, int], *, stride: int = 1,
          padding: Any = None, use_bias: bool = False, dtype: Dtype,
-         name: str) -> nn.Conv:
+         name: str, impl: str = "xla") -> nn.Conv:
   """A Conv with float32 params and PyTorch-style explicit padding.
 
   ``padding=None`` means symmetric ``k // 2`` padding (PyTorch ``padding=k//2``)
   so that strided convs see the same pixels as the reference implementations
-  (Flax's 'SAME' pads asymmetrically for even inputs).
+  (Flax's 'SAME' pads asymmetrically for even inputs). ``impl``: one of
+  ``CONV_IMPLS``; parameters and values are the same for all of them.
   """
   if isinstance(kernel, int):
     kernel = (kernel, kernel)
   if padding is None:
     padding = tuple((k // 2, k // 2) for k in kernel)
+  conv_fn = (cpu_conv.conv_general_dilated if resolve_conv_impl(impl) == "cpu"
+             else None)
   return nn.Conv(features, kernel, strides=(stride, stride), padding=padding,
                  use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=conv_init, name=name)
+                 kernel_init=conv_init, name=name, conv_general_dilated=conv_fn)
 
 
 def batch_norm(train: bool, *, dtype: Dtype, name: str,

@@ -21,17 +21,19 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from famus_jax.models.common import (ClassifierHead, Dtype, batch_norm,
-                                     canonical_dtype, conv)
+                                     canonical_dtype, conv, resolve_conv_impl)
 
 
 class CifarStem(nn.Module):
   """3x3 conv + BN + ReLU."""
   features: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = conv(self.features, 3, dtype=self.dtype, name="conv")(x)
+    x = conv(self.features, 3, dtype=self.dtype, name="conv",
+             impl=self.conv_impl)(x)
     x = batch_norm(train, dtype=self.dtype, name="bn")(x)
     return nn.relu(x)
 
@@ -46,13 +48,15 @@ class BasicBlock(nn.Module):
   stride: int = 1
   shortcut: str = "A"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = conv(self.features, 3, stride=self.stride, dtype=self.dtype,
-             name="conv1")(x)
+             name="conv1", impl=self.conv_impl)(x)
     y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
-    y = conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = conv(self.features, 3, dtype=self.dtype, name="conv2",
+             impl=self.conv_impl)(y)
     y = batch_norm(train, dtype=self.dtype, name="bn2")(y)
     in_ch = x.shape[-1]
     if self.stride != 1 or in_ch != self.features:
@@ -64,7 +68,7 @@ class BasicBlock(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
       elif self.shortcut == "B":
         x = conv(self.features, 1, stride=self.stride, padding="VALID",
-                 dtype=self.dtype, name="shortcut_conv")(x)
+                 dtype=self.dtype, name="shortcut_conv", impl=self.conv_impl)(x)
         x = batch_norm(train, dtype=self.dtype, name="shortcut_bn")(x)
       else:
         raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
@@ -81,32 +85,37 @@ class CifarResNet(nn.Module):
       width, 2*width, 4*width.
     shortcut: 'A' (paper, parameter-free) or 'B' (1x1 conv + BN projection).
     dtype: compute dtype; params stay float32.
+    conv_impl: 'auto' (default: 'cpu' on the CPU backend, else 'xla'), 'xla'
+      or 'cpu' (common.CONV_IMPLS); same parameters and values.
   """
   num_classes: int = 10
   depth: int = 32
   width: int = 16
   shortcut: str = "A"
   dtype: Dtype = "float32"
+  conv_impl: str = "auto"
 
   def __post_init__(self):
     if (self.depth - 2) % 6 != 0 or self.depth < 8:
       raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {self.depth}")
     if self.shortcut not in ("A", "B"):
       raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
+    resolve_conv_impl(self.conv_impl)  # validates
     super().__post_init__()
 
   @nn.compact
   def __call__(self, x, train: bool):
     dtype = canonical_dtype(self.dtype)
+    impl = resolve_conv_impl(self.conv_impl)
     x = jnp.asarray(x, dtype)
-    x = CifarStem(self.width, dtype=dtype, name="stem")(x, train)
+    x = CifarStem(self.width, dtype=dtype, conv_impl=impl, name="stem")(x, train)
     n = (self.depth - 2) // 6
     b = 0
     for s in range(3):
       for i in range(n):
         b += 1
         x = BasicBlock(self.width * 2**s, stride=2 if (s > 0 and i == 0) else 1,
-                       shortcut=self.shortcut, dtype=dtype,
+                       shortcut=self.shortcut, dtype=dtype, conv_impl=impl,
                        name=f"block{b}")(x, train)
     return ClassifierHead(self.num_classes, dtype=dtype, name="head")(x, train)
 
