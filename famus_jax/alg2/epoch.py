@@ -34,7 +34,7 @@ NETS = ('net1', 'net2')
 OTHER = {'net1': 'net2', 'net2': 'net1'}
 # Seed streams (with config.seed) of the per-epoch draws.
 _STREAM_VAL, _STREAM_LAB, _STREAM_UNL, _STREAM_POOL = 0xA1, 0xA2, 0xA3, 0xA4
-LOSS_KEYS = ('loss', 'ssl_loss', 'val_loss')  # checked for NaN/Inf every epoch
+LOSS_KEYS = ('loss', 'ssl_loss', 'val_loss')  # NaN/Inf-checked at each epoch's end
 
 
 class StopRequested(Exception):
@@ -273,6 +273,7 @@ class CoTrainer:
         if self.strategy.needs_validation(step):
           val = self.run.device_batch(validation_batch(next(val_pf)), ('image', 'label'))
         net.state, m = self.strategy.run_iteration(step, net.state, batch, val)
+        self.run.check_iteration(step + 1, m['finite'])  # at most one iteration late
         if lab_pf is not None:
           m = {**m, **self._ssl_step(net, other, next(lab_pf), next(unl_pf),
                                      epoch + it / self.steps_per_epoch)}
