@@ -12,9 +12,9 @@ Every config field can be overridden (`--config.meta.k=8`). Re-running a
 command with the same `--workdir` resumes from its latest checkpoint. Exit
 codes: 0 done; 1 with a one-line error on stderr for a bad command line
 (unknown config field, with the nearest field name; missing config file), a
-bad config value, missing data, a workdir that is a file or not writable, a
-non-finite loss or no intact checkpoint; 143 stopped by SIGTERM or Ctrl-C
-after saving a checkpoint.
+bad config value, missing data, a workdir that is a file, not writable or in
+use by another run, a non-finite loss or no intact checkpoint; 143 stopped by
+SIGTERM or Ctrl-C after saving a checkpoint.
 """
 
 import difflib
