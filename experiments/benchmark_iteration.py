@@ -8,6 +8,8 @@ ratios to the plain step and XLA's FLOP count of each compiled program.
   python -m experiments.benchmark_iteration --quick
   python -m experiments.benchmark_iteration --model=preact_resnet18 --batch=64
   python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
+  python -m experiments.benchmark_iteration --model=resnet32 --batch=100 \
+      --variants=dispatch --selection=top,bottom,random      # FaMUS scope programs
 
 Writes experiments/results/iteration_<host-kind>.json.
 """
@@ -26,6 +28,7 @@ import optax
 import famus_jax as fj
 from famus_jax import famus, models
 from experiments import common
+from experiments import dispatch_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +85,8 @@ def core_variants() -> list[Variant]:
 
 QUICK_VARIANTS = ('mwnet_reverse', 'mwnet_jvp', 'famus_k4_all', 'famus_k4_all_top8',
                   'random_s4', 'block_last')
-VARIANT_SETS = {'core': core_variants, 'famus': famus_variants}
+VARIANT_SETS = {'core': core_variants, 'famus': famus_variants,
+                'dispatch': None}  # experiments/dispatch_rows.py
 
 
 def build(args, variant: Variant, model, images):
@@ -126,6 +130,13 @@ def main(argv=None):
                       help='small CNN (PreActResNet-18 at width 8, 16x16, batch 32) and '
                       'only the rows ' + ', '.join(QUICK_VARIANTS))
   parser.add_argument('--out', default=None, help='result JSON file name')
+  parser.add_argument('--selection', default=None,
+                      help='dispatch rows: forced selections of K layers, comma-separated '
+                      'from top,bottom,random (default: all three)')
+  parser.add_argument('--levels', type=int, default=4,
+                      help='dispatch rows: nested scopes P (meta.prune_levels)')
+  parser.add_argument('--with-switch', action='store_true',
+                      help='dispatch rows: also the one-program lax.switch step (slow on CPU)')
   args = parser.parse_args(argv)
   if args.quick:
     args.width, args.image_size, args.batch, args.repeats = 8, 16, 32, 3
@@ -139,6 +150,13 @@ def main(argv=None):
   val = {'image': jnp.asarray(rng.uniform(size=shape), jnp.float32),
          'label': jnp.asarray(rng.integers(0, args.num_classes, args.batch), jnp.int32)}
 
+  if args.variants == 'dispatch':
+    payload = {'model': args.model, 'width': args.width, 'batch': args.batch,
+               'image_size': args.image_size, 'num_classes': args.num_classes,
+               'machine': common.machine(), **dispatch_rows.run(args, model, train, val)}
+    name = args.out or f'iteration_dispatch_{common.host_kind()}.json'
+    print('wrote', common.write_json(name, payload))
+    return payload
   variants = VARIANT_SETS[args.variants]()
   if args.quick and not args.only:
     args.only = ','.join(QUICK_VARIANTS)

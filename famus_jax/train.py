@@ -287,6 +287,8 @@ def _summarize(run: Run, t: Trainer, final: dict, start: int) -> dict:
       'resumed_from': start or None, 'first_step_s': t.first_step_s,
       'steps_per_s': float(np.median(rates)) if rates else None,
       'compiled': run.check_compiled_once(t.programs),
+      # meta iterations per program in this process (host dispatch: per scope)
+      'program_counts': t.strategy.program_counts,
       **run.common_summary(t.splits.info),
   }
   run.write_summary(summary)

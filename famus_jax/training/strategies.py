@@ -136,6 +136,11 @@ class PlainStrategy:
   def describe(meta_config) -> str:
     return meta_config.method
 
+  @property
+  def program_counts(self) -> dict[str, int]:
+    """How many meta iterations each meta program ran (none here)."""
+    return {}
+
   def program_for(self, step: int) -> str:
     del step
     return 'plain'
