@@ -4,6 +4,7 @@ method × sampler variants, meta.interval, compile-once, NaN stop, resume."""
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,11 +119,38 @@ class _Crash(Exception):
   pass
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
+def restore_checkpoint(workdir, c, step):
+  """(train state, data state) of checkpoint `step` in `workdir`, through the
+  public `Checkpointer` API."""
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    state, data_state, got = ckpt.restore(_abstract_state(c), step)
+  finally:
+    ckpt.close()
+  assert got == step
+  return state, data_state
+
+
+def assert_same_train_state(got, want):
+  """Bit-identical train states, field by field (a failure names the field)."""
+  for field in ('step', 'params', 'batch_stats', 'opt_state', 'meta_params',
+                'meta_opt_state', 'rng', 'sampler_params', 'sampler_opt_state'):
+    try:
+      chex.assert_trees_all_equal(getattr(got, field), getattr(want, field))
+    except AssertionError as e:
+      raise AssertionError(f'TrainState.{field} differs: {e}') from None
+
+
+@pytest.mark.parametrize('method,sampler', [('mwnet', 'famus'), ('ce', 'all')])
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, method,
+                                                      sampler):
   """A run that dies after step 6 (checkpoint at 4, no save at the crash) and is
-  re-run ends with the same metrics and parameters as one that never stopped;
-  a half-written checkpoint left by the crash is ignored and removed."""
-  c = tiny_config('mwnet', 'famus', steps=10, train__log_every=3)
+  re-run ends with the same metrics as one that never stopped, and its final
+  checkpoint holds a bit-identical state: parameters, batch statistics,
+  optimizer, meta model and sampler states, RNG, and the data loaders' and
+  weight window's states. A half-written checkpoint left by the crash is
+  ignored and removed."""
+  c = tiny_config(method, sampler, steps=10, train__log_every=3)
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   ref = train.train_and_evaluate(c, ref_dir)
 
@@ -166,6 +194,20 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch):
         assert a[k] == b[k], k
   assert (read_jsonl(os.path.join(run_dir, 'eval.jsonl'))
           == read_jsonl(os.path.join(ref_dir, 'eval.jsonl')))
+
+  (got_state, got_data), (want_state, want_data) = (
+      restore_checkpoint(d, c, 10) for d in (run_dir, ref_dir))
+  assert int(want_state.step) == 10
+  if method == 'mwnet':  # the meta model and the FaMUS samplers are compared too
+    assert jax.tree_util.tree_leaves(want_state.meta_params)
+    assert jax.tree_util.tree_leaves(want_state.meta_opt_state)
+    assert jax.tree_util.tree_leaves(want_state.sampler_params)
+    assert jax.tree_util.tree_leaves(want_state.sampler_opt_state)
+  assert_same_train_state(got_state, want_state)
+  assert set(want_data) == {'train', 'meta', 'metrics'}
+  assert want_data['train']['grain']['next_index'] == 10
+  assert bool(want_data['metrics']['window']['clean']) == (method != 'ce')
+  assert got_data == want_data
 
 
 def test_weight_window_and_auc():
