@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -283,12 +284,32 @@ def test_cotraining_exchanges_meta_sets(tmp_path, monkeypatch):
                                  'weighted': 0, 'plain': 1}
 
 
+def _assert_equal(got, want, what):
+  try:
+    chex.assert_trees_all_equal(got, want)
+  except AssertionError as e:
+    raise AssertionError(f'{what} differs: {e}') from None
+
+
 def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
   """SIGTERM while net2 trains epoch 2: the run stops (`Preempted`, the epoch in
   progress dropped, the checkpoint after epoch 2 kept); the re-run resumes at
-  epoch 2 and ends exactly like an uninterrupted run."""
+  epoch 2 and ends exactly like an uninterrupted run: the same rows, and final
+  checkpoints with bit-identical states of both networks (parameters, batch
+  statistics, optimizer, meta model, RNG, SSL optimizer) and training loader."""
   from famus_jax import train  # pylint: disable=g-import-not-at-top
+  from famus_jax.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   c = _tiny_config(**{'optim.num_epochs': 3})
+  layout = {}  # the checkpoint's tree: both networks' states, as shapes
+  real_init = epoch_lib.CoTrainer.init_networks
+
+  def recording_init(self):
+    nets = real_init(self)
+    layout.update(jax.eval_shape(lambda: {
+        n: {'state': nets[n].state, 'ssl': nets[n].ssl_opt} for n in epoch_lib.NETS}))
+    return nets
+
+  monkeypatch.setattr(epoch_lib.CoTrainer, 'init_networks', recording_init)
   ref = alg2.train_and_evaluate(c, str(tmp_path / 'ref'))
   real = epoch_lib.CoTrainer.train_epoch
 
@@ -310,6 +331,26 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
                      if k not in ('epoch_time_s', 'compiled')}
                     for line in open(tmp_path / d / 'alg2_epochs.jsonl')]
   assert read('run') == read('ref')
+
+  def final_checkpoint(d):
+    ckpt = checkpoint_lib.Checkpointer(str(tmp_path / d / 'checkpoints'))
+    try:
+      state, data_state, step = ckpt.restore(layout, 3)
+    finally:
+      ckpt.close()
+    assert step == 3 and data_state['epoch'] == 3
+    return state, data_state
+
+  (got, got_data), (want, want_data) = final_checkpoint('run'), final_checkpoint('ref')
+  assert int(want['net1']['state'].step) == 3 * ref['steps_per_epoch']
+  assert jax.tree_util.tree_leaves(want['net1']['state'].meta_params)
+  for net in epoch_lib.NETS:
+    for field in ('step', 'params', 'batch_stats', 'opt_state', 'meta_params',
+                  'meta_opt_state', 'rng', 'sampler_params', 'sampler_opt_state'):
+      _assert_equal(getattr(got[net]['state'], field),
+                    getattr(want[net]['state'], field), f'{net} TrainState.{field}')
+    _assert_equal(got[net]['ssl'], want[net]['ssl'], f'{net} SSL optimizer state')
+  assert got_data == want_data
 
 
 # ---------------------------------------------------------------------------
