@@ -6,9 +6,10 @@ reads the trace back (`jax.profiler.ProfileData`, no TensorFlow needed) and
 sums the duration of every executed HLO instruction (one profiler event per
 XLA:CPU thunk) by class, using the compiled HLO text to classify it:
 
-  conv forward / conv backward-data / conv backward-filter, batch norm
-  (statistics and elementwise), other reductions, other elementwise fusions,
-  copies/transposes/pads, matmul, other.
+  conv forward / conv backward-data / conv backward-filter, transposes (a
+  fusion holding a transpose, with whatever producers XLA fused into it),
+  batch norm (statistics and elementwise), other reductions, other
+  elementwise fusions, copies/pads/slices, matmul, other.
 
 A convolution counts as backward-filter when its window is larger than its
 output (the window spans the activation), as backward-data when its input is
@@ -41,8 +42,9 @@ from experiments import benchmark_iteration as bench
 from experiments import common
 
 CLASSES = ('conv forward', 'conv backward-data', 'conv backward-filter',
-           'batch norm statistics', 'batch norm elementwise', 'other reductions',
-           'other elementwise', 'copies / transposes / pads', 'matmul', 'other')
+           'transposes (with fused producers)', 'batch norm statistics',
+           'batch norm elementwise', 'other reductions', 'other elementwise',
+           'copies / pads / slices', 'matmul', 'other')
 _INSTR = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
 _COMP = re.compile(r'^(?:ENTRY )?%([\w.\-]+) ')
 _MOVES = {'parameter', 'transpose', 'copy', 'bitcast', 'reshape', 'slice', 'pad',
@@ -104,8 +106,10 @@ def classify(name: str, comps: dict, instrs: dict) -> str:
   batch_norm = any('/bn' in sub for _, sub in ops)
   if any(op == 'reduce' for op, _ in ops):
     return 'batch norm statistics' if batch_norm else 'other reductions'
+  if any(op == 'transpose' for op, _ in ops):
+    return 'transposes (with fused producers)'
   if all(op in _MOVES for op, _ in ops):
-    return 'copies / transposes / pads'
+    return 'copies / pads / slices'
   if opcode in ('fusion', 'add', 'multiply', 'select', 'maximum', 'subtract'):
     return 'batch norm elementwise' if batch_norm else 'other elementwise'
   return 'other'
@@ -148,7 +152,8 @@ def profile_step(fn, carry, args, calls: int) -> dict:
     if ns:
       busy[thread] = ns / calls / 1e6
   total = sum(per_class.values()) / calls / 1e6
-  top = [{'op': n, 'class': classify(n, comps, instrs), 'ms': d / calls / 1e6}
+  top = [{'op': n, 'class': classify(n, comps, instrs), 'ms': d / calls / 1e6,
+          'fused_ops': 1 + len(_called_ops(instrs[n][1], comps))}
          for n, d in per_op.most_common(15)]
   return {
       'wall_ms': wall * 1e3, 'op_ms_total': total,
