@@ -77,8 +77,23 @@ class _Poisoned:
     return getattr(self._loader, name)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize('method,interval,program,log_every', [
+    ('mwnet', 1, 'meta', 2), ('mwnet', 2, 'weighted', 4), ('ce', 1, 'plain', 4)])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, method,
+                                                       interval, program, log_every):
+  """A NaN image batch at iteration 6, run by the meta, weighted or plain
+  program: the run stops naming step 6 and keeps the checkpoint of step 4.
+  Found by the log row of step 6 (log_every 2) or, without one (log_every 4),
+  by the per-iteration check when iteration 7 is launched."""
   real = data_lib.make_split_loaders
+  ran = {}
+  real_iterate = train.Trainer.iterate
+
+  def recording(self, step):
+    ran[step + 1] = self.strategy.program_for(step)
+    return real_iterate(self, step)
+
+  monkeypatch.setattr(train.Trainer, 'iterate', recording)
 
   def poisoned(*args, **kwargs):
     loaders = real(*args, **kwargs)
@@ -86,11 +101,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     return loaders
 
   monkeypatch.setattr(train.data_lib, 'make_split_loaders', poisoned)
-  c = tiny_config('mwnet', 'all', steps=8)
+  c = tiny_config(method, 'all', steps=8, meta__interval=interval,
+                  train__log_every=log_every)
   with pytest.raises(train.NonFiniteLossError, match='at step 6; stopped, the last '
                      'good checkpoint is step 4') as e:
     train.train_and_evaluate(c, str(tmp_path))
   assert e.value.step == 6 and e.value.checkpoint_step == 4
+  assert ran[6] == program and max(ran) <= 7  # at most one iteration after it
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
   assert ckpt.all_steps() == [4]
   state, _, _ = ckpt.restore(None if False else _abstract_state(c), 4)
@@ -99,7 +116,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   with open(tmp_path / 'summary.json') as f:
     assert json.load(f)['status'] == 'non_finite'
   # the rows before the failure were written, none after it
-  assert [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4]
+  assert ([r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl')]
+          == list(range(log_every, 5, log_every)))
 
 
 def _abstract_state(c):
