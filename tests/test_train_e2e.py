@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from famus_jax import train
+from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import signals
 from test_train_support import REPO, TINY_FLAGS, check_run_files, read_jsonl, tiny_config
 
 
@@ -125,6 +127,89 @@ def test_sigterm_and_kill9_then_resume_give_the_same_final_metrics(tmp_path):
                              rtol=1e-5)
   np.testing.assert_allclose([r['weight_clean'] for r in rows],
                              [r['weight_clean'] for r in ref_rows], rtol=1e-4)
+
+
+def test_stop_flag_first_ctrl_c_asks_second_interrupts():
+  """SIGTERM / one Ctrl-C only set the flag (the loop saves and stops); a second
+  Ctrl-C raises KeyboardInterrupt at once; the handlers are restored after."""
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  with signals.StopFlag() as flag:
+    assert flag.signum is None
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert {sig: signal.getsignal(sig) for sig in before} == before
+  with signals.StopFlag() as flag:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM still waits for the save
+    assert flag.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C after it: at once
+      os.kill(os.getpid(), signal.SIGINT)
+  assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+CTRL_C_SCRIPT = r"""
+import os, signal, sys, threading, time
+sys.path.insert(0, sys.argv[2])
+from famus_jax import train
+from test_train_support import tiny_config
+c = tiny_config('mwnet', 'all', steps=12)
+real_iterate, real_rename = train.Trainer.iterate, os.rename
+
+def iterate(self, step):
+  if step == 5:
+    os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: save at step 6 and stop
+  return real_iterate(self, step)
+
+def rename(src, dst, *a, **k):  # orbax's final rename of a complete save
+  if 'orbax-checkpoint-tmp' in str(src) and os.path.basename(str(dst)) == '6':
+    print('SECOND_CTRL_C', threading.current_thread() is threading.main_thread(),
+          flush=True)
+    os.kill(os.getpid(), signal.SIGINT)  # second Ctrl-C, in the middle of the save
+    time.sleep(0.5)  # a slow disk: the main thread handles it meanwhile
+  return real_rename(src, dst, *a, **k)
+
+train.Trainer.iterate, os.rename = iterate, rename
+try:
+  train.train_and_evaluate(c, sys.argv[1])
+except KeyboardInterrupt:
+  print('KEYBOARD_INTERRUPT', flush=True)
+  sys.exit(130)
+print('NOT_INTERRUPTED', flush=True)
+"""
+
+
+def test_second_ctrl_c_during_the_save_exits_and_corrupts_nothing(tmp_path):
+  """Ctrl-C, then a second Ctrl-C while the stop's checkpoint is being written:
+  the process exits at once (KeyboardInterrupt), the workdir is left usable (no
+  lock held, the checkpoints that are listed restore intact) and the re-run
+  ends bit-identical to an uninterrupted run."""
+  from test_train import assert_same_train_state, restore_checkpoint  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen([sys.executable, '-c', CTRL_C_SCRIPT, workdir,
+                           os.path.dirname(__file__)], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  out, err = proc.communicate(timeout=300)
+  assert 'SECOND_CTRL_C' in out, err[-3000:]
+  assert proc.returncode == 130 and 'KEYBOARD_INTERRUPT' in out, (out, err[-3000:])
+  c = tiny_config('mwnet', 'all', steps=12)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  steps = ckpt.all_steps()
+  ckpt.close()
+  assert steps in ([4], [4, 6]), steps
+  assert [d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+          if not d.isdigit()] == []  # temporary leftovers removed on reopening
+  for step in steps:
+    restore_checkpoint(workdir, c, step)  # intact (checksums verified)
+  resumed = train.train_and_evaluate(c, workdir)
+  assert resumed['resumed_from'] == steps[-1]
+  ref = train.train_and_evaluate(c, str(tmp_path / 'ref'))
+  assert resumed['final'] == ref['final']
+  (got, got_data), (want, want_data) = (restore_checkpoint(d, c, 12)
+                                        for d in (workdir, str(tmp_path / 'ref')))
+  assert_same_train_state(got, want)
+  assert got_data == want_data
 
 
 DP_SCRIPT = r'''
