@@ -405,6 +405,7 @@ def test_alg2_config_errors():
 # End to end: digits, 60 % symmetric noise, no clean meta set.
 
 
+@pytest.mark.slow
 def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
   from famus_jax import train  # pylint: disable=g-import-not-at-top
   if REPO not in sys.path:  # `experiments` is not an installed package
