@@ -254,3 +254,21 @@ def test_weight_window_and_auc():
   w2 = metrics_lib.WeightWindow(capacity=5)
   w2.set_state(state)
   np.testing.assert_array_equal(w2.arrays()[0], clean)
+
+
+def test_weight_window_state_after_resume_equals_uninterrupted():
+  """A window restored from a checkpointed state and fed the same weights holds,
+  and checkpoints, the same state as one that never stopped."""
+  rng = np.random.default_rng(0)
+  labels, true = np.array([0, 1, 2, 3]), np.array([0, 1, 5, 3])  # 3 clean, 1 noisy
+  batches = [rng.uniform(size=4) for _ in range(9)]
+  whole, resumed = metrics_lib.WeightWindow(5), metrics_lib.WeightWindow(5)
+  for i, b in enumerate(batches):
+    whole.add(b, labels, true)
+    if i == 3:
+      resumed.set_state(json.loads(json.dumps(whole.get_state())))
+    elif i > 3:
+      resumed.add(b, labels, true)
+    if i >= 3:
+      assert resumed.get_state() == whole.get_state(), i
+  assert len(whole.get_state()['clean']) == 5

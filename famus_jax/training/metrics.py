@@ -196,7 +196,8 @@ class WeightWindow:
   def get_state(self) -> dict:
     """JSON-able contents (checkpointed with the data iterators)."""
     flat = lambda xs: np.concatenate(xs).tolist() if xs else []
-    return {'clean': flat(self.clean), 'noisy': flat(self.noisy),
+    clean, noisy = self.arrays()  # the window itself, not the chunks trimmed so far
+    return {'clean': clean.tolist(), 'noisy': noisy.tolist(),
             'since_eval_clean': flat(self.since_eval['clean']),
             'since_eval_noisy': flat(self.since_eval['noisy'])}
 
