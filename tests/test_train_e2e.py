@@ -71,7 +71,11 @@ def _wait_for(predicate, proc, timeout=240):
     time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_sigterm_and_kill9_then_resume_give_the_same_final_metrics(tmp_path):
+  """SIGTERM, resume, kill -9, resume: the same metrics as an uninterrupted
+  run and a bit-identical final checkpoint (train state and data states)."""
+  from test_train import assert_same_train_state, restore_checkpoint  # pylint: disable=g-import-not-at-top
   steps = 2000
   flags = {'optim.num_steps': steps, 'optim.boundaries': '(1500,)',
            'train.log_every': 50, 'train.eval_every': 500,
@@ -127,6 +131,10 @@ def test_sigterm_and_kill9_then_resume_give_the_same_final_metrics(tmp_path):
                              rtol=1e-5)
   np.testing.assert_allclose([r['weight_clean'] for r in rows],
                              [r['weight_clean'] for r in ref_rows], rtol=1e-4)
+  (got, got_data), (want, want_data) = (restore_checkpoint(d, c, steps)
+                                        for d in (workdir, str(tmp_path / 'ref')))
+  assert_same_train_state(got, want)
+  assert got_data == want_data
 
 
 def test_stop_flag_first_ctrl_c_asks_second_interrupts():
