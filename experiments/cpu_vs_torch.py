@@ -5,7 +5,7 @@ turn), medians over rounds: on a shared machine the load falls on all rows
 alike. Rows: the plain cross-entropy step and the exact MW-Net iteration
 (JVP meta-gradient) for `conv_impl` 'xla' and 'cpu', and, when `torch` is
 importable, the same two steps in PyTorch (experiments/torch_resnet32.py,
-torch.set_num_threads = CPU count). Reports wall and process CPU time per
+torch.set_num_threads = CPU count or --torch-threads). Reports wall and process CPU time per
 call, ratios to PyTorch, and XLA's cost-analysis FLOPs per second (the FLOPs
 of the JAX program of the same row; PyTorch rows use those of 'xla').
 
@@ -39,6 +39,8 @@ def jax_rows(args, train, val) -> dict:
   for impl in IMPLS:
     model = models.get_model('resnet32', num_classes=10, width=args.width, conv_impl=impl)
     for variant in (bench.Variant('plain', None), bench.Variant('mwnet', 'mwnet', 'jvp')):
+      if variant.name not in args.steps:
+        continue
       setup, state = bench.build(args, variant, model, train['image'])
       if variant.method is None:
         fn, fargs = fj.jit_plain_train_step(setup), (train,)
@@ -61,15 +63,16 @@ def torch_rows(args, train, val) -> dict:
   except ImportError:
     print('torch is not installed: PyTorch rows skipped', file=sys.stderr)
     return {}
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(args.torch_threads or os.cpu_count())
   torch.manual_seed(0)
   steps = torch_resnet32.Steps(torch_resnet32.ResNet32(width=args.width))
   as_torch = lambda b: (torch.from_numpy(np.asarray(b['image']).transpose(0, 3, 1, 2).copy()),
                         torch.from_numpy(np.asarray(b['label']).astype(np.int64)))
   (x, y), (xv, yv) = as_torch(train), as_torch(val)
-  return {'torch_plain': [lambda: steps.plain(x, y), None],
-          'torch_mwnet': [lambda: steps.meta(x, y, xv, yv), None],
-          '_params': torch_resnet32.param_count(steps.model)}
+  rows = {'torch_plain': [lambda: steps.plain(x, y), None],
+          'torch_mwnet': [lambda: steps.meta(x, y, xv, yv), None]}
+  rows = {k: v for k, v in rows.items() if k.split('_')[1] in args.steps}
+  return {**rows, '_params': torch_resnet32.param_count(steps.model)}
 
 
 def timed_rounds(rows: dict, rounds: int, warmup: int = 2) -> dict:
@@ -112,9 +115,13 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=100)
   parser.add_argument('--width', type=int, default=16)
   parser.add_argument('--rounds', type=int, default=7)
+  parser.add_argument('--steps', default='plain,mwnet', help='comma-separated: plain, mwnet')
+  parser.add_argument('--torch-threads', type=int, default=None,
+                      help='torch.set_num_threads (default: the CPU count)')
   parser.add_argument('--quick', action='store_true', help='width 4, batch 16, 2 rounds')
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
+  args.steps = args.steps.split(',')
   if args.quick:
     args.width, args.batch, args.rounds = 4, 16, 2
   args.num_classes = 10
@@ -142,6 +149,7 @@ def main(argv=None):
              'load_average_before': load_before, 'load_average_after': os.getloadavg(),
              'shared_machine_note': 'measured while other jobs ran on the same CPUs',
              'torch_version': __import__('torch').__version__ if extra else None,
+             'torch_threads': args.torch_threads or os.cpu_count(),
              'torch_param_count': torch_params, 'rows': table}
   name = args.out or f'cpu_vs_torch{"_quick" if args.quick else ""}.json'
   print('wrote', common.write_json(name, payload))
