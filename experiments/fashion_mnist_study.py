@@ -73,6 +73,9 @@ SETTINGS = {
 MODES = {'full': (2000, 5, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
 # configs/fashion_mnist.py's meta_per_class: Alg. 2 trains on these too.
 ALG2_EXTRA_PER_CLASS = 100
+# Methods whose per-example weights are meta-learned (the weights panel); MLC
+# corrects labels instead, its logged weights are constant.
+WEIGHTED = ('mwnet', 'mwnet_famus', 'l2r')
 
 
 def _epoch_schedule(c, epochs: float) -> None:
@@ -178,7 +181,7 @@ def plot(path, payload):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   table, settings, runs = payload['table'], payload['settings'], payload['runs']
-  fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.3 * (len(settings) + 1), 4),
+  fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.3 * (len(settings) + 1), 4.6),
                            squeeze=False)
   for j, s in enumerate(settings):
     ax = axes[0, j]
@@ -188,15 +191,17 @@ def plot(path, payload):
         ax.errorbar(c['ms_per_iteration'], 100 * c['accuracy_mean'],
                     yerr=100 * c['accuracy_std'], fmt='osD^v<>P*X'[i % 10], color=f'C{i}',
                     capsize=2, label=METHODS[m][0])
-    ax.set(xlabel='ms per iteration', title=SETTINGS[s][2])
+    ax.set(xlabel='ms per iteration (log scale)', title=SETTINGS[s][2])
     ax.set_xscale('log')
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel('clean test accuracy (%)')
-  axes[0, len(settings) - 1].legend(fontsize=6, loc='lower right')
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=5, fontsize=7, frameon=False)
   ax = axes[0, -1]
   s0 = settings[0]
   for i, m in enumerate(payload['methods']):
-    series = [r['weights_over_training'] for r in runs if r['method'] == m
+    series = [r['weights_over_training'] for r in runs if r['method'] == m in WEIGHTED
               and r['setting'] == s0 and r.get('weights_over_training')]
     if not series:
       continue
@@ -214,9 +219,18 @@ def plot(path, payload):
   fig.suptitle(f"Fashion-MNIST: accuracy vs cost, {payload['budget']['train_per_class']} "
                f"images/class × {payload['epochs']} epochs, seeds {payload['seeds']} "
                f"({mach['device_kind']}, {mach['cpu_count']} cores)")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.1, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def replot(json_path: str) -> str:
+  """Redraws the figure of a results JSON; returns the PNG path."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(json_path) as f:
+    payload = json.load(f)
+  plot(json_path[:-5] + '.png', payload)
+  return json_path[:-5] + '.png'
 
 
 def _parse(argv):
