@@ -183,6 +183,16 @@ def time_rows(rows, rounds: int, warmup: int = 1) -> dict:
   return {k: {'ms': statistics.median(v), 'all_ms': v} for k, v in times.items()}
 
 
+def add_ratios(table: dict) -> None:
+  """Ratios to the plain and exact rows: of the medians, and the median of the
+  per-round ratios (robust to load that changes between rounds)."""
+  plain, exact = table['plain'], table['exact']
+  for row in table.values():
+    row.update(x_plain=row['ms'] / plain['ms'], x_exact=row['ms'] / exact['ms'])
+    for key, ref in (('x_plain_round_median', plain), ('x_exact_round_median', exact)):
+      row[key] = statistics.median(a / b for a, b in zip(row['all_ms'], ref['all_ms']))
+
+
 def run(args, model, train, val) -> dict:
   """The dispatch table: rows, times, ratios, compiled memory."""
   b = Bench(model, train, val, args.num_classes)
@@ -195,13 +205,12 @@ def run(args, model, train, val) -> dict:
     rows += switch_rows(b, args.levels)
   load_before = os.getloadavg()
   table = time_rows(rows, args.repeats)
-  plain, exact = table['plain']['ms'], table['exact']['ms']
-  for name, row in table.items():
-    row.update(x_plain=row['ms'] / plain, x_exact=row['ms'] / exact)
+  add_ratios(table)
   programs = {k: v for k, v in b.info.items() if isinstance(v, dict) and 'flops' in v}
-  print(f'\n{"row":<34s}{"ms":>9s}{"× plain":>9s}{"× exact":>9s}')
+  print(f'\n{"row":<34s}{"ms":>9s}{"× plain":>9s}{"× exact":>9s}  (median of per-round ratios)')
   for name, row in table.items():
-    print(f'{name:<34s}{row["ms"]:9.0f}{row["x_plain"]:9.2f}{row["x_exact"]:9.2f}')
+    print(f'{name:<34s}{row["ms"]:9.0f}{row["x_plain_round_median"]:9.2f}'
+          f'{row["x_exact_round_median"]:9.2f}')
   print(f'\n{"program":<28s}{"GFLOP":>8s}{"temp MB":>9s}{"arg MB":>8s}')
   for name, info in programs.items():
     print(f'{name:<28s}{info["flops"] / 1e9:8.1f}{info["temp_bytes"] / 2**20:9.1f}'
