@@ -1,4 +1,4 @@
-"""Every loader on data the tests make (issue #5).
+"""Every loader on data the tests make.
 
 tfds sets run under ``tfds.testing.mock_data`` (``MockPolicy.USE_CODE``: the
 builder's code gives the features, random records come from tfds' fake

@@ -1,4 +1,4 @@
-"""Tests for famus_jax.models (issue #4: backbones).
+"""Tests for famus_jax.models (the backbones).
 
 Kept fast on a 2-core CPU: parameter counts and block structure of the
 full-size models use ``jax.eval_shape`` (tracing only, nothing is compiled or
