@@ -16,20 +16,19 @@ Compare with `--config.meta.method=ce` (plain cross-entropy) and
 
 import ml_collections
 
-from famus_jax.training.config import base_config
+from famus_jax.training.config import load_config
 
 
 def get_config():
-  c = base_config()
-  c.seed = 0
+  # The digits quickstart's recipe (MW-Net + FaMUS, K 4, λ1 = λ2 = 0.1, SGD m 0.9,
+  # wd 5e-4, lr 0.05 piecewise by epoch); what differs is below.
+  c = load_config('digits.py', relative_to=__file__)
   c.model.name = 'fashion_resnet'
   # width 8: channels 8/16/32, ~0.7 M multiply-adds per image (width 16: ~2.7 M);
   # 2.5x less CPU time per MW-Net + FaMUS iteration than width 16.
   c.model.kwargs = ml_collections.ConfigDict({'width': 8, 'stage_sizes': (1, 1, 1)})
 
   c.data.name = 'fashion_mnist'
-  c.data.noise_type = 'symmetric'
-  c.data.noise_rate = 0.4
   c.data.meta_per_class = 100
   c.data.batch_size = 100
   c.data.meta_batch_size = 100
@@ -38,25 +37,10 @@ def get_config():
   # The paper's CIFAR recipe (Table 1: batch 100, lr 0.05, ÷10 at 90 % and
   # 95 % of the run), in epochs of the 59,000 noisy training images:
   # 4 epochs × 590 batches = 2,360 iterations, ÷10 after 3.6 and 3.8 epochs.
-  c.optim.lr = 0.05
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'piecewise'
-  c.optim.unit = 'epoch'
-  c.optim.num_steps = 0
   c.optim.num_epochs = 4
   c.optim.boundaries = (3.6, 3.8)
-
-  c.meta.method = 'mwnet'
-  c.meta.sampler = 'famus'
-  c.meta.k = 4
-  c.meta.lambda1 = 0.1  # L_r keeps about K layers on
-  c.meta.lambda2 = 0.1  # L_g: the paper's full FaMUS
-  c.meta.lr = 1e-3
-  c.meta.weight_decay = 1e-4
 
   c.train.log_every = 59
   c.train.eval_every = 590
   c.train.checkpoint_every = 590
-  c.train.progress = True
   return c
