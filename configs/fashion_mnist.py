@@ -40,6 +40,14 @@ def get_config():
   c.optim.num_epochs = 4
   c.optim.boundaries = (3.6, 3.8)
 
+  # FaMUS's candidate layers: the last residual block and the classifier
+  # (7 of 21 layers), in 2 nested scopes (top 4, all 7). A selection's cost is
+  # set by its lowest selected layer; over all 21 layers the learned gates pick
+  # a stem or first-block layer in most iterations, so the meta iteration costs
+  # what the exact one does. Measured in experiments/README.md ("FaMUS speed").
+  c.meta.candidate_layers = 'top:7'
+  c.meta.prune_levels = 2
+
   c.train.log_every = 59
   c.train.eval_every = 590
   c.train.checkpoint_every = 590

@@ -22,7 +22,7 @@ at 90 % and 95 % of the run. Alg. 2 has no meta set: it draws 100 more noisy
 images per class in their place (e.g. 5,100 instead of 5,000 + 1,000 clean).
 
   python -m experiments.fashion_mnist_study --quick   # 500/class × 4 epochs, 2 seeds
-  python -m experiments.fashion_mnist_study           # 2000/class × 5 epochs, 2 seeds
+  python -m experiments.fashion_mnist_study           # 2000/class × 3 epochs, 2 seeds
   python -m experiments.fashion_mnist_study --smoke --set data.data_dir='"DIR"'
 
 Per (method, setting): mean ± std over seeds of the final clean test accuracy,
@@ -70,7 +70,7 @@ SETTINGS = {
     'asym40': ('asymmetric', 0.4, 'asym. 40 %'),
 }
 # (train images per class, epochs, seeds) of each mode.
-MODES = {'full': (2000, 5, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
+MODES = {'full': (2000, 3, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
 # configs/fashion_mnist.py's meta_per_class: Alg. 2 trains on these too.
 ALG2_EXTRA_PER_CLASS = 100
 # Methods whose per-example weights are meta-learned (the weights panel); MLC
@@ -136,10 +136,13 @@ def collect(workdir: str, summary: dict) -> dict:
     return {'alg2_ms_per_iteration': 1e3 * float(np.median(per_step)) if per_step else None}
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   keep = [r for r in rows if 'weight_clean' in r and 'weight_noisy' in r]
-  return {'weights_over_training': {
-      'step': [int(r['step']) for r in keep],
-      'clean': [float(r['weight_clean']) for r in keep],
-      'noisy': [float(r['weight_noisy']) for r in keep]}} if keep else {}
+  out = {'program_counts': summary.get('program_counts') or {}}
+  if keep:
+    out['weights_over_training'] = {
+        'step': [int(r['step']) for r in keep],
+        'clean': [float(r['weight_clean']) for r in keep],
+        'noisy': [float(r['weight_noisy']) for r in keep]}
+  return out
 
 
 def markdown(payload) -> str:
