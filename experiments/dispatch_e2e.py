@@ -13,12 +13,20 @@ counted separately.
       --config.meta.prune_levels=4
   python -m experiments.dispatch_e2e --run exact=/tmp/d_exact --run famus=/tmp/d_famus \\
       --out=dispatch_e2e_digits.json
+
+Or let it run a plan itself, in one process, seeds interleaved (exact, the
+config's FaMUS, and the paper's Table 3 loss ablation over every layer):
+
+  python -m experiments.dispatch_e2e --plan=fashion_mnist --seeds=0,1
+  python -m experiments.dispatch_e2e --plan=digits --seeds=0,1
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 
 from experiments import common
 
@@ -61,15 +69,111 @@ def summarize(workdir: str) -> dict:
   }
 
 
+# Table 3 of the paper over every layer (P = 4 nested scopes): the time column's
+# ordering is the claim (L_c only ≈ exact; + L_r clearly faster).
+ABLATION = {
+    'famus_all_layers_Lc': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                            'meta.lambda1': 0.0, 'meta.lambda2': 0.0},
+    'famus_all_layers_Lc+Lr': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                               'meta.lambda1': 0.1, 'meta.lambda2': 0.0},
+    'famus_all_layers_all': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                             'meta.lambda1': 0.1, 'meta.lambda2': 0.1},
+}
+# plan -> (config file, budget overrides): a reduced budget of the config's own
+# recipe (lr ÷10 at 90 % / 95 % of the run).
+PLANS = {
+    'digits': ('digits.py', {'optim.num_epochs': 20, 'optim.boundaries': (18, 19)}),
+    'fashion_mnist': ('fashion_mnist.py', {
+        'data.train_per_class': 1000, 'optim.num_epochs': 3,
+        'optim.boundaries': (2.7, 2.85), 'train.eval_every': 0,
+        'train.checkpoint_every': 0, 'train.log_every': 10}),
+}
+VARIANTS = {'exact': {'meta.sampler': 'all'}, 'famus': {}, **ABLATION}
+
+
+def run_plan(plan: str, seeds, variants, overrides: dict) -> dict:
+  """Runs every variant for every seed (seeds outermost) in temporary workdirs."""
+  from experiments import digits_lab  # pylint: disable=g-import-not-at-top
+  from experiments import digits_study as study  # pylint: disable=g-import-not-at-top
+  from famus_jax import train  # pylint: disable=g-import-not-at-top
+  digits_lab.enable_compilation_cache()
+  config_file, budget = PLANS[plan]
+  runs = {}
+  for seed in seeds:
+    for variant in variants:
+      c = study.load_config_file(config_file)
+      for k, v in {**budget, **VARIANTS[variant], **overrides, 'seed': seed}.items():
+        study.set_field(c, k, v)
+      c.train.progress = False
+      workdir = tempfile.mkdtemp(prefix=f'e2e_{variant}_')
+      try:
+        train.train_and_evaluate(c, workdir)
+        runs[f'{variant}_s{seed}'] = {'variant': variant, **summarize(workdir)}
+      finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+      r = runs[f'{variant}_s{seed}']
+      print(f"{variant:<24s} seed {seed}: {r['mean_ms_per_iteration'] or 0:.1f} ms/it, "
+            f"acc {r['final_test_accuracy']:.4f}, {r['program_counts']}", flush=True)
+  return runs
+
+
+def by_variant(runs: dict) -> dict:
+  """Mean over seeds per variant, with ratios to `exact` (ms per iteration)."""
+  table = {}
+  for name in dict.fromkeys(r['variant'] for r in runs.values()):
+    rs = [r for r in runs.values() if r['variant'] == name]
+    ms = [r['mean_ms_per_iteration'] for r in rs]
+    known = [x for x in ms if x is not None]  # None: no log row without compilation
+    table[name] = {'ms_per_iteration': statistics.mean(known) if known else None,
+                   'accuracy': statistics.mean(r['final_test_accuracy'] for r in rs),
+                   'seeds': [r['seed'] for r in rs], 'ms_per_seed': ms,
+                   'full_scope_fraction': _full_scope_fraction(rs)}
+  exact = table.get('exact', {}).get('ms_per_iteration')
+  for row in table.values():
+    ms = row['ms_per_iteration']
+    row['x_exact'] = ms / exact if exact and ms else None
+  return table
+
+
+def _full_scope_fraction(rs) -> float | None:
+  """Fraction of meta iterations that ran the largest scope's program."""
+  fractions = []
+  for r in rs:
+    counts = r.get('program_counts') or {}
+    scoped = {k: v for k, v in counts.items() if k[-1].isdigit()}
+    if scoped:
+      top = max(scoped, key=lambda k: int(''.join(filter(str.isdigit, k))))
+      fractions.append(scoped[top] / sum(scoped.values()))
+  return statistics.mean(fractions) if fractions else None
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--run', action='append', required=True,
+  parser.add_argument('--run', action='append', default=[],
                       help='NAME=WORKDIR of a finished run (repeat)')
-  parser.add_argument('--out', required=True, help='result JSON file name')
+  parser.add_argument('--plan', choices=sorted(PLANS), help='run the plan\'s runs here')
+  parser.add_argument('--seeds', default='0,1')
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='config override for every planned run (JSON value)')
+  parser.add_argument('--out', default=None, help='result JSON file name')
   parser.add_argument('--note', default='', help='conditions of the measurement')
   args = parser.parse_args(argv)
+  if not args.run and not args.plan:
+    parser.error('give --plan or at least one --run NAME=WORKDIR')
   runs = {}
+  if args.plan:
+    from experiments import digits_study as study  # pylint: disable=g-import-not-at-top
+    unknown = set(args.variants.split(',')) - set(VARIANTS)
+    if unknown:
+      parser.error(f'unknown variants {sorted(unknown)}; known: {", ".join(VARIANTS)}')
+    overrides = {k: study.parse_value(v) for k, v in (x.split('=', 1) for x in args.set)}
+    runs = run_plan(args.plan, [int(x) for x in args.seeds.split(',')],
+                    args.variants.split(','), overrides)
+    args.out = args.out or f'dispatch_e2e_{args.plan}_{common.machine()["device_kind"]}.json'
+  elif not args.out:
+    parser.error('--out is required with --run')
   for spec in args.run:
     name, _, workdir = spec.partition('=')
     runs[name] = summarize(workdir)
@@ -80,7 +184,14 @@ def main(argv=None):
           f'{fmt(r["mean_scope_level"], ".2f", 7)}{fmt(r["mean_num_selected"], ".1f", 6)}'
           f'{r["final_test_accuracy"]:8.4f}  {r["program_counts"]}')
   payload = {'machine': common.machine(), 'load_average': os.getloadavg(),
-             'note': args.note, 'runs': runs}
+             'note': args.note, 'plan': args.plan, 'runs': runs}
+  if args.plan:
+    payload['by_variant'] = by_variant(runs)
+    print(f'{"variant":<24s}{"ms/it":>8s}{"× exact":>9s}{"full scope":>12s}{"acc":>8s}')
+    for name, row in payload['by_variant'].items():
+      full = row['full_scope_fraction']
+      print(f"{name:<24s}{row['ms_per_iteration'] or 0:8.1f}{row['x_exact'] or 0:9.2f}"
+            f"{'—' if full is None else f'{full:.2f}':>12s}{row['accuracy']:8.4f}")
   print('wrote', common.write_json(args.out, payload))
   return payload
 
