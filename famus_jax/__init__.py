@@ -7,7 +7,8 @@ The three stages of a meta iteration, composable in a notebook::
 
 from famus_jax.core import (ActualStep, MetaGrad, StepSetup, TrainState, VirtualStep,
                             actual_step, create_train_state, jit_meta_train_step,
-                            jit_plain_train_step, make_meta_optimizer, meta_begin,
+                            jit_plain_train_step, make_meta_optimizer, meta_ahead,
+                            meta_begin,
                             meta_finish, meta_grad, meta_train_step, plain_train_step,
                             sgd_with_weight_decay,
                             validation_loss, virtual_step)

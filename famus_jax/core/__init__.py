@@ -6,7 +6,7 @@ from famus_jax.core.meta_gradient import MODES, MetaGrad, meta_grad, validation_
 from famus_jax.core.train_state import (StepSetup, TrainState, create_train_state,
                                         make_meta_optimizer, sgd_with_weight_decay)
 from famus_jax.core.train_step import (MetaBegin, jit_meta_train_step,
-                                       jit_plain_train_step, meta_begin, meta_finish,
-                                       meta_train_step, plain_train_step,
+                                       jit_plain_train_step, meta_ahead, meta_begin,
+                                       meta_finish, meta_train_step, plain_train_step,
                                        weighted_train_step)
 from famus_jax.core.virtual import VirtualStep, virtual_step

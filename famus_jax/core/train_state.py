@@ -23,6 +23,9 @@ class TrainState:
     meta_params, meta_opt_state: θ and the meta optimizer state.
     sampler_params, sampler_opt_state: FaMUS gradient samplers η (empty dict
       when no learned sampler is used).
+    sampler_state: the gates drawn for the next meta iteration when the sampler
+      draws them one meta iteration ahead (`meta.dispatch='ahead'`; see
+      `LayerSampler.init_pending`), else an empty dict.
     rng: PRNG key, split every iteration.
   """
   step: jax.Array
@@ -34,6 +37,7 @@ class TrainState:
   rng: jax.Array
   sampler_params: PyTree = dataclasses.field(default_factory=dict)
   sampler_opt_state: PyTree = dataclasses.field(default_factory=dict)
+  sampler_state: PyTree = dataclasses.field(default_factory=dict)
 
 
 LOOKAHEADS = ('sgd', 'optimizer')
@@ -93,15 +97,17 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_images: jax.Arra
   batch_stats = variables.get('batch_stats', {})
   meta_rng, sampler_rng = jax.random.split(meta_rng)
   meta_params = setup.meta_model.init(meta_rng, num_classes)
-  sampler_params, sampler_opt_state = {}, {}
+  sampler_params, sampler_opt_state, sampler_state = {}, {}, {}
   if setup.sampler is not None:
     sampler_params = setup.sampler.init(sampler_rng)
     sampler_opt_state = setup.sampler.optimizer().init(sampler_params)
+    sampler_state = setup.sampler.init_pending()
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=setup.tx.init(params), meta_params=meta_params,
       meta_opt_state=setup.meta_tx.init(meta_params), rng=state_rng,
-      sampler_params=sampler_params, sampler_opt_state=sampler_opt_state)
+      sampler_params=sampler_params, sampler_opt_state=sampler_opt_state,
+      sampler_state=sampler_state)
 
 
 def sgd_with_weight_decay(learning_rate, momentum: float = 0.9,

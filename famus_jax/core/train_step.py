@@ -104,24 +104,34 @@ class MetaBegin(NamedTuple):
   val_rng: jax.Array
 
 
-def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> MetaBegin:
-  """Training forward (its VJP kept), Virtual-Train backward and the sampler's
-  gates: everything the choice of the meta scope depends on."""
+def _forward_and_virtual(state: TrainState, train_batch: dict, setup: StepSetup
+                         ) -> tuple[MetaBegin, jax.Array]:
+  """(MetaBegin without gates, the sampler's key): training forward (VJP kept)
+  and, with a sampler, the ungated Virtual-Train whose gradient feeds it."""
   rng, fwd_rng, val_rng, sampler_rng = jax.random.split(state.rng, 4)
   labels = train_batch['label']
   fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                   train_batch['image'], fwd_rng)
-  selection = begin_state = virtual = None
-  if setup.sampler is not None:  # Virtual-Train once: its gradient feeds the sampler
+  virtual = None
+  if setup.sampler is not None:
     theta = setup.meta_model.lookahead_params(state.meta_params, labels.shape[0])
     virtual = virtual_lib.virtual_from_forward(
         fwd, theta, state.params, labels, meta_model=setup.meta_model,
         lookahead=make_lookahead(setup, state),
         mask=lookahead_lib.scope_mask(state.params, setup.scope))
-    selection, begin_state = setup.sampler.begin(state.sampler_params, virtual.grads,
-                                                 sampler_rng)
-  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, selection,
-                   begin_state, rng, fwd_rng, val_rng)
+  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, None, None,
+                   rng, fwd_rng, val_rng), sampler_rng
+
+
+def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> MetaBegin:
+  """Training forward (its VJP kept), Virtual-Train backward and the sampler's
+  gates: everything the choice of the meta scope depends on."""
+  begin, sampler_rng = _forward_and_virtual(state, train_batch, setup)
+  if setup.sampler is None:
+    return begin
+  selection, begin_state = setup.sampler.begin(state.sampler_params, begin.virtual.grads,
+                                               sampler_rng)
+  return begin._replace(selection=selection, begin_state=begin_state)
 
 
 def _scope_levels(sampler, selection, level: Optional[int]):
@@ -212,6 +222,37 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
   """
   begin = meta_begin(state, train_batch, setup=setup)
   return meta_finish(state, begin, train_batch, val_batch, setup=setup)
+
+def meta_ahead(state: TrainState, train_batch: dict, val_batch: dict, *,
+               setup: StepSetup, level: int) -> tuple[TrainState, dict]:
+  """One meta iteration as one program on the static scope `level`, its gates
+  drawn in the previous meta iteration (`meta.dispatch='ahead'`).
+
+  The gates are `state.sampler_state`'s pending draw (`level` must be its
+  scope or larger), straight-through in the current η (`begin_pending`). With
+  no valid draw (the first meta iteration, or one after a warm-up), they are
+  drawn now, as `meta_begin` draws them (same key, so the iteration equals the
+  one-program gated step), and `level` must be the full scope. After
+  Meta-Train, sampler update and Actual-Train, the next meta iteration's gates
+  are drawn from this iteration's Virtual-Train gradient with the updated η
+  and the key `fold_in(sampler key, 1)`, and stored in the new state.
+  Arguments and results as `meta_train_step`.
+  """
+  sampler = setup.sampler
+  begin, sampler_rng = _forward_and_virtual(state, train_batch, setup)
+  inputs = sampler.gate_inputs(begin.virtual.grads)
+  stored = state.sampler_state
+  now = sampler.draw(state.sampler_params, inputs, sampler_rng)
+  pending = jax.tree_util.tree_map(lambda a, b: jnp.where(stored['valid'], a, b),
+                                   stored, now)
+  selection, begin_state = sampler.begin_pending(state.sampler_params, pending)
+  new_state, metrics = meta_finish(
+      state, begin._replace(selection=selection, begin_state=begin_state),
+      train_batch, val_batch, setup=setup, level=level)
+  upcoming = sampler.draw(new_state.sampler_params, inputs,
+                          jax.random.fold_in(sampler_rng, 1))
+  return new_state.replace(sampler_state=upcoming), metrics
+
 
 def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup
                         ) -> tuple[TrainState, dict]:

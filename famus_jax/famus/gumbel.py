@@ -30,8 +30,13 @@ def hard_gumbel_softmax(rng: jax.Array, logits: jax.Array, tau: float) -> jax.Ar
     (..., K) one-hot values whose gradient is that of the soft sample
     `softmax((logits + Gumbel) / tau)`.
   """
-  gumbel = jax.random.gumbel(rng, logits.shape, logits.dtype)
-  soft = jax.nn.softmax((logits + gumbel) / tau, axis=-1)
+  return straight_through(logits, jax.random.gumbel(rng, logits.shape, logits.dtype), tau)
+
+
+def straight_through(logits: jax.Array, noise: jax.Array, tau: float) -> jax.Array:
+  """`hard_gumbel_softmax` with given Gumbel noise (..., K): one-hot of
+  argmax of the soft sample `softmax((logits + noise) / tau)`, its gradient."""
+  soft = jax.nn.softmax((logits + noise) / tau, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
   return hard + (soft - jax.lax.stop_gradient(soft))  # exactly 0/1 in value
 

@@ -121,6 +121,36 @@ class LayerSampler:
     """One-line notes on settings that make a config field ineffective."""
     return ()
 
+  # Gates drawn one meta iteration ahead (`dispatch='ahead'`): the state keeps
+  # the pending draw {'gates': (L,), 'level': int32, 'valid': bool, + inputs}.
+  @property
+  def draws_ahead(self) -> bool:
+    return self.dispatch == 'ahead' and len(self.levels) > 1
+
+  def init_pending(self) -> dict:
+    """No pending gates yet (`valid` False, level = the full scope); {} unless
+    the sampler draws ahead."""
+    if not self.draws_ahead:
+      return {}
+    return {'gates': jnp.zeros((self.num_layers,), jnp.float32),
+            'level': jnp.asarray(len(self.levels) - 1, jnp.int32),
+            'valid': jnp.asarray(False)}
+
+  def gate_inputs(self, grads: PyTree) -> dict:
+    """What a draw reads of the Virtual-Train gradient (nothing here)."""
+    del grads
+    return {}
+
+  def draw(self, params, inputs: dict, rng) -> dict:
+    """A pending draw made now: hard gates, their scope level, valid=True."""
+    gates = jax.lax.stop_gradient(self.select(params, None, rng).gates)
+    return {'gates': gates, 'level': self.level(gates), 'valid': jnp.asarray(True)}
+
+  def begin_pending(self, params, pending: dict):
+    """(Selection, `finish`'s begin state) of the stored gates."""
+    del params
+    return self.selection(pending['gates']), None
+
 
 @dataclasses.dataclass(frozen=True)
 class RandomSampler(LayerSampler):
@@ -164,13 +194,18 @@ class FamusSampler(LayerSampler):
     return [pooling.standardize(jax.lax.stop_gradient(
         pooling.pooled_layer_gradient(by_path, layer))) for layer in self.layers]
 
+  def padded_features(self, features: list) -> jax.Array:
+    """L features (D_l,) -> (L, max D_l), zero-padded."""
+    width = max(self.feature_dims)
+    return jnp.stack([jnp.pad(f, (0, width - f.shape[0])) for f in features])
+
   def gate_logits(self, params, features) -> jax.Array:
     """(L, 2) logits of (skip, select) for every candidate layer: the L
     networks Γ(·; η_l) as one batched computation over the stacked η and the
-    zero-padded (L, max D_l) features (padding meets zero weights)."""
+    zero-padded (L, max D_l) features (padding meets zero weights); `features`
+    a list of (D_l,) or already padded."""
     net = gumbel.GradientSampler(self.hidden)
-    width = max(self.feature_dims)
-    padded = jnp.stack([jnp.pad(f, (0, width - f.shape[0])) for f in features])
+    padded = features if isinstance(features, jax.Array) else self.padded_features(features)
     return jax.vmap(lambda p, f: net.apply({'params': p}, f))(params, padded)
 
   def gates(self, params, features, rng) -> jax.Array:
@@ -179,6 +214,42 @@ class FamusSampler(LayerSampler):
 
   def select(self, params, grads, rng) -> Selection:
     return self.selection(self.gates(params, self.features(grads), rng))
+
+  def init_pending(self) -> dict:
+    """Adds the draw's inputs: features (L, max D_l) and Gumbel noise (L, 2)."""
+    pending = super().init_pending()
+    if pending:
+      pending.update(features=jnp.zeros((self.num_layers, max(self.feature_dims)),
+                                        jnp.float32),
+                     noise=jnp.zeros((self.num_layers, 2), jnp.float32))
+    return pending
+
+  def gate_inputs(self, grads: PyTree) -> dict:
+    return {'features': self.padded_features(self.features(grads))}
+
+  def draw(self, params, inputs: dict, rng) -> dict:
+    """Hard gates from Γ(features; η) and fresh Gumbel noise, kept with the
+    features and the noise so that a later `begin_pending` recomputes the soft
+    probabilities under a newer η."""
+    noise = jax.random.gumbel(rng, (self.num_layers, 2), jnp.float32)
+    gates = jax.lax.stop_gradient(gumbel.straight_through(
+        self.gate_logits(params, inputs['features']), noise, self.tau)[:, 1])
+    return {'gates': gates, 'level': self.level(gates), 'valid': jnp.asarray(True),
+            'features': inputs['features'], 'noise': noise}
+
+  def select_probability(self, params, pending: dict) -> jax.Array:
+    """(L,) soft select-probabilities s(η) of the stored features and noise."""
+    logits = self.gate_logits(params, pending['features'])
+    return jax.nn.softmax((logits + pending['noise']) / self.tau, axis=-1)[:, 1]
+
+  def begin_pending(self, params, pending: dict):
+    """Stored hard gates, straight-through in the current η:
+    r = r_stored + s(η) − stop_gradient(s(η)); begin state: the VJP in η."""
+    def gates(eta):
+      soft = self.select_probability(eta, pending)
+      return jax.lax.stop_gradient(pending['gates']) + (soft - jax.lax.stop_gradient(soft))
+    value, gates_vjp = jax.vjp(gates, params)
+    return self.selection(value), gates_vjp
 
   def warnings(self) -> tuple[str, ...]:
     if self.lambda1 == 0:
@@ -233,6 +304,9 @@ DISPATCHES = {  # config `meta.dispatch`: how the program of a scope is chosen
     'switch': 'one program, lax.switch between the scopes (for accelerators; on '
               'XLA:CPU a convolution inside a switch branch runs 20-30x slower)',
     'none': 'one program over every candidate layer (gates as data: no saving)',
+    'ahead': 'one program per meta iteration on the scope of gates drawn in the '
+             'previous meta iteration (kept in the state; the selection is one '
+             'meta iteration late)',
 }
 GATE_GRADS = meta_gradient.GATE_GRADS  # config `meta.gate_grad`
 

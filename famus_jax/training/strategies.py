@@ -18,7 +18,8 @@ The loop asks `needs_validation(step)` before drawing a validation batch and
 never looks at the method's name. The meta iteration itself runs through
 the dispatcher of the sampler's `meta.dispatch` (`DISPATCHERS`): one program,
 or `meta_begin` and then, chosen on the host from the gates, the precompiled
-program of the smallest scope that holds every selected layer.
+program of the smallest scope that holds every selected layer, or (gates drawn
+one meta iteration ahead) the one program of the stored gates' scope.
 """
 
 from __future__ import annotations
@@ -104,7 +105,27 @@ class HostDispatch:
     return self.programs[name](state, begin, batch, val_batch)
 
 
-DISPATCHERS = {'host': HostDispatch, 'switch': SingleProgram, 'none': SingleProgram}
+class AheadDispatch:
+  """`meta.dispatch='ahead'`: one program per meta iteration, `meta_ahead<j>`,
+  j the scope of the gates the previous meta iteration drew (kept in
+  `state.sampler_state`; the full scope before the first draw), read on the
+  host (one scalar) before the call. Compiled on first use; nothing passes
+  between programs but the state."""
+
+  def __init__(self, setup: core.StepSetup, mesh):
+    self.programs = {f'meta_ahead{j}': _jit_step(functools.partial(core.meta_ahead, level=j),
+                                                 setup, mesh, 2)
+                     for j in range(len(setup.sampler.levels))}
+    self.counts = collections.Counter()
+
+  def __call__(self, state, batch: dict, val_batch: dict):
+    name = f'meta_ahead{int(jax.device_get(state.sampler_state["level"]))}'
+    self.counts[name] += 1
+    return self.programs[name](state, batch, val_batch)
+
+
+DISPATCHERS = {'host': HostDispatch, 'switch': SingleProgram, 'none': SingleProgram,
+               'ahead': AheadDispatch}
 assert set(DISPATCHERS) == set(famus.DISPATCHES)
 
 

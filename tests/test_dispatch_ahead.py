@@ -1,0 +1,271 @@
+"""Gates drawn one meta iteration ahead (`meta.dispatch='ahead'`): each
+`meta_ahead<j>` program against the one-program gated step, the
+straight-through η gradient of stored gates, the draw kept for the next meta
+iteration, the first meta iteration, the dispatcher and the checkpoint."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import famus_jax as fj
+from famus_jax.famus import gumbel
+from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import sharding as sharding_lib
+from famus_jax.training import strategies
+from test_dispatch import LEVELS, problem, sampler_for, setup_for
+from tiny_models import NUM_CLASSES
+
+AHEAD = [f'meta_ahead{j}' for j in range(LEVELS)]
+STATE_METRICS = ('val_loss', 'meta_grad_norm', 'weights', 'gates', 'loss')
+FAMUS_METRICS = ('rate_loss', 'matching_loss', 'sampler_grad_norm')
+
+
+@functools.lru_cache(maxsize=None)
+def setups(name):
+  """(ahead setup, the one-program gated reference setup) of sampler `name`."""
+  return (setup_for(sampler_for(sampler=name, dispatch='ahead')),
+          setup_for(sampler_for(sampler=name, dispatch='none')))
+
+
+@functools.lru_cache(maxsize=None)
+def programs(name):
+  """Jitted meta_ahead<j> for every j, the reference step and meta_begin."""
+  ahead, ref = setups(name)
+  return ([jax.jit(functools.partial(fj.meta_ahead, setup=ahead, level=j))
+           for j in range(LEVELS)],
+          jax.jit(functools.partial(fj.meta_train_step, setup=ref)),
+          jax.jit(functools.partial(fj.meta_begin, setup=ref)))
+
+
+def init_state(setup, seed=0):
+  """A fresh state, replicated as the training loop places it."""
+  model, _, _, train, _ = problem()
+  mesh = sharding_lib.make_mesh(1)
+  return jax.jit(lambda rng: fj.create_train_state(rng, model, train['image'],
+                                                   NUM_CLASSES, setup),
+                 out_shardings=sharding_lib.replicated(mesh))(jax.random.PRNGKey(seed))
+
+
+def sampler_key(state):
+  """The key the meta iteration of `state` gives its sampler."""
+  return jax.random.split(state.rng, 4)[3]
+
+
+def padded(features, width):
+  return jnp.stack([jnp.pad(f, (0, width - f.shape[0])) for f in features])
+
+
+def level_of(sampler, gates) -> int:
+  """Smallest scope index holding every selected layer (numpy)."""
+  chosen = np.asarray(sampler.layer_level)[np.asarray(gates) > 0.5]
+  return int(chosen.max()) if chosen.size else 0
+
+
+def without_pending(state):
+  return state.replace(sampler_state={})
+
+
+def assert_same_step(got, want, famus):
+  (got_state, got_metrics), (want_state, want_metrics) = got, want
+  chex.assert_trees_all_close(without_pending(got_state), without_pending(want_state),
+                              rtol=1e-5, atol=1e-6)
+  for key in STATE_METRICS + (FAMUS_METRICS if famus else ()):
+    np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-5,
+                               atol=1e-7, err_msg=key)
+
+
+# ------------------------------------------- the programs against the gated step
+
+@pytest.mark.parametrize('name', ['famus', 'random'])
+def test_every_ahead_program_equals_the_gated_step_with_the_stored_gates(name):
+  """For a state whose pending draw is what the gated step draws now (its gates,
+  features and noise), every meta_ahead<j>, j ≥ the draw's level, gives the
+  reference's new parameters, statistics, optimizer, θ, η (a nonzero step)
+  and metrics."""
+  ahead, reference, begin = programs(name)
+  sampler = setups(name)[0].sampler
+  _, _, _, train, val = problem()
+  state0 = init_state(setups(name)[0])
+  seen = set()
+  for seed in range(40):
+    state = state0.replace(rng=jax.random.PRNGKey(seed))
+    b = begin(state, train)
+    gates, level = b.selection.gates, int(b.selection.level)
+    if level in seen:
+      continue
+    seen.add(level)
+    pending = {'gates': gates, 'level': jnp.asarray(level, jnp.int32),
+               'valid': jnp.asarray(True)}
+    if name == 'famus':
+      pending['features'] = padded(sampler.features(b.virtual.grads),
+                                   max(sampler.feature_dims))
+      pending['noise'] = jax.random.gumbel(sampler_key(state), (sampler.num_layers, 2))
+    state = state.replace(sampler_state=pending)
+    want = reference(state, train, val)
+    if name == 'famus':
+      assert float(want[1]['sampler_grad_norm']) > 0
+    for j in range(level, LEVELS):
+      assert_same_step(ahead[j](state, train, val), want, name == 'famus')
+    if seen == set(range(LEVELS)):
+      break
+  assert seen == set(range(LEVELS))
+
+
+def test_stored_gates_are_straight_through_in_the_current_eta():
+  """η's step equals −δ ∇_η ⟨∂L_c/∂r + λ1 ∂L_r/∂r, s(η)⟩, s the soft
+  select-probabilities of the STORED features and noise under the current η,
+  ∂L_c/∂r from reverse mode through the gated look-ahead; the gates' value is
+  exactly the stored one (not the argmax of s)."""
+  setup = setups('famus')[0]
+  sampler, mw = setup.sampler, setup.meta_model
+  model, _, _, train, val = problem()
+  state = init_state(setup, seed=1)
+  rng = np.random.default_rng(0)
+  width = max(sampler.feature_dims)
+  features = padded([jnp.asarray(rng.normal(size=(d,)), jnp.float32)
+                     for d in sampler.feature_dims], width)
+  noise = jax.random.gumbel(jax.random.PRNGKey(7), (sampler.num_layers, 2))
+  gates = jnp.asarray([0.0, 1.0, 1.0])
+  level = level_of(sampler, gates)
+  state = state.replace(sampler_state={
+      'gates': gates, 'level': jnp.asarray(level, jnp.int32), 'valid': jnp.asarray(True),
+      'features': features, 'noise': noise})
+  eta = state.sampler_params
+  new_state, metrics = programs('famus')[0][level](state, train, val)
+  np.testing.assert_array_equal(metrics['gates'], gates)
+
+  theta = mw.lookahead_params(state.meta_params, train['label'].shape[0])
+  mg = fj.meta_grad(theta, state.params, train, val, apply_fn=model.apply, meta_model=mw,
+                    lr=0.1, mode='reverse', batch_stats=state.batch_stats,
+                    gate=sampler.leaf_gates(gates))
+  d_gates = np.zeros(sampler.num_layers)
+  for layer, g in zip(sampler.leaf_layer, jax.tree_util.tree_leaves(mg.gate)):
+    if layer >= 0:
+      d_gates[layer] += float(g)
+  d_rate = 2.0 * (float(gates.sum()) - sampler.k)
+  cotangent = jnp.asarray(d_gates + sampler.lambda1 * d_rate, jnp.float32)
+  net = gumbel.GradientSampler(sampler.hidden)
+
+  def soft(eta):
+    logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(eta, features)
+    return jax.nn.softmax((logits + noise) / sampler.tau, axis=-1)[:, 1]
+
+  eta_grad = jax.grad(lambda e: jnp.vdot(cotangent, soft(e)))(eta)
+  assert float(optax_norm(eta_grad)) > 0
+  want = jax.tree_util.tree_map(lambda p, g: p - sampler.delta * g, eta, eta_grad)
+  chex.assert_trees_all_close(new_state.sampler_params, want, rtol=1e-4, atol=1e-7)
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
+
+
+# ------------------------------------------------------- the draw kept for later
+
+@pytest.mark.parametrize('name', ['famus', 'random'])
+def test_next_gates_are_drawn_from_this_iterations_gradient(name):
+  """The new pending draw: hard gates of Γ(this iteration's standardized pooled
+  Virtual-Train gradient; updated η) + Gumbel noise of fold_in(sampler key, 1)
+  (random: s layers of that key's permutation), its scope level, valid."""
+  setup = setups(name)[0]
+  sampler = setup.sampler
+  _, _, _, train, val = problem()
+  state = init_state(setup, seed=2)
+  new_state, _ = programs(name)[0][LEVELS - 1](state, train, val)
+  got = new_state.sampler_state
+  key = jax.random.fold_in(sampler_key(state), 1)
+  if name == 'famus':
+    grads = programs(name)[2](state, train).virtual.grads
+    features = padded(sampler.features(grads), max(sampler.feature_dims))
+    noise = jax.random.gumbel(key, (sampler.num_layers, 2))
+    np.testing.assert_allclose(got['features'], features, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got['noise'], noise)
+    net = gumbel.GradientSampler(sampler.hidden)
+    logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(
+        new_state.sampler_params, features) + noise
+    want = np.asarray(logits[:, 1] > logits[:, 0], np.float32)
+  else:
+    want = np.zeros(sampler.num_layers, np.float32)
+    want[np.asarray(jax.random.permutation(key, sampler.num_layers))[:sampler.s]] = 1
+  np.testing.assert_array_equal(got['gates'], want)
+  assert int(got['level']) == level_of(sampler, want)
+  assert bool(got['valid'])
+
+
+def test_first_meta_iteration_draws_its_gates_now_on_the_full_scope():
+  """No valid draw: the dispatcher runs the full scope, and the iteration is the
+  gated step's (its gates drawn now, η's straight-through step included)."""
+  setup = setups('famus')[0]
+  _, _, _, train, val = problem()
+  state = init_state(setup)
+  assert not bool(state.sampler_state['valid'])
+  assert int(state.sampler_state['level']) == LEVELS - 1
+  want = programs('famus')[1](state, train, val)
+  assert float(want[1]['sampler_grad_norm']) > 0
+  dispatch = strategies.make_dispatcher(setup, sharding_lib.make_mesh(1))
+  got = dispatch(jax.tree_util.tree_map(jnp.copy, state), train, val)
+  assert dispatch.counts == {f'meta_ahead{LEVELS - 1}': 1}
+  assert_same_step(got, want, famus=True)
+  assert bool(got[1]['finite']) and bool(got[0].sampler_state['valid'])
+
+
+# ------------------------------------------------------------------ dispatcher
+
+def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use():
+  """Through the strategy (warm-up 1, meta every 2nd iteration): plain and
+  weighted iterations keep the pending draw; each meta iteration runs
+  meta_ahead<stored level>; a program compiles on its first use, once."""
+  setup = setups('random')[0]
+  mesh = sharding_lib.make_mesh(1)
+  strategy = strategies.MetaStrategy(setup, mesh, interval=2, warmup_steps=1)
+  dispatch = strategy.meta_step
+  assert isinstance(dispatch, strategies.AheadDispatch)
+  assert set(dispatch.programs) == set(AHEAD)
+  assert all(dispatch.programs[p]._cache_size() == 0 for p in AHEAD)
+  _, _, _, train, val = problem()
+  state = init_state(setup)
+  expected = []
+  for step in range(13):
+    before = jax.device_get(state.sampler_state)
+    if strategy.program_for(step) == 'meta':
+      expected.append(f'meta_ahead{int(before["level"])}')
+    state, _ = strategy.run_iteration(step, state, train,
+                                      val if strategy.needs_validation(step) else None)
+    if strategy.program_for(step) != 'meta':
+      chex.assert_trees_all_equal(jax.device_get(state.sampler_state), before)
+  assert expected[0] == AHEAD[-1] and len(expected) == 6
+  assert dispatch.counts == {p: expected.count(p) for p in set(expected)}
+  assert len(set(expected)) > 1
+  for p in AHEAD:
+    assert dispatch.programs[p]._cache_size() == (1 if p in expected else 0), p
+
+
+def test_pending_draw_only_with_ahead_dispatch_and_several_scopes():
+  mesh = sharding_lib.make_mesh(1)
+  for dispatch in ('host', 'none'):
+    assert init_state(setup_for(sampler_for(dispatch=dispatch))).sampler_state == {}
+  single = setup_for(sampler_for(dispatch='ahead', prune_levels=1))
+  assert init_state(single).sampler_state == {}
+  assert strategies.make_dispatcher(single, mesh).programs.keys() == {'meta'}
+
+
+def test_checkpoint_round_trip_of_the_pending_draw(tmp_path):
+  setup = setups('famus')[0]
+  _, _, _, train, val = problem()
+  state, _ = programs('famus')[0][LEVELS - 1](init_state(setup), train, val)
+  assert bool(state.sampler_state['valid'])
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
+  try:
+    ckpt.save(1, state, {'epoch': 0})
+    like = jax.eval_shape(lambda: init_state(setup))
+    restored, _, step = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  assert step == 1
+  assert set(restored.sampler_state) == {'gates', 'level', 'valid', 'features', 'noise'}
+  chex.assert_trees_all_equal(restored, state)
+  chex.assert_trees_all_equal_dtypes(restored, state)
