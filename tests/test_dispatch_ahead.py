@@ -25,16 +25,16 @@ FAMUS_METRICS = ('rate_loss', 'matching_loss', 'sampler_grad_norm')
 
 
 @functools.lru_cache(maxsize=None)
-def setups(name):
+def setups(name, delta=0.1):
   """(ahead setup, the one-program gated reference setup) of sampler `name`."""
-  return (setup_for(sampler_for(sampler=name, dispatch='ahead')),
-          setup_for(sampler_for(sampler=name, dispatch='none')))
+  return (setup_for(sampler_for(sampler=name, dispatch='ahead', delta=delta)),
+          setup_for(sampler_for(sampler=name, dispatch='none', delta=delta)))
 
 
 @functools.lru_cache(maxsize=None)
-def programs(name):
+def programs(name, delta=0.1):
   """Jitted meta_ahead<j> for every j, the reference step and meta_begin."""
-  ahead, ref = setups(name)
+  ahead, ref = setups(name, delta)
   return ([jax.jit(functools.partial(fj.meta_ahead, setup=ahead, level=j))
            for j in range(LEVELS)],
           jax.jit(functools.partial(fj.meta_train_step, setup=ref)),
@@ -109,7 +109,9 @@ def test_every_ahead_program_equals_the_gated_step_with_the_stored_gates(name):
     if name == 'famus':
       assert float(want[1]['sampler_grad_norm']) > 0
     for j in range(level, LEVELS):
-      assert_same_step(ahead[j](state, train, val), want, name == 'famus')
+      got = ahead[j](state, train, val)
+      assert_same_step(got, want, name == 'famus')
+      np.testing.assert_array_equal(got[1]['gates'], gates)  # exactly the stored value
     if seen == set(range(LEVELS)):
       break
   assert seen == set(range(LEVELS))
@@ -170,30 +172,43 @@ def optax_norm(tree):
 def test_next_gates_are_drawn_from_this_iterations_gradient(name):
   """The new pending draw: hard gates of Γ(this iteration's standardized pooled
   Virtual-Train gradient; updated η) + Gumbel noise of fold_in(sampler key, 1)
-  (random: s layers of that key's permutation), its scope level, valid."""
-  setup = setups(name)[0]
+  (random: s layers of that key's permutation), its scope level, valid. A
+  large sampler step (δ = 30) makes the updated η's gates differ from the old
+  η's on some states."""
+  delta = 30.0 if name == 'famus' else 0.1
+  setup = setups(name, delta)[0]
   sampler = setup.sampler
+  ahead, _, begin = programs(name, delta)
   _, _, _, train, val = problem()
-  state = init_state(setup, seed=2)
-  new_state, _ = programs(name)[0][LEVELS - 1](state, train, val)
-  got = new_state.sampler_state
-  key = jax.random.fold_in(sampler_key(state), 1)
-  if name == 'famus':
-    grads = programs(name)[2](state, train).virtual.grads
-    features = padded(sampler.features(grads), max(sampler.feature_dims))
-    noise = jax.random.gumbel(key, (sampler.num_layers, 2))
-    np.testing.assert_allclose(got['features'], features, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got['noise'], noise)
-    net = gumbel.GradientSampler(sampler.hidden)
-    logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(
-        new_state.sampler_params, features) + noise
-    want = np.asarray(logits[:, 1] > logits[:, 0], np.float32)
-  else:
-    want = np.zeros(sampler.num_layers, np.float32)
-    want[np.asarray(jax.random.permutation(key, sampler.num_layers))[:sampler.s]] = 1
-  np.testing.assert_array_equal(got['gates'], want)
-  assert int(got['level']) == level_of(sampler, want)
-  assert bool(got['valid'])
+  levels, moved = set(), False
+  for seed in range(30):
+    state = init_state(setup, seed=seed)
+    new_state, _ = ahead[LEVELS - 1](state, train, val)
+    got = new_state.sampler_state
+    key = jax.random.fold_in(sampler_key(state), 1)
+    if name == 'famus':
+      features = padded(sampler.features(begin(state, train).virtual.grads),
+                        max(sampler.feature_dims))
+      noise = jax.random.gumbel(key, (sampler.num_layers, 2))
+      net = gumbel.GradientSampler(sampler.hidden)
+      np.testing.assert_allclose(got['features'], features, rtol=1e-5, atol=1e-6)
+      np.testing.assert_array_equal(got['noise'], noise)
+      hard = lambda eta: np.asarray(jnp.diff(jax.vmap(
+          lambda p, f: net.apply({'params': p}, f))(eta, features) + noise)[:, 0] > 0,
+                                    np.float32)
+      want = hard(new_state.sampler_params)
+      moved |= bool(np.any(hard(state.sampler_params) != want))
+    else:
+      want = np.zeros(sampler.num_layers, np.float32)
+      want[np.asarray(jax.random.permutation(key, sampler.num_layers))[:sampler.s]] = 1
+      moved = True
+    np.testing.assert_array_equal(got['gates'], want)
+    assert int(got['level']) == level_of(sampler, want)
+    assert bool(got['valid'])
+    levels.add(level_of(sampler, want))
+    if moved and levels == set(range(LEVELS)):
+      break
+  assert moved and levels == set(range(LEVELS))
 
 
 def test_first_meta_iteration_draws_its_gates_now_on_the_full_scope():

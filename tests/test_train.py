@@ -160,23 +160,27 @@ def restore_checkpoint(workdir, c, step):
 def assert_same_train_state(got, want):
   """Bit-identical train states, field by field (a failure names the field)."""
   for field in ('step', 'params', 'batch_stats', 'opt_state', 'meta_params',
-                'meta_opt_state', 'rng', 'sampler_params', 'sampler_opt_state'):
+                'meta_opt_state', 'rng', 'sampler_params', 'sampler_opt_state',
+                'sampler_state'):
     try:
       chex.assert_trees_all_equal(getattr(got, field), getattr(want, field))
     except AssertionError as e:
       raise AssertionError(f'TrainState.{field} differs: {e}') from None
 
 
-@pytest.mark.parametrize('method,sampler', [('mwnet', 'famus'), ('ce', 'all')])
+@pytest.mark.parametrize('method,sampler,meta', [
+    ('mwnet', 'famus', {}), ('ce', 'all', {}),
+    ('mwnet', 'famus', {'meta__dispatch': 'ahead', 'meta__prune_levels': 2})])
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, method,
-                                                      sampler):
+                                                      sampler, meta):
   """A run that dies after step 6 (checkpoint at 4, no save at the crash) and is
   re-run ends with the same metrics as one that never stopped, and its final
   checkpoint holds a bit-identical state: parameters, batch statistics,
   optimizer, meta model and sampler states, RNG, and the data loaders' and
-  weight window's states. A half-written checkpoint left by the crash is
+  weight window's states, and the gates drawn for the next meta iteration
+  (`meta.dispatch='ahead'`). A half-written checkpoint left by the crash is
   ignored and removed."""
-  c = tiny_config(method, sampler, steps=10, train__log_every=3)
+  c = tiny_config(method, sampler, steps=10, train__log_every=3, **meta)
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   ref = train.train_and_evaluate(c, ref_dir)
 
@@ -229,6 +233,10 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
     assert jax.tree_util.tree_leaves(want_state.meta_opt_state)
     assert jax.tree_util.tree_leaves(want_state.sampler_params)
     assert jax.tree_util.tree_leaves(want_state.sampler_opt_state)
+  if meta:
+    assert bool(want_state.sampler_state['valid'])
+    assert ref['program_counts']
+    assert set(ref['program_counts']) <= {'meta_ahead0', 'meta_ahead1'}
   assert_same_train_state(got_state, want_state)
   assert set(want_data) == {'train', 'meta', 'metrics'}
   assert want_data['train']['grain']['next_index'] == 10
