@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from famus_jax.models import cpu_conv
+from famus_jax.models import cpu_conv, fused_bn
 
 Dtype = Any
 
@@ -26,6 +26,9 @@ Dtype = Any
 # 'cpu' = cpu_conv (same values, derivatives in the forms XLA:CPU runs fast);
 # 'auto' = 'cpu' when JAX's default backend is the CPU, else 'xla'.
 CONV_IMPLS = ("auto", "xla", "cpu")
+# norm_impl options: 'flax' = nn.BatchNorm then ReLU; 'fused' = fused_bn
+# (BN + [residual add] + ReLU as one custom_jvp function, same variables).
+NORM_IMPLS = ("flax", "fused")
 
 # PyTorch-style He initialisation (kaiming_normal_, mode='fan_out'), as used by
 # torchvision's ResNet and the Wide-ResNet reference code.
@@ -83,6 +86,22 @@ def batch_norm(train: bool, *, dtype: Dtype, name: str,
   return nn.BatchNorm(use_running_average=not train, momentum=momentum,
                       epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                       scale_init=scale_init, name=name)
+
+
+def batch_norm_relu(x, train: bool, *, impl: str, dtype: Dtype, name: str,
+                    residual=None):
+  """relu(BatchNorm(x) [+ residual]) as `batch_norm` + ReLU or fused (``impl``).
+
+  Call inside a compact method: the BN module is created under ``name`` with
+  the same variables for every ``impl`` (one of ``NORM_IMPLS``).
+  """
+  if impl not in NORM_IMPLS:
+    raise ValueError(f"norm_impl must be one of {NORM_IMPLS}, got {impl!r}")
+  if impl == "fused":
+    return fused_bn.BatchNormReLU(use_running_average=not train, dtype=dtype,
+                                  name=name)(x, residual)
+  y = batch_norm(train, dtype=dtype, name=name)(x)
+  return nn.relu(y if residual is None else y + residual)
 
 
 def dense(features: int, *, dtype: Dtype, name: str,

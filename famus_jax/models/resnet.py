@@ -20,8 +20,9 @@ from typing import Sequence
 import jax.numpy as jnp
 import flax.linen as nn
 
-from famus_jax.models.common import (ClassifierHead, Dtype, batch_norm,
-                                     canonical_dtype, conv, resolve_conv_impl)
+from famus_jax.models.common import (NORM_IMPLS, ClassifierHead, Dtype,
+                                     batch_norm, batch_norm_relu, canonical_dtype,
+                                     conv, resolve_conv_impl)
 
 
 class CifarStem(nn.Module):
@@ -29,13 +30,14 @@ class CifarStem(nn.Module):
   features: int
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
+  norm_impl: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = conv(self.features, 3, dtype=self.dtype, name="conv",
              impl=self.conv_impl)(x)
-    x = batch_norm(train, dtype=self.dtype, name="bn")(x)
-    return nn.relu(x)
+    return batch_norm_relu(x, train, impl=self.norm_impl, dtype=self.dtype,
+                           name="bn")
 
 
 class BasicBlock(nn.Module):
@@ -49,30 +51,40 @@ class BasicBlock(nn.Module):
   shortcut: str = "A"
   dtype: Dtype = jnp.float32
   conv_impl: str = "xla"
+  norm_impl: str = "flax"
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = conv(self.features, 3, stride=self.stride, dtype=self.dtype,
              name="conv1", impl=self.conv_impl)(x)
-    y = nn.relu(batch_norm(train, dtype=self.dtype, name="bn1")(y))
+    y = batch_norm_relu(y, train, impl=self.norm_impl, dtype=self.dtype,
+                        name="bn1")
     y = conv(self.features, 3, dtype=self.dtype, name="conv2",
              impl=self.conv_impl)(y)
+    projects = self.shortcut == "B" and (self.stride != 1 or x.shape[-1] != self.features)
+    if self.norm_impl == "fused" and not projects:
+      # bn2 + residual add + ReLU in one; a projection would be called before
+      # bn2 here, so with one bn2 stays unfused (same layer call order).
+      return batch_norm_relu(y, train, impl="fused", dtype=self.dtype,
+                             name="bn2", residual=self._shortcut(x, train))
     y = batch_norm(train, dtype=self.dtype, name="bn2")(y)
+    return nn.relu(y + self._shortcut(x, train))
+
+  def _shortcut(self, x, train: bool):
     in_ch = x.shape[-1]
-    if self.stride != 1 or in_ch != self.features:
-      if self.shortcut == "A":
-        if self.features < in_ch:
-          raise ValueError("option-A shortcut cannot reduce channels")
-        x = x[:, ::self.stride, ::self.stride, :]
-        extra = self.features - in_ch
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-      elif self.shortcut == "B":
-        x = conv(self.features, 1, stride=self.stride, padding="VALID",
-                 dtype=self.dtype, name="shortcut_conv", impl=self.conv_impl)(x)
-        x = batch_norm(train, dtype=self.dtype, name="shortcut_bn")(x)
-      else:
-        raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
-    return nn.relu(y + x)
+    if self.stride == 1 and in_ch == self.features:
+      return x
+    if self.shortcut == "A":
+      if self.features < in_ch:
+        raise ValueError("option-A shortcut cannot reduce channels")
+      x = x[:, ::self.stride, ::self.stride, :]
+      extra = self.features - in_ch
+      return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    if self.shortcut == "B":
+      x = conv(self.features, 1, stride=self.stride, padding="VALID",
+               dtype=self.dtype, name="shortcut_conv", impl=self.conv_impl)(x)
+      return batch_norm(train, dtype=self.dtype, name="shortcut_bn")(x)
+    raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
 
 
 class CifarResNet(nn.Module):
@@ -87,6 +99,9 @@ class CifarResNet(nn.Module):
     dtype: compute dtype; params stay float32.
     conv_impl: 'auto' (default: 'cpu' on the CPU backend, else 'xla'), 'xla'
       or 'cpu' (common.CONV_IMPLS); same parameters and values.
+    norm_impl: 'flax' (default: nn.BatchNorm, then ReLU) or 'fused'
+      (common.NORM_IMPLS; BN + residual add + ReLU as one function with a
+      compact derivative, models/fused_bn.py); same parameters and values.
   """
   num_classes: int = 10
   depth: int = 32
@@ -94,6 +109,7 @@ class CifarResNet(nn.Module):
   shortcut: str = "A"
   dtype: Dtype = "float32"
   conv_impl: str = "auto"
+  norm_impl: str = "flax"
 
   def __post_init__(self):
     if (self.depth - 2) % 6 != 0 or self.depth < 8:
@@ -101,6 +117,8 @@ class CifarResNet(nn.Module):
     if self.shortcut not in ("A", "B"):
       raise ValueError(f"shortcut must be 'A' or 'B', got {self.shortcut!r}")
     resolve_conv_impl(self.conv_impl)  # validates
+    if self.norm_impl not in NORM_IMPLS:
+      raise ValueError(f"norm_impl must be one of {NORM_IMPLS}, got {self.norm_impl!r}")
     super().__post_init__()
 
   @nn.compact
@@ -108,7 +126,8 @@ class CifarResNet(nn.Module):
     dtype = canonical_dtype(self.dtype)
     impl = resolve_conv_impl(self.conv_impl)
     x = jnp.asarray(x, dtype)
-    x = CifarStem(self.width, dtype=dtype, conv_impl=impl, name="stem")(x, train)
+    x = CifarStem(self.width, dtype=dtype, conv_impl=impl, norm_impl=self.norm_impl,
+                  name="stem")(x, train)
     n = (self.depth - 2) // 6
     b = 0
     for s in range(3):
@@ -116,7 +135,7 @@ class CifarResNet(nn.Module):
         b += 1
         x = BasicBlock(self.width * 2**s, stride=2 if (s > 0 and i == 0) else 1,
                        shortcut=self.shortcut, dtype=dtype, conv_impl=impl,
-                       name=f"block{b}")(x, train)
+                       norm_impl=self.norm_impl, name=f"block{b}")(x, train)
     return ClassifierHead(self.num_classes, dtype=dtype, name="head")(x, train)
 
 
