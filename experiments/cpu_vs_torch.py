@@ -33,25 +33,36 @@ from experiments import common
 IMPLS = ('xla', 'cpu')
 
 
+STEPS = {'plain': bench.Variant('plain', None), 'mwnet': bench.Variant('mwnet', 'mwnet', 'jvp')}
+
+
+def jax_step(args, model, step: str, train, val, with_flops: bool = True) -> list:
+  """[call, flops] of one compiled step ('plain' or 'mwnet') of `model`; call() runs it once.
+
+  with_flops=False skips XLA's cost analysis (a second compilation); flops is then None.
+  """
+  variant = STEPS[step]
+  setup, state = bench.build(args, variant, model, train['image'])
+  if variant.method is None:
+    fn, fargs = fj.jit_plain_train_step(setup), (train,)
+  else:
+    fn, fargs = fj.jit_meta_train_step(setup), (train, val)
+  flops = common.compiled_flops(fn, state, *fargs) if with_flops else None
+  holder = {'state': state}
+
+  def call():
+    holder['state'] = jax.block_until_ready(fn(holder['state'], *fargs))[0]
+  return [call, flops]
+
+
 def jax_rows(args, train, val) -> dict:
-  """name -> [call, carry, flops] for the JAX rows."""
+  """name -> [call, flops] for the JAX rows."""
   rows = {}
   for impl in IMPLS:
-    model = models.get_model('resnet32', num_classes=10, width=args.width, conv_impl=impl)
-    for variant in (bench.Variant('plain', None), bench.Variant('mwnet', 'mwnet', 'jvp')):
-      if variant.name not in args.steps:
-        continue
-      setup, state = bench.build(args, variant, model, train['image'])
-      if variant.method is None:
-        fn, fargs = fj.jit_plain_train_step(setup), (train,)
-      else:
-        fn, fargs = fj.jit_meta_train_step(setup), (train, val)
-      flops = common.compiled_flops(fn, state, *fargs)
-      holder = {'state': state}
-
-      def call(fn=fn, fargs=fargs, holder=holder):
-        holder['state'] = jax.block_until_ready(fn(holder['state'], *fargs))[0]
-      rows[f'jax_{impl}_{variant.name}'] = [call, flops]
+    model = models.get_model('resnet32', num_classes=10, width=args.width,
+                             depth=args.depth, conv_impl=impl)
+    for step in args.steps:
+      rows[f'jax_{impl}_{step}'] = jax_step(args, model, step, train, val)
   return rows
 
 
@@ -65,7 +76,8 @@ def torch_rows(args, train, val) -> dict:
     return {}
   torch.set_num_threads(args.torch_threads or os.cpu_count())
   torch.manual_seed(0)
-  steps = torch_resnet32.Steps(torch_resnet32.ResNet32(width=args.width))
+  steps = torch_resnet32.Steps(torch_resnet32.ResNet32(width=args.width,
+                                                       n=(args.depth - 2) // 6))
   as_torch = lambda b: (torch.from_numpy(np.asarray(b['image']).transpose(0, 3, 1, 2).copy()),
                         torch.from_numpy(np.asarray(b['label']).astype(np.int64)))
   (x, y), (xv, yv) = as_torch(train), as_torch(val)
@@ -114,6 +126,7 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--batch', type=int, default=100)
   parser.add_argument('--width', type=int, default=16)
+  parser.add_argument('--depth', type=int, default=32, help='6n + 2')
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--steps', default='plain,mwnet', help='comma-separated: plain, mwnet')
   parser.add_argument('--torch-threads', type=int, default=None,
