@@ -10,6 +10,7 @@ ratios to the plain step and XLA's FLOP count of each compiled program.
   python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
   python -m experiments.benchmark_iteration --model=resnet32 --batch=100 \
       --variants=dispatch --selection=top,bottom,random      # FaMUS scope programs
+                                                              # (host and ahead dispatch)
 
 Writes experiments/results/iteration_<host-kind>.json.
 """

@@ -1,7 +1,8 @@
 """Iteration time of FaMUS with run-time scope choice (`benchmark_iteration
 --variants=dispatch`): plain and exact steps, the issue-table rows (gates as
 data, random layers, a static top-8 scope, the last block), each scope
-program of host dispatch, and whole host-dispatched iterations for forced
+program of host dispatch and of gates drawn one meta iteration ahead
+(`meta_ahead<j>`), and whole host- and ahead-dispatched iterations for forced
 selections (`--selection=top,bottom,random`), timed in interleaved rounds in
 one process (median per row), each compiled program's memory beside it.
 
@@ -25,6 +26,8 @@ import optax
 
 import famus_jax as fj
 from famus_jax import famus, models
+from famus_jax.training import sharding as sharding_lib
+from famus_jax.training import strategies
 
 SAMPLER = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.1,
                delta=0.1, candidate_layers='all', granularity='module',
@@ -136,10 +139,7 @@ def host_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
                     {}))
   rows.append(Row('host_scope0_gate_grad_all_only',
                   lambda: finish_all0(state, carry, b.train, b.val), {}))
-  rng = np.random.default_rng(seed)
-  num, k = sampler.num_layers, sampler.k
-  patterns = {'top': lambda: range(num - k, num), 'bottom': lambda: range(k),
-              'random': lambda: rng.choice(num, k, replace=False)}
+  patterns = selection_patterns(sampler, seed)
   counts = {}
 
   def iteration(name):
@@ -155,6 +155,51 @@ def host_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
   b.info['selection_levels'] = counts
   b.info['level_sizes'] = [len(s) for s in sampler.levels]
   b.info['layer_level'] = list(sampler.layer_level)
+  return rows
+
+
+def selection_patterns(sampler, seed: int) -> dict:
+  """Forced selections of K layers: name -> () -> selected layer indices."""
+  rng = np.random.default_rng(seed)
+  num, k = sampler.num_layers, sampler.k
+  return {'top': lambda: range(num - k, num), 'bottom': lambda: range(k),
+          'random': lambda: rng.choice(num, k, replace=False)}
+
+
+def pending_state(sampler, state, selected):
+  """`state` whose pending draw (`meta.dispatch='ahead'`) selects exactly the
+  layers `selected` (level: the smallest scope holding them; valid)."""
+  gates = jnp.zeros((sampler.num_layers,), jnp.float32).at[np.asarray(list(selected))].set(1.0)
+  return state.replace(sampler_state=dict(state.sampler_state, gates=gates,
+                                          level=sampler.level(gates),
+                                          valid=jnp.asarray(True)))
+
+
+def ahead_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
+  """Each `meta_ahead<j>` program alone (its pending draw: the lowest layer of
+  scope j) and whole iterations through the ahead dispatcher for forced
+  pending selections of K layers (its programs compiled ahead, not donating,
+  so every call starts from the same state)."""
+  setup = b.setup(sampler='famus', prune_levels=levels, dispatch='ahead')
+  sampler = setup.sampler
+  state = b.state(setup)
+  lowest = [int(np.flatnonzero(np.asarray(sampler.layer_level) == j)[0])
+            for j in range(len(sampler.levels))]
+  scope_states = [pending_state(sampler, state, [i]) for i in lowest]
+  compiled = {f'meta_ahead{j}': b.program(f'ahead_scope{j}', lambda s, t, v, j=j: fj.meta_ahead(
+      s, t, v, setup=setup, level=j), scope_states[j], b.train, b.val)
+              for j in range(len(sampler.levels))}
+  rows = [Row(f'ahead_scope{j}_only', lambda prog=prog, st=scope_states[j]: prog(
+      st, b.train, b.val), {}) for j, prog in enumerate(compiled.values())]
+  patterns = selection_patterns(sampler, seed)
+  dispatchers = {}
+  for name in selections:
+    dispatch = strategies.AheadDispatch(setup, sharding_lib.make_mesh(1))
+    dispatch.programs = compiled
+    dispatchers[name] = dispatch
+    rows.append(Row(f'ahead_selection_{name}', lambda name=name, d=dispatch: d(
+        pending_state(sampler, state, patterns[name]()), b.train, b.val), {}))
+  b.info['ahead_selection_programs'] = {n: d.counts for n, d in dispatchers.items()}
   return rows
 
 
@@ -200,7 +245,8 @@ def run(args, model, train, val) -> dict:
   unknown = set(selections) - set(SELECTIONS)
   if unknown:
     raise SystemExit(f'--selection: unknown {sorted(unknown)}; use {",".join(SELECTIONS)}')
-  rows = single_rows(b) + host_rows(b, args.levels, selections)
+  rows = (single_rows(b) + host_rows(b, args.levels, selections)
+          + ahead_rows(b, args.levels, selections))
   if args.with_switch:
     rows += switch_rows(b, args.levels)
   load_before = os.getloadavg()
@@ -217,6 +263,8 @@ def run(args, model, train, val) -> dict:
           f'{info["argument_bytes"] / 2**20:8.1f}')
   return {'rows': table, 'programs': programs, 'levels': args.levels,
           'selection_levels': b.info['selection_levels'],
+          'ahead_selection_programs': {n: dict(sorted(c.items())) for n, c in
+                                       b.info['ahead_selection_programs'].items()},
           'level_sizes': b.info['level_sizes'], 'layer_level': b.info['layer_level'],
           'rounds': args.repeats, 'load_average_before': load_before,
           'load_average_after': os.getloadavg()}
