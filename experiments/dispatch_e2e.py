@@ -88,7 +88,8 @@ PLANS = {
         'optim.boundaries': (2.7, 2.85), 'train.eval_every': 0,
         'train.checkpoint_every': 0, 'train.log_every': 10}),
 }
-VARIANTS = {'exact': {'meta.sampler': 'all'}, 'famus': {}, **ABLATION}
+VARIANTS = {'exact': {'meta.sampler': 'all'}, 'famus': {},
+            'famus_host': {'meta.dispatch': 'host'}, **ABLATION}
 
 
 def run_plan(plan: str, seeds, variants, overrides: dict) -> dict:

@@ -171,9 +171,13 @@ def markdown(payload) -> str:
       f"{b['width']}). ms / iteration: steady-state training rate, median over runs "
       f"(Alg. 2: both networks and the GMM passes, per iteration); wall time: one "
       f"`train_and_evaluate` call, mean over runs. {mach['device_kind']} "
-      f"({mach['cpu_count']} cores), jax {mach['jax_version']}; total "
-      f"{payload['total_wall_s'] / 60:.0f} min wall, {payload['cpu_s_total'] / 60:.0f} min "
-      f"CPU time of this process."
+      f"({mach['cpu_count']} cores), jax {mach['jax_version']}; "
+      + (f"runs of a later call replaced the same (method, setting, seed) of an earlier "
+         f"one (`--merge`); the runs' wall times add up to "
+         f"{sum(r['wall_s'] for r in payload['runs']) / 60:.0f} min."
+         if payload.get('merged') else
+         f"total {payload['total_wall_s'] / 60:.0f} min wall, "
+         f"{payload['cpu_s_total'] / 60:.0f} min CPU time of this process.")
       + ('' if payload['complete'] else
          f" **Incomplete: {len(payload['runs'])} runs so far.**"))]
   return '\n'.join(lines) + '\n'
@@ -251,6 +255,9 @@ def _parse(argv):
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
                       help='config override for every run (JSON values)')
   parser.add_argument('--results-dir', default=None)
+  parser.add_argument('--merge', action='store_true',
+                      help='keep the runs of the existing results JSON that this call '
+                           'does not repeat (same method, setting and seed)')
   parser.add_argument('--xla-cache', default=None)
   args = parser.parse_args(argv)
   mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
@@ -280,7 +287,7 @@ def main(argv=None):
   build = lambda m, s, seed, per_class: make_config(
       m, s, seed, per_class, args.epochs, args.smoke, args.overrides)
   start = time.perf_counter()
-  runs = []
+  runs = previous_runs(args) if args.merge else []
   for method in args.methods if cache is not None and not args.smoke else ():
     # Fills the compilation cache on a 2-batch run, so timed runs find it warm.
     t0 = time.perf_counter()
@@ -299,7 +306,8 @@ def main(argv=None):
         row['cpu_s'] = time.process_time() - cpu0  # all threads of this process
         if row.get('alg2_ms_per_iteration'):
           row['ms_per_iteration'] = row['alg2_ms_per_iteration']
-        runs.append(row)
+        runs = [r for r in runs if (r['method'], r['setting'], r['seed'])
+                != (method, setting, seed)] + [row]
         print(f"{method:<12s} {setting:<7s} seed {seed}: accuracy "
               f"{row['final_test_accuracy']:.4f}  wall {row['wall_s']:.1f} s  "
               f"cpu {row['cpu_s']:.1f} s  ms/it {row.get('ms_per_iteration') or 0:.0f}  "
@@ -312,24 +320,41 @@ def main(argv=None):
   return payload
 
 
+def previous_runs(args) -> list[dict]:
+  """The runs of this mode's existing results JSON (none if it is absent)."""
+  import json  # pylint: disable=g-import-not-at-top
+  stem = 'fashion_mnist_study' + ('_smoke' if args.smoke else '_quick' if args.quick else '')
+  path = os.path.join(args.results_dir or common.RESULTS_DIR, stem + '.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)['runs']
+
+
 def write_results(args, runs, start, cache, complete: bool) -> dict:
   """JSON + Markdown (+ the figure when complete) of the runs so far."""
   base = make_config('ce', args.settings[0], 0, args.per_class, args.epochs, args.smoke,
                      args.overrides)
   stem = 'fashion_mnist_study' + ('_smoke' if args.smoke else '_quick' if args.quick else '')
+  # With --merge the table covers the kept runs too.
+  methods = [m for m in METHODS if m in args.methods or any(r['method'] == m for r in runs)]
+  settings = [s for s in SETTINGS
+              if s in args.settings or any(r['setting'] == s for r in runs)]
   payload = {
       'stem': stem, 'complete': complete, 'cpu_s_total': time.process_time(),
       'script': 'fashion_mnist_study', 'quick': args.quick, 'smoke': args.smoke,
-      'epochs': args.epochs, 'methods': args.methods, 'settings': args.settings,
-      'seeds': args.seeds, 'setting_defs': {s: SETTINGS[s] for s in args.settings},
-      'method_labels': {m: METHODS[m][0] for m in args.methods},
+      'epochs': args.epochs, 'methods': methods, 'settings': settings,
+      'seeds': sorted(set(args.seeds) | {r['seed'] for r in runs}),
+      'setting_defs': {s: SETTINGS[s] for s in settings},
+      'method_labels': {m: METHODS[m][0] for m in methods},
       'budget': {'train_per_class': args.per_class, 'epochs': args.epochs,
                  'batch_size': int(base.data.batch_size), 'lr': float(base.optim.lr),
                  'steps_per_epoch': 10 * args.per_class // int(base.data.batch_size),
                  'width': int(base.model.kwargs.width)},
       'overrides': args.overrides, 'xla_cache': cache is not None,
-      'runs': runs, 'table': study.aggregate(runs, args.methods, args.settings),
+      'runs': runs, 'table': study.aggregate(runs, methods, settings),
       'total_wall_s': time.perf_counter() - start, 'machine': common.machine(),
+      'merged': bool(args.merge),
   }
   results_dir = args.results_dir or common.RESULTS_DIR
   path = common.write_json(stem + '.json', payload, results_dir)
