@@ -1,9 +1,10 @@
 """Iteration time of FaMUS with run-time scope choice (`benchmark_iteration
---variants=dispatch`): plain and exact steps, the issue-table rows (gates as
+--variants=dispatch`): plain and exact steps, the one-program rows (gates as
 data, random layers, a static top-8 scope, the last block), each scope
 program of host dispatch and of gates drawn one meta iteration ahead
-(`meta_ahead<j>`), and whole host- and ahead-dispatched iterations for forced
-selections (`--selection=top,bottom,random`), timed in interleaved rounds in
+(`meta_ahead<j>`), whole host- and ahead-dispatched iterations for forced
+selections (`--selection=top,bottom,random`), and consecutive iterations of
+FaMUS's own gates over the top-8 candidate layers (ahead), timed in interleaved rounds in
 one process (median per row), each compiled program's memory beside it.
 
 Every program is compiled once ahead of time (`jit(...).lower(...).compile()`)
@@ -88,7 +89,7 @@ class Bench:
 
 
 def single_rows(b: Bench) -> list[Row]:
-  """Plain, exact and the one-program rows of the issue's table."""
+  """Plain, exact and the one-program rows (gates as data, random, static top-8, last block)."""
   rows = []
   plain_setup = b.setup()
   state = b.state(plain_setup)
@@ -203,6 +204,33 @@ def ahead_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
   return rows
 
 
+def learned_rows(b: Bench, top: str = 'top:8', levels: int = 2) -> list[Row]:
+  """FaMUS as a speed config runs it: K = 4, λ1 = λ2 = 0.1, candidate layers
+  `top`, `levels` nested scopes, gates drawn ahead by the sampler itself
+  (not forced): consecutive iterations from the state the previous one left,
+  through the ahead dispatcher (its programs compiled ahead, not donating).
+  Every selection lies in the `top` scope, so no learned pattern costs more."""
+  setup = b.setup(sampler='famus', candidate_layers=top, prune_levels=levels,
+                  dispatch='ahead')
+  sampler = setup.sampler
+  state = b.state(setup)
+  lowest = [int(np.flatnonzero(np.asarray(sampler.layer_level) == j)[0])
+            for j in range(len(sampler.levels))]
+  tag = top.replace(':', '')
+  dispatch = strategies.AheadDispatch(setup, sharding_lib.make_mesh(1))
+  dispatch.programs = {f'meta_ahead{j}': b.program(
+      f'learned_{tag}_scope{j}', lambda s, t, v, j=j: fj.meta_ahead(s, t, v, setup=setup, level=j),
+      pending_state(sampler, state, [i]), b.train, b.val) for j, i in enumerate(lowest)}
+  carry = {'state': state}
+
+  def iteration():
+    carry['state'], metrics = dispatch(carry['state'], b.train, b.val)
+    return metrics
+
+  b.info['learned_programs'] = dispatch.counts
+  return [Row(f'ahead_learned_{tag}', iteration, {})]
+
+
 def switch_rows(b: Bench, levels: int) -> list[Row]:
   setup = b.setup(sampler='famus', prune_levels=levels, dispatch='switch')
   state = forced_state(setup.sampler, b.state(setup), range(setup.sampler.num_layers - 4,
@@ -246,7 +274,7 @@ def run(args, model, train, val) -> dict:
   if unknown:
     raise SystemExit(f'--selection: unknown {sorted(unknown)}; use {",".join(SELECTIONS)}')
   rows = (single_rows(b) + host_rows(b, args.levels, selections)
-          + ahead_rows(b, args.levels, selections))
+          + ahead_rows(b, args.levels, selections) + learned_rows(b))
   if args.with_switch:
     rows += switch_rows(b, args.levels)
   load_before = os.getloadavg()
@@ -265,6 +293,7 @@ def run(args, model, train, val) -> dict:
           'selection_levels': b.info['selection_levels'],
           'ahead_selection_programs': {n: dict(sorted(c.items())) for n, c in
                                        b.info['ahead_selection_programs'].items()},
+          'learned_programs': dict(sorted(b.info['learned_programs'].items())),
           'level_sizes': b.info['level_sizes'], 'layer_level': b.info['layer_level'],
           'rounds': args.repeats, 'load_average_before': load_before,
           'load_average_after': os.getloadavg()}
