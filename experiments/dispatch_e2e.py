@@ -78,6 +78,10 @@ ABLATION = {
                                'meta.lambda1': 0.1, 'meta.lambda2': 0.0},
     'famus_all_layers_all': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
                              'meta.lambda1': 0.1, 'meta.lambda2': 0.1},
+    # ours: L_r counts each layer by the FLOPs of the smallest scope holding it
+    'famus_all_layers_all_flops': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                                   'meta.lambda1': 0.1, 'meta.lambda2': 0.1,
+                                   'meta.rate_cost': 'flops'},
 }
 # plan -> (config file, budget overrides): a reduced budget of the config's own
 # recipe (lr ÷10 at 90 % / 95 % of the run).
@@ -88,7 +92,7 @@ PLANS = {
         'optim.boundaries': (2.7, 2.85), 'train.eval_every': 0,
         'train.checkpoint_every': 0, 'train.log_every': 10}),
 }
-VARIANTS = {'exact': {'meta.sampler': 'all'}, 'famus': {},
+VARIANTS = {'exact': {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}, 'famus': {},
             'famus_host': {'meta.dispatch': 'host'}, **ABLATION}
 
 

@@ -85,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.candidate_layers = 'all'  # all | top:N | comma-separated layer names
   c.meta.granularity = 'module'  # module | tensor
   c.meta.prune_levels = 1  # P nested scopes (top ⌈pL/P⌉ candidate layers) for pruning
-  c.meta.dispatch = 'host'  # host | ahead | switch | none: how a scope's program is chosen
+  c.meta.dispatch = 'ahead'  # ahead | host | switch | none: how a scope's program is chosen
   c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
   c.meta.rate_cost = 'count'  # count | flops: c_l of L_r = (Σ c_l r_l − K)²
 
