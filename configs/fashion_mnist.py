@@ -8,7 +8,8 @@
 59,000 others get 40 % symmetric label noise; 10,000 clean test images. A
 small ResNet (`fashion_resnet`: width 8, 3 blocks, 19,890 parameters).
 Compare with `--config.meta.method=ce` (plain cross-entropy) and
-`--config.meta.sampler=all` (exact meta gradient);
+`--config.meta.sampler=all --config.meta.candidate_layers=all` (the exact
+meta gradient over every layer; with `sampler=all` alone, over FaMUS's candidates);
 `--config.data.noise_type=asymmetric` uses the Fashion-MNIST class map
 (famus_jax/data/README.md). Another folder:
 `--config.data.data_dir=DIR` (the IDX files, gzipped or not).

@@ -48,20 +48,21 @@ from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
 
+# The exact meta gradient over every layer (the config's candidate scope is FaMUS's).
+EXACT = {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}
 METHODS = {
     'ce': ('CE (noisy labels)', {'meta.method': 'ce', 'meta.sampler': 'all'}),
     'ce_true': ('CE (true labels, upper bound)',
                 {'meta.method': 'ce', 'meta.sampler': 'all', 'data.noise_type': 'none'}),
     'ce_meta': ('CE (1,000 clean meta images only)',
                 {'meta.method': 'ce', 'meta.sampler': 'all', 'data.train_split': 'meta'}),
-    'mwnet': ('MW-Net (exact)', {'meta.method': 'mwnet', 'meta.sampler': 'all'}),
+    'mwnet': ('MW-Net (exact)', {'meta.method': 'mwnet', **EXACT}),
     'mwnet_famus': ('MW-Net + FaMUS', {'meta.method': 'mwnet', 'meta.sampler': 'famus'}),
-    'l2r': ('L2R (exact)', {'meta.method': 'l2r', 'meta.sampler': 'all'}),
+    'l2r': ('L2R (exact)', {'meta.method': 'l2r', **EXACT}),
     # Official MLC's loss is a batch sum: lr ÷ batch (100) for CE's step per example.
-    'mlc': ('MLC (exact)', {'meta.method': 'mlc', 'meta.sampler': 'all',
+    'mlc': ('MLC (exact)', {'meta.method': 'mlc', **EXACT,
                             'optim.lr': 0.05 / 100}),
-    'mlc_transition': ('MLC transition (ours)', {'meta.method': 'mlc_transition',
-                                                 'meta.sampler': 'all'}),
+    'mlc_transition': ('MLC transition (ours)', {'meta.method': 'mlc_transition', **EXACT}),
     'alg2': ('Alg. 2 (pseudo-clean, FaMUS; no clean labels)', {}),
 }
 SETTINGS = {

@@ -185,6 +185,25 @@ def test_fashion_mnist_study_smoke(argv, tmp_path):
   assert runs['ce_meta']['num_steps'] == runs['mwnet']['num_steps'] == 2
   assert len(runs['mwnet']['weights_over_training']['clean']) >= 1
   assert 0.0 <= runs['ce_meta']['final_test_accuracy'] <= 1.0
+  # --merge: the repeated (method, setting, seed) is replaced, the other run kept.
+  fashion_mnist_study.main(argv + ['--methods', 'ce_meta', '--merge', '--set',
+                                   f'data.data_dir="{folder}"'])
+  merged = check_outputs(str(tmp_path), 'fashion_mnist_study_smoke')
+  assert sorted(r['method'] for r in merged['runs']) == ['ce_meta', 'mwnet']
+  assert [r for r in merged['runs'] if r['method'] == 'mwnet'] == [runs['mwnet']]
+  assert merged['merged'] and set(merged['table']) == {'ce_meta', 'mwnet'}
+
+
+def test_fashion_mnist_study_meta_scopes():
+  """The exact rows differentiate through every layer; only FaMUS keeps the
+  config's candidate layers (its speed scope)."""
+  from experiments import fashion_mnist_study as study
+  config = lambda m: study.make_config(m, 'sym40', 0, 20, 1, False, {})
+  famus = config('mwnet_famus')
+  assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers != 'all'
+  for method in ('mwnet', 'l2r', 'mlc', 'mlc_transition'):
+    c = config(method)
+    assert (c.meta.method, c.meta.sampler, c.meta.candidate_layers) == (method, 'all', 'all')
 
 
 @pytest.mark.slow
