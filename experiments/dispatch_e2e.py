@@ -82,6 +82,13 @@ ABLATION = {
     'famus_all_layers_all_flops': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
                                    'meta.lambda1': 0.1, 'meta.lambda2': 0.1,
                                    'meta.rate_cost': 'flops'},
+    # ours: (Σ r − K)² + Σ m_l r_l, m_l the marginal cost of l's scope (one-sided)
+    'famus_all_layers_Lc+Lr_scope': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                                     'meta.lambda1': 0.1, 'meta.lambda2': 0.0,
+                                     'meta.rate_cost': 'scope'},
+    'famus_all_layers_all_scope': {'meta.candidate_layers': 'all', 'meta.prune_levels': 4,
+                                   'meta.lambda1': 0.1, 'meta.lambda2': 0.1,
+                                   'meta.rate_cost': 'scope'},
 }
 # plan -> (config file, budget overrides): a reduced budget of the config's own
 # recipe (lr ÷10 at 90 % / 95 % of the run).

@@ -222,6 +222,25 @@ def test_flops_rate_cost_weights_lower_layers_more():
     sampler_for(rate_cost='time')
 
 
+def test_scope_rate_cost_prices_the_marginal_scope_one_sided():
+  """rate_cost='scope': L_r = (Σ r − K)² + Σ m_l r_l, m_l = (F_j − F_0) / (F_top − F_0)
+  of the FLOPs F_j of layer l's smallest scope (checked against the flops weights)."""
+  flops, scope = sampler_for(rate_cost='flops'), sampler_for(rate_cost='scope')
+  assert scope.rate_weights == () and len(scope.scope_costs) == scope.num_layers
+  c = np.asarray(flops.rate_weights)  # ∝ F_j per layer, so m_l follows from c
+  expected = (c - c.min()) / (c.max() - c.min())
+  np.testing.assert_allclose(scope.scope_costs, expected, rtol=1e-6, atol=1e-9)
+  levels = np.asarray(scope.layer_level)
+  m = np.asarray(scope.scope_costs)
+  assert np.all(m[levels == 0] == 0.0) and np.all(m[levels == LEVELS - 1] == 1.0)
+  gates = jnp.zeros((scope.num_layers,)).at[0].set(1.0).at[-1].set(1.0)
+  np.testing.assert_allclose(scope.rate_loss(gates),
+                             (2.0 - scope.k) ** 2 + m[0] + m[-1], rtol=1e-6)
+  # its gradient: 2 (Σ r − K) + m_l for every layer (the price pushes low layers off)
+  np.testing.assert_allclose(jax.grad(scope.rate_loss)(gates),
+                             2 * (2.0 - scope.k) + m, rtol=1e-6, atol=1e-7)
+
+
 def test_dispatch_and_gate_grad_names_are_checked():
   with pytest.raises(ValueError, match='meta.dispatch'):
     sampler_for(dispatch='thread')

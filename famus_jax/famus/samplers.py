@@ -175,6 +175,7 @@ class FamusSampler(LayerSampler):
   hidden: int = 128
   feature_dims: tuple = ()
   rate_weights: tuple = ()  # c_l of L_r per candidate layer (empty: all 1)
+  scope_costs: tuple = ()   # m_l of L_r's one-sided cost term (empty: none)
 
   def init(self, rng):
     """η of every layer's Γ (initialised layer by layer with its own key and
@@ -259,10 +260,14 @@ class FamusSampler(LayerSampler):
 
   def rate_loss(self, gates: jax.Array) -> jax.Array:
     """L_r = (Σ_l c_l r_l − K)² over all gates (c_l = 1 unless `meta.rate_cost`
-    weighs layer l by the cost of the smallest scope holding it)."""
-    if self.rate_weights:
-      gates = gates * jnp.asarray(self.rate_weights, gates.dtype)
-    return (jnp.sum(gates) - self.k) ** 2
+    weighs layer l by the cost of the smallest scope holding it), plus
+    Σ_l m_l r_l with `meta.rate_cost='scope'` (m_l: the marginal cost of
+    extending the scope down to layer l, 0 at the top scope, 1 at the bottom)."""
+    count = gates * jnp.asarray(self.rate_weights, gates.dtype) if self.rate_weights else gates
+    loss = (jnp.sum(count) - self.k) ** 2
+    if self.scope_costs:
+      loss = loss + jnp.sum(gates * jnp.asarray(self.scope_costs, gates.dtype))
+    return loss
 
   def matching_loss(self, grads: PyTree, val_grads: PyTree) -> jax.Array:
     """L_g = ‖ḡ_L^tra − ḡ_L^val‖² on the last candidate layer's pooled gradients
@@ -311,18 +316,38 @@ DISPATCHES = {  # config `meta.dispatch`: how the program of a scope is chosen
 GATE_GRADS = meta_gradient.GATE_GRADS  # config `meta.gate_grad`
 
 
-def _count_weights(sampler, model, params, sample_images) -> tuple:
+def _count_weights(sampler, model, params, sample_images) -> dict:
   """L_r counts every selected layer as 1."""
   del sampler, model, params, sample_images
-  return ()
+  return {}
 
 
-def _flops_weights(sampler, model, params, sample_images) -> tuple:
+def _flops_weights(sampler, model, params, sample_images) -> dict:
   """c_l = XLA's FLOP count of the meta work of the smallest scope holding layer
   l (validation backward to the scope and tangent pass from it), divided by
   its mean over the candidate layers (so K keeps its scale)."""
+  flops = _scope_flops(sampler, model, params, sample_images)
+  if not flops:
+    return {}
+  per_layer = np.asarray([flops[j] for j in sampler.layer_level])
+  return {'rate_weights': tuple(float(c) for c in per_layer / per_layer.mean())}
+
+
+def _scope_costs(sampler, model, params, sample_images) -> dict:
+  """L_r counts every layer as 1 and adds Σ_l m_l r_l, m_l = (F_j − F_0) /
+  (F_top − F_0) for the FLOPs F_j of the smallest scope j holding layer l: a
+  one-sided price, so no single costly layer can fill the budget K."""
+  flops = _scope_flops(sampler, model, params, sample_images)
+  if not flops or flops[-1] <= flops[0]:
+    return {}
+  marginal = [(flops[j] - flops[0]) / (flops[-1] - flops[0]) for j in sampler.layer_level]
+  return {'scope_costs': tuple(float(m) for m in marginal)}
+
+
+def _scope_flops(sampler, model, params, sample_images) -> list:
+  """XLA's FLOP count of the meta work of each nested scope ([] with one scope)."""
   if len(sampler.levels) <= 1:
-    return ()
+    return []
   variables = jax.eval_shape(lambda: model.init(
       {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
       sample_images, train=False))
@@ -338,15 +363,14 @@ def _flops_weights(sampler, model, params, sample_images) -> tuple:
     return jnp.sum(tangent) + lookahead_lib.tree_vdot(
         jax.grad(lambda ins: jnp.sum(logits(ins)))(inside), inside)
 
-  flops = [float(jax.jit(functools.partial(scope_work, scope)).lower(
+  return [float(jax.jit(functools.partial(scope_work, scope)).lower(
       params, stats, sample_images).cost_analysis()['flops']) for scope in sampler.levels]
-  per_layer = np.asarray([flops[j] for j in sampler.layer_level])
-  return tuple(float(c) for c in per_layer / per_layer.mean())
 
 
-RATE_COSTS = {  # config `meta.rate_cost`: c_l in L_r = (Σ_l c_l r_l − K)²
-    'count': _count_weights,
-    'flops': _flops_weights,
+RATE_COSTS = {  # config `meta.rate_cost`: how L_r prices a layer (sampler fields)
+    'count': _count_weights,   # (Σ_l r_l − K)²
+    'flops': _flops_weights,   # (Σ_l c_l r_l − K)², c_l ∝ FLOPs of l's scope
+    'scope': _scope_costs,     # (Σ_l r_l − K)² + Σ_l m_l r_l, m_l marginal scope cost
 }
 
 
@@ -422,7 +446,7 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
     if rate_cost not in RATE_COSTS:
       raise ValueError(f'meta.rate_cost={rate_cost!r} is unknown; known: '
                        f'{", ".join(RATE_COSTS)}.')
-    sampler = dataclasses.replace(sampler, rate_weights=RATE_COSTS[rate_cost](
+    sampler = dataclasses.replace(sampler, **RATE_COSTS[rate_cost](
         sampler, model, params, sample_images))
   return sampler
 

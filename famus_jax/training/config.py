@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.prune_levels = 1  # P nested scopes (top ⌈pL/P⌉ candidate layers) for pruning
   c.meta.dispatch = 'ahead'  # ahead | host | switch | none: how a scope's program is chosen
   c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
-  c.meta.rate_cost = 'count'  # count | flops: c_l of L_r = (Σ c_l r_l − K)²
+  c.meta.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every = 50
