@@ -104,14 +104,21 @@ def _two_checkpoints(directory):
   ckpt.close()
 
 
-def _largest_file(directory):
-  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
-  return max(files, key=os.path.getsize)
+def _array_files(step_dir):
+  """The array data files of a checkpoint (orbax's OCDBT value files).
+
+  Which of them a restore reads varies from save to save (unreferenced files
+  stay beside the one that holds the arrays), so corruptions hit all of them.
+  """
+  d = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
+  files = [os.path.join(d, f) for f in sorted(os.listdir(d))]
+  assert files, f'no array data files in {d}'
+  return files
 
 
 def truncate_array_file(step_dir):
-  path = _largest_file(os.path.join(step_dir, 'state'))
-  os.truncate(path, os.path.getsize(path) // 2)
+  for path in _array_files(step_dir):
+    os.truncate(path, os.path.getsize(path) // 2)
 
 
 def truncate_metadata(step_dir):
@@ -120,15 +127,15 @@ def truncate_metadata(step_dir):
 
 
 def flip_bytes(step_dir, count=None):
-  """XORs `count` bytes (default all) in the middle of the largest array file."""
-  path = _largest_file(os.path.join(step_dir, 'state'))
-  with open(path, 'rb') as f:
-    data = bytearray(f.read())
-  start = len(data) // 3 if count else 0
-  for i in range(start, min(len(data), start + (count or len(data)))):
-    data[i] ^= 0xFF
-  with open(path, 'wb') as f:
-    f.write(data)
+  """XORs `count` bytes (default all) from a third into each array data file."""
+  for path in _array_files(step_dir):
+    with open(path, 'rb') as f:
+      data = bytearray(f.read())
+    start = len(data) // 3 if count else 0
+    for i in range(start, min(len(data), start + (count or len(data)))):
+      data[i] ^= 0xFF
+    with open(path, 'wb') as f:
+      f.write(data)
 
 
 def rewrite_a_value(step_dir):
