@@ -8,13 +8,20 @@ import jax.numpy as jnp
 
 
 class GradientSampler(nn.Module):
-  """FC(D→h) + PReLU, FC(h→h) + PReLU, FC(h→2): logits of (skip, select)."""
+  """`depth` dense layers, logits of (skip, select).
+
+  depth 3 (the official FaMUS code, `GradGumbelSoftmax`): FC(D→h) + PReLU,
+  FC(h→h) + PReLU, FC(h→2); depth 2 (the paper, Sec. 4.2: "two FC layers, FC1
+  followed by a PReLU"): FC(D→h) + PReLU, FC(h→2).
+  """
   hidden: int = 128
+  depth: int = 3
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:  # (D,) -> (2,)
-    x = nn.PReLU(negative_slope_init=0.25)(nn.Dense(self.hidden)(features))
-    x = nn.PReLU(negative_slope_init=0.25)(nn.Dense(self.hidden)(x))
+    x = features
+    for _ in range(self.depth - 1):
+      x = nn.PReLU(negative_slope_init=0.25)(nn.Dense(self.hidden)(x))
     return nn.Dense(2)(x)
 
 

@@ -29,6 +29,13 @@ def standardize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
   return (x - jnp.mean(x)) / (jnp.std(x) + eps)
 
 
+# config `meta.sampler_input`: how a pooled layer gradient is fed to Γ_l.
+SAMPLER_INPUTS = {
+    'standardized': standardize,  # the official FaMUS code (`input_norm=True`)
+    'pooled': lambda x: x,        # the paper (Eq. 8): the average-pooled gradient as is
+}
+
+
 def feature_dims(params_by_path: dict, layers: Sequence) -> tuple[int, ...]:
   """Length D_l of each layer's pooled gradient."""
   return tuple(

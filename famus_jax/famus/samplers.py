@@ -173,6 +173,9 @@ class FamusSampler(LayerSampler):
   lambda2: float = 0.0
   delta: float = 0.1
   hidden: int = 128
+  depth: int = 3                 # dense layers of Γ (`meta.sampler_depth`)
+  sampler_input: str = 'standardized'   # a key of pooling.SAMPLER_INPUTS
+  gate_surrogate: str = 'straight'      # a key of GATE_SURROGATES
   feature_dims: tuple = ()
   rate_weights: tuple = ()  # c_l of L_r per candidate layer (empty: all 1)
   scope_costs: tuple = ()   # m_l of L_r's one-sided cost term (empty: none)
@@ -181,7 +184,7 @@ class FamusSampler(LayerSampler):
     """η of every layer's Γ (initialised layer by layer with its own key and
     input size D_l), stacked along a leading layer axis and zero-padded to
     max D_l: (L, ...) leaves."""
-    net = gumbel.GradientSampler(self.hidden)
+    net = gumbel.GradientSampler(self.hidden, self.depth)
     keys = jax.random.split(rng, self.num_layers)
     return gumbel.stack_params([net.init(key, jnp.zeros((d,)))['params']
                                 for key, d in zip(keys, self.feature_dims)])
@@ -190,9 +193,11 @@ class FamusSampler(LayerSampler):
     return optax.sgd(self.delta, momentum=0.9)
 
   def features(self, grads: PyTree) -> list:
-    """Standardised pooled training gradient of each candidate layer (stop-gradient)."""
+    """Pooled training gradient of each candidate layer (stop-gradient),
+    standardised unless `meta.sampler_input='pooled'`."""
     by_path = dict(zip(lookahead_lib.leaf_paths(grads), jax.tree_util.tree_leaves(grads)))
-    return [pooling.standardize(jax.lax.stop_gradient(
+    transform = pooling.SAMPLER_INPUTS[self.sampler_input]
+    return [transform(jax.lax.stop_gradient(
         pooling.pooled_layer_gradient(by_path, layer))) for layer in self.layers]
 
   def padded_features(self, features: list) -> jax.Array:
@@ -205,7 +210,7 @@ class FamusSampler(LayerSampler):
     networks Γ(·; η_l) as one batched computation over the stacked η and the
     zero-padded (L, max D_l) features (padding meets zero weights); `features`
     a list of (D_l,) or already padded."""
-    net = gumbel.GradientSampler(self.hidden)
+    net = gumbel.GradientSampler(self.hidden, self.depth)
     padded = features if isinstance(features, jax.Array) else self.padded_features(features)
     return jax.vmap(lambda p, f: net.apply({'params': p}, f))(params, padded)
 
@@ -288,6 +293,7 @@ class FamusSampler(LayerSampler):
     gates_vjp, selection, theta_grad = ctx.begin_state, ctx.selection, ctx.theta_grad
     _, leaf_vjp = jax.vjp(self.leaf_gates, selection.gates)
     d_gates = leaf_vjp(ctx.meta_grad.gate)[0]        # ∂L_c/∂r_l = Σ_leaves ⟨u, g⟩
+    d_gates = GATE_SURROGATES[self.gate_surrogate](d_gates, selection.gates)
     rate, d_rate = jax.value_and_grad(self.rate_loss)(selection.gates)
     eta_grad = gates_vjp(d_gates + self.lambda1 * d_rate)[0]
     updates, opt_state = self.optimizer().update(eta_grad, opt_state, params)
@@ -314,6 +320,18 @@ DISPATCHES = {  # config `meta.dispatch`: how the program of a scope is chosen
              'meta iteration late)',
 }
 GATE_GRADS = meta_gradient.GATE_GRADS  # config `meta.gate_grad`
+# config `meta.sampler_depth`: dense layers of Γ_l
+SAMPLER_DEPTHS = {3: 'the official FaMUS code (FC-PReLU-FC-PReLU-FC)',
+                  2: 'the paper, Sec. 4.2 (FC1 + PReLU, FC2)'}
+# config `meta.gate_surrogate`: ∂L_c/∂r_l of a layer whose gate is off. The
+# look-ahead term r·g + stop_gradient((1 − r)·g) gives ⟨∂L/∂g, g⟩ for every
+# gated layer ('straight', ours); the official code writes an off layer's term
+# as (1 − r)·stop_gradient(g), whose derivative in r is −⟨∂L/∂g, g⟩ ('official').
+GATE_SURROGATES = {
+    'straight': lambda d_gates, gates: d_gates,
+    'official': lambda d_gates, gates: jnp.where(
+        jax.lax.stop_gradient(gates) > 0.5, d_gates, -d_gates),
+}
 
 
 def _count_weights(sampler, model, params, sample_images) -> dict:
@@ -477,6 +495,13 @@ def _random_sampler(meta, params, cands) -> RandomSampler:
   return RandomSampler(s=s, **_common_fields(meta, params, cands))
 
 
+# FaMUS's departures that can be switched: (config field of `meta`, FamusSampler
+# attribute, registry whose first key is the default).
+FAMUS_OPTIONS = (('sampler_depth', 'depth', SAMPLER_DEPTHS),
+                 ('sampler_input', 'sampler_input', pooling.SAMPLER_INPUTS),
+                 ('gate_surrogate', 'gate_surrogate', GATE_SURROGATES))
+
+
 def _famus_sampler(meta, params, cands) -> FamusSampler:
   common = _common_fields(meta, params, cands)
   k = _check_int(meta, 'k', 1, len(cands),
@@ -484,9 +509,17 @@ def _famus_sampler(meta, params, cands) -> FamusSampler:
   if not meta.tau > 0:
     raise ValueError(f'meta.tau={meta.tau!r}: the Gumbel temperature must be > 0.')
   by_path = dict(zip(lookahead_lib.leaf_paths(params), jax.tree_util.tree_leaves(params)))
+  options = {}
+  for field, attr, known in FAMUS_OPTIONS:
+    value = meta.get(field, next(iter(known)))
+    if value not in known:
+      raise ValueError(f'meta.{field}={value!r} is unknown; known: '
+                       f'{", ".join(map(str, known))}.')
+    options[attr] = value
   return FamusSampler(k=k, tau=float(meta.tau), lambda1=float(meta.lambda1),
                       lambda2=float(meta.lambda2), delta=float(meta.delta),
-                      feature_dims=pooling.feature_dims(by_path, cands), **common)
+                      feature_dims=pooling.feature_dims(by_path, cands), **options,
+                      **common)
 
 
 SAMPLERS = {

@@ -58,7 +58,8 @@ def build_setup(config, model, lr_schedule, sampler=None, scope=None) -> core.St
   tx = core.sgd_with_weight_decay(lr_schedule, momentum=o.momentum,
                                   weight_decay=o.weight_decay, nesterov=o.nesterov)
   meta_model = strategies_lib.get_strategy_class(m.method).meta_model(m)
-  meta_tx = core.make_meta_optimizer(m.optimizer, m.lr, m.weight_decay, m.momentum)
+  meta_tx = core.make_meta_optimizer(m.optimizer, m.lr, m.weight_decay, m.momentum,
+                                     m.nesterov)
   kwargs = {} if sampler is None else {'sampler': sampler}
   return core.StepSetup(apply_fn=model.apply, meta_model=meta_model, tx=tx,
                         meta_tx=meta_tx, lr_schedule=lr_schedule, mode=m.mode,

@@ -71,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.optimizer = 'adam'  # adam | sgd (meta model optimizer)
   c.meta.lr = 1e-3  # β
   c.meta.weight_decay = 1e-4
-  c.meta.momentum = 0.9
+  c.meta.momentum = 0.9  # meta.optimizer='sgd' only
+  c.meta.nesterov = False  # meta.optimizer='sgd' only
   c.meta.interval = 1  # meta step every `interval` iterations
   c.meta.warmup_epochs = 0.0  # plain cross-entropy for the first epochs (meta methods)
   c.meta.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
@@ -88,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.dispatch = 'ahead'  # ahead | host | switch | none: how a scope's program is chosen
   c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
   c.meta.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
+  # FaMUS sampler variants (README, "Fidelity to the paper and the official codes"):
+  c.meta.sampler_depth = 3  # dense layers of Γ: 3 (official code) | 2 (paper)
+  c.meta.sampler_input = 'standardized'  # standardized (official code) | pooled (paper)
+  c.meta.gate_surrogate = 'straight'  # straight (ours) | official: ∂L_c/∂r of off layers
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every = 50
@@ -272,6 +277,7 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   number(config, 'meta.lr', 0, lo_open=True)
   number(config, 'meta.weight_decay', 0)
   number(config, 'meta.momentum', 0, 1, hi_open=True)
+  boolean(config, 'meta.nesterov')
   number(config, 'meta.interval', 1, integer=True)
   number(config, 'meta.warmup_epochs', 0)
   choice(config, 'meta.sampler', sorted(samplers_lib.SAMPLERS))
@@ -287,6 +293,8 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   choice(config, 'meta.dispatch', sorted(samplers_lib.DISPATCHES))
   choice(config, 'meta.gate_grad', sorted(samplers_lib.GATE_GRADS))
   choice(config, 'meta.rate_cost', sorted(samplers_lib.RATE_COSTS))
+  for field, _, known in samplers_lib.FAMUS_OPTIONS:
+    choice(config, f'meta.{field}', list(known))
   cand = config.meta.candidate_layers
   if (not isinstance(cand, str) or not _CANDIDATE_RE.match(cand)
       or (cand.startswith('top:') and not re.match(r'^top:[1-9][0-9]*$', cand))):
