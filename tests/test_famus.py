@@ -131,10 +131,13 @@ def test_gated_jvp_equals_the_gated_reverse_path():
   chex.assert_trees_all_close(fast.gate, ref.gate, rtol=1e-4, atol=1e-9)
 
 
-def test_sampler_gradient_is_the_analytic_inner_product_through_st():
-  """η's gradient = VJP of the soft gates with ∂L/∂r_l = −α⟨v_l, ḡ_l⟩ + λ1·2(Σr − K)."""
+@pytest.mark.parametrize('surrogate', ['straight', 'official'])
+def test_sampler_gradient_is_the_analytic_inner_product_through_st(surrogate):
+  """η's gradient = VJP of the soft gates with ∂L/∂r_l = −α⟨v_l, ḡ_l⟩ + λ1·2(Σr − K);
+  with the official code's surrogate the L_c term of an off layer is negated."""
   model, params, stats, train, val = problem()
-  sampler = famus.build_sampler(meta_config(lambda1=0.1), model, params, train['image'])
+  sampler = famus.build_sampler(meta_config(lambda1=0.1, gate_surrogate=surrogate),
+                                model, params, train['image'])
   setup = setup_for(sampler)
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                 NUM_CLASSES, setup)
@@ -156,6 +159,9 @@ def test_sampler_gradient_is_the_analytic_inner_product_through_st():
                jax.tree_util.tree_leaves(grad.virtual.grads)))
   for layer in sampler.layers:
     by_layer.append(sum(-0.1 * jnp.vdot(v['/'.join(p)], g['/'.join(p)]) for p in layer.paths))
+  assert 0 < float(jnp.sum(gates)) < len(by_layer)  # on and off layers both present
+  sign = jnp.where(gates > 0.5, 1.0, -1.0) if surrogate == 'official' else 1.0
+  by_layer = [b * s for b, s in zip(by_layer, sign * jnp.ones_like(gates))]
   d_rate = 2 * (jnp.sum(gates) - sampler.k) * jnp.ones_like(gates)
   assert float(jnp.min(jnp.abs(d_rate))) > 0  # L_r reaches every gate
   eta_grad = gates_vjp(jnp.stack(by_layer) + 0.1 * d_rate)[0]
@@ -163,6 +169,35 @@ def test_sampler_gradient_is_the_analytic_inner_product_through_st():
       eta_grad, optax.sgd(0.1, momentum=0.9).init(eta_grad))[0])
   chex.assert_trees_all_close(new_state.sampler_params, expected, rtol=1e-4, atol=1e-7)
   assert float(jnp.linalg.norm(flat(eta_grad))) > 0
+
+
+def test_sampler_depth_two_is_fc_prelu_fc_and_three_adds_a_hidden_layer():
+  features = jnp.linspace(-1.0, 2.0, 5)
+  two, three = famus.GradientSampler(8, depth=2), famus.GradientSampler(8, depth=3)
+  p2 = two.init(jax.random.PRNGKey(0), features)['params']
+  assert sorted(p2) == ['Dense_0', 'Dense_1', 'PReLU_0']
+  assert sorted(three.init(jax.random.PRNGKey(0), features)['params']) == [
+      'Dense_0', 'Dense_1', 'Dense_2', 'PReLU_0', 'PReLU_1']
+  h = features @ p2['Dense_0']['kernel'] + p2['Dense_0']['bias']
+  h = jnp.where(h >= 0, h, p2['PReLU_0']['negative_slope'] * h)
+  chex.assert_trees_all_close(two.apply({'params': p2}, features),
+                              h @ p2['Dense_1']['kernel'] + p2['Dense_1']['bias'], rtol=1e-6)
+
+
+def test_sampler_input_pooled_is_the_raw_pooled_gradient_standardized_is_scaled():
+  model, params, _, train, _ = problem()
+  grads = jax.tree_util.tree_map(lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype)
+                                                   ).reshape(x.shape) * 3 + 1, params)
+  by_path = dict(zip(lookahead_lib.leaf_paths(grads), jax.tree_util.tree_leaves(grads)))
+  raw = famus.build_sampler(meta_config(sampler_input='pooled', sampler_depth=2),
+                            model, params, train['image'])
+  std = famus.build_sampler(meta_config(), model, params, train['image'])
+  assert (raw.depth, std.depth) == (2, 3)
+  for layer, f_raw, f_std in zip(raw.layers, raw.features(grads), std.features(grads)):
+    pooled = famus.pooled_layer_gradient(by_path, layer)
+    np.testing.assert_allclose(f_raw, pooled, rtol=1e-6)
+    np.testing.assert_allclose(f_std, (pooled - pooled.mean()) / (pooled.std() + 1e-8),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_famus_step_jvp_and_reverse_agree():
@@ -270,6 +305,8 @@ def test_pruning_levels_are_exact_and_pick_the_smallest_scope():
     (dict(candidate_layers='nope'), r'meta.candidate_layers names unknown layers'),
     (dict(granularity='block'), r'meta.granularity must be one of'),
     (dict(k=3, candidate_layers='top:2'), r'meta.k=3 is out of range.*2 candidate layers'),
+    (dict(sampler_depth=1), r'meta.sampler_depth=1 is unknown; known: 3, 2'),
+    (dict(gate_surrogate='paper'), r"meta.gate_surrogate='paper' is unknown"),
 ])
 def test_config_errors_name_the_field(overrides, message):
   model, params, _, train, _ = problem()
