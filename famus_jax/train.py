@@ -42,9 +42,11 @@ from famus_jax.training import plots as plots_lib
 from famus_jax.training import schedules
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training.build import (build_model, build_sampler_and_scope,  # pylint: disable=unused-import
-                                      build_setup, build_strategy)
+                                      build_setup, build_strategy, initial_weights,
+                                      with_initial_weights)
 from famus_jax.training.run import (ChanceWatch, NonFiniteLossError,  # pylint: disable=unused-import
                                     Preempted, RecompilationError, Run, means)
+from famus_jax.training.warmup import WarmupRestart
 
 log = logging.getLogger('famus_jax.train')
 
@@ -90,15 +92,18 @@ class Trainer:
     self.num_steps = schedules.num_train_steps(config.optim, self.steps_per_epoch)
     lr_schedule = schedules.make_lr_schedule(config.optim, self.steps_per_epoch)
     setup = build_setup(config, model, lr_schedule, sampler, scope)
+    init_weights = initial_weights(config, model, sample)  # checked before writing
     run.write_config()
-    self.strategy = build_strategy(
-        config, setup, run.mesh, int(config.meta.warmup_epochs * self.steps_per_epoch))
+    warmup_steps = int(config.meta.warmup_epochs * self.steps_per_epoch)
+    self.strategy = build_strategy(config, setup, run.mesh, warmup_steps)
+    self.restart = WarmupRestart.from_config(config, run.workdir, warmup_steps, run.is_main)
     self.programs = {**self.strategy.programs,
                      'eval': jit_eval_step(setup.apply_fn, run.mesh)}
     init_fn = jax.jit(lambda rng: core.create_train_state(rng, model, sample,
                                                           self.num_classes, setup),
                       out_shardings=sharding_lib.replicated(run.mesh))
-    self.state = init_fn(jax.random.PRNGKey(int(config.seed)))
+    self.state = run.replicate(with_initial_weights(
+        config, init_fn(jax.random.PRNGKey(int(config.seed))), init_weights))
     self.mets = metrics_lib.StepMetrics(
         int(config.data.batch_size),
         [layer.name for layer in sampler.layers] if sampler is not None else None,
@@ -129,6 +134,8 @@ class Trainer:
   # -- one iteration, checks, evaluation ------------------------------------------
 
   def iterate(self, step: int) -> None:
+    if self.restart is not None:  # MLC: the best warm-up network, new momentum
+      self.state = self.restart.restart(step, self.state, self.run.replicate)
     host = next(self.train_it)
     batch = self.run.device_batch(host, ('image', 'label', 'true_label'))
     val = None
@@ -141,6 +148,9 @@ class Trainer:
       self.first_step_s = time.perf_counter() - t0
     self.mets.add(step + 1, m, host['label'], host['true_label'])
     self.run.check_iteration(step + 1, m['finite'])
+    if self.restart is not None:
+      self.restart.consider(step + 1, self.state,
+                            lambda: self.evaluate(self.splits.meta)['correct'])
 
   def drain(self) -> None:
     """Moves pending metrics to the host; `NonFiniteLossError` on NaN/Inf."""

@@ -51,6 +51,8 @@ IGNORED = {
     'train.checkpoint_every': 'it saves every alg2.checkpoint_every_epochs',
     'train.weight_window': 'it keeps no weight histograms',
     'meta.warmup_epochs': 'its warm-up is alg2.warmup_epochs',
+    'meta.warmup_restart': 'its warm-up is alg2.warmup_epochs, without a restart',
+    'meta.warmup_select_every': 'its warm-up is alg2.warmup_epochs, without a restart',
 }
 
 

@@ -26,7 +26,8 @@ from famus_jax.alg2 import steps as steps_lib
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import schedules
 from famus_jax.training.build import (build_model, build_sampler_and_scope, build_setup,
-                                      build_strategy)
+                                      build_strategy, initial_weights,
+                                      with_initial_weights)
 from famus_jax.training.config import ConfigError
 from famus_jax.training.run import Run, means, padded_batches
 
@@ -154,6 +155,7 @@ class CoTrainer:
     self.num_epochs = int(config.optim.num_epochs)
     lr = schedules.make_lr_schedule(config.optim, self.steps_per_epoch)
     self.setup = build_setup(config, self.model, lr, self.sampler, scope)
+    self.init_weights = initial_weights(config, self.model, self.sample)
     a, d = config.alg2, config.data
     self.strategy = build_strategy(config, self.setup, run.mesh,
                                    int(a.warmup_epochs) * self.steps_per_epoch)
@@ -177,7 +179,7 @@ class CoTrainer:
     for i, name in enumerate(NETS):
       state = core.create_train_state(jax.random.fold_in(key, i), self.model, self.sample,
                                       self.num_classes, self.setup)
-      state = self.run.replicate(state)
+      state = self.run.replicate(with_initial_weights(self.config, state, self.init_weights))
       nets[name] = Network(state, self.ssl_setup.optimizer().init(state.params))
     return nets
 

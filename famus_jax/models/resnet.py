@@ -182,15 +182,26 @@ class ResNet(nn.Module):
     stage_sizes: bottleneck blocks per stage; (3, 4, 6, 3) is ResNet-50.
     width: stem channels / first-stage bottleneck width (64 in the paper).
     dtype: compute dtype; params stay float32.
+    input_mean, input_std: per-channel (x − mean) / std of the [0, 1] input
+      before the stem, as torchvision's `Normalize` in front of pretrained
+      weights; () (default) leaves the input as is.
   """
   num_classes: int = 1000
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
   dtype: Dtype = "float32"
+  input_mean: Sequence[float] = ()
+  input_std: Sequence[float] = ()
 
   @nn.compact
   def __call__(self, x, train: bool):
     dtype = canonical_dtype(self.dtype)
+    if len(self.input_mean) != len(self.input_std):
+      raise ValueError(f"input_mean {tuple(self.input_mean)} and input_std "
+                       f"{tuple(self.input_std)} must have the same length")
+    if self.input_mean:
+      x = (x - jnp.asarray(self.input_mean, jnp.float32)) / jnp.asarray(
+          self.input_std, jnp.float32)
     x = jnp.asarray(x, dtype)
     x = ImageNetStem(self.width, dtype=dtype, name="stem")(x, train)
     b = 0

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 from famus_jax import core
 from famus_jax import models as models_lib
+from famus_jax.models import weights as weights_lib
 from famus_jax.training import strategies as strategies_lib
 from famus_jax.training.config import ConfigError
 
@@ -23,6 +26,42 @@ def build_model(config, num_classes: int):
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model (name={config.model.name!r}, '
                       f'kwargs={config.model.kwargs.to_dict()}): {e}') from None
+
+
+def _init_exclude(config) -> tuple[str, ...]:
+  return tuple(p.strip() for p in config.model.init_exclude.split(',') if p.strip())
+
+
+def initial_weights(config, model, sample_images) -> Optional[dict]:
+  """The arrays of `config.model.init_from`, checked against the model's
+  variables (None without a file); `ConfigError` naming the first mismatch."""
+  path = config.model.init_from
+  if not path:
+    return None
+  abstract = jax.eval_shape(lambda: model.init(
+      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+      sample_images, train=False))
+  try:
+    arrays = weights_lib.read_weights(path)
+    weights_lib.merge_weights(dict(abstract), arrays, source=path,
+                              exclude=_init_exclude(config))
+  except weights_lib.WeightsError as e:
+    raise ConfigError(f'config.model.init_from: {e}') from None
+  log.info('base network from %s (%d arrays; kept at init: %s)', path, len(arrays),
+           config.model.init_exclude or 'nothing')
+  return arrays
+
+
+def with_initial_weights(config, state: core.TrainState, arrays: Optional[dict]):
+  """`state` whose base network (params, batch statistics) is `arrays`'."""
+  if arrays is None:
+    return state
+  merged = weights_lib.merge_weights(
+      {'params': state.params, 'batch_stats': state.batch_stats}, arrays,
+      source=config.model.init_from, exclude=_init_exclude(config))
+  as_jax = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)
+  return state.replace(params=as_jax(merged['params']),
+                       batch_stats=as_jax(merged.get('batch_stats', state.batch_stats)))
 
 
 def _field_error(e: Exception) -> ConfigError:

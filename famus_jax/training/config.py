@@ -46,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = ml_collections.FieldReference(None, field_type=int)  # None: data's
   c.model.dtype = 'float32'
   c.model.kwargs = ml_collections.ConfigDict()  # model attributes (width, dropout, ...)
+  # Start from a weights file (.npz / .safetensors; torchvision ResNet names are
+  # converted): famus_jax/models/weights.py. '' = the model's random init.
+  c.model.init_from = ''
+  c.model.init_exclude = ''  # comma-separated modules kept at their init, e.g. 'head'
 
   c.data = default_data_config()
 
@@ -75,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.nesterov = False  # meta.optimizer='sgd' only
   c.meta.interval = 1  # meta step every `interval` iterations
   c.meta.warmup_epochs = 0.0  # plain cross-entropy for the first epochs (meta methods)
+  # The official MLC code's restart after the warm-up (famus_jax/training/warmup.py):
+  # the best warm-up network on the clean meta set, momentum zeroed.
+  c.meta.warmup_restart = False
+  c.meta.warmup_select_every = 100  # iterations between the warm-up's evaluations
   c.meta.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
   c.meta.k = 4  # FaMUS: target number of sampled layers
   c.meta.s = 4  # random: layers drawn per iteration
@@ -199,6 +207,10 @@ def validate_config(config, *, schema=None,
   if config.model.num_classes is not None:
     number(config, 'model.num_classes', 1, integer=True)
   choice(config, 'model.dtype', DTYPES)
+  for field in ('model.init_from', 'model.init_exclude'):
+    if not isinstance(_get(config, field), str):
+      raise ConfigError(f'config.{field}={_get(config, field)!r}: must be a string '
+                        "(a path, a comma-separated module list, or '')")
 
   # data (the data module's own validation, re-raised as ConfigError)
   from famus_jax.data import validate_data_config  # pylint: disable=g-import-not-at-top
@@ -280,6 +292,10 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   boolean(config, 'meta.nesterov')
   number(config, 'meta.interval', 1, integer=True)
   number(config, 'meta.warmup_epochs', 0)
+  if boolean(config, 'meta.warmup_restart') and not config.meta.warmup_epochs > 0:
+    raise ConfigError('config.meta.warmup_restart=True: restarts after the warm-up; '
+                      'set meta.warmup_epochs > 0 (or warmup_restart=False)')
+  number(config, 'meta.warmup_select_every', 1, integer=True)
   choice(config, 'meta.sampler', sorted(samplers_lib.SAMPLERS))
   number(config, 'meta.k', 1, integer=True)
   number(config, 'meta.s', 1, integer=True)
