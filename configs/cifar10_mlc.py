@@ -10,6 +10,10 @@ The official run, reproduced here:
 - a CE warm-up of 30,000 iterations at lr 0.1 (here `meta.warmup_epochs=39`,
   ≈ 30,150 iterations of 773 per epoch), then 50,000 MLC iterations at
   lr 1e-4 (65 epochs; the piecewise schedule drops 0.1 → 1e-4 at epoch 39);
+- the MLC phase restarts (`meta.warmup_restart`): from the best warm-up
+  network, evaluated every 100 iterations, with a new optimiser (momentum
+  zeroed). The official code picks that network on the test set; here on
+  the clean meta set (famus_jax/training/warmup.py);
 - 50 clean validation images per class, the whole set (500) as the meta batch.
 Where the paper and the code differ, `mlc` follows the code: the T step is
 the fixed 0.11 (`meta.model_kwargs.step_size`), not the paper's meta rate
@@ -39,11 +43,14 @@ def get_config():
   c.meta.method = 'mlc'
   c.meta.sampler = 'all'
   c.meta.model_kwargs = ml_collections.ConfigDict({'step_size': 0.11, 'inner_lr': 1e-3})
-  c.meta.warmup_epochs = 39
-  c.meta.lr = 1e-5
-  c.optim.lr = 0.1  # the warm-up's; × 1e-3 = 1e-4 for the MLC phase
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
+  c.meta.warmup_epochs = 39  # main.py: train_warm_up, 30,000 iterations
+  c.meta.warmup_restart = True  # main.py: train_MLC loads the best warm-up model
+  c.meta.warmup_select_every = 100  # main.py: plot_step = 100
+  c.meta.lr = 1e-5  # β, supplement §E (used by meta.method=mlc_transition only)
+  c.optim.lr = 0.1  # main.py --lr_1 (warm-up); × 1e-3 = --lr_2 1e-4 for the MLC phase
+  c.optim.momentum = 0.9  # main.py --momentum; supplement §E
+  c.optim.weight_decay = 5e-4  # main.py --weight_decay; supplement §E
+  c.optim.nesterov = False  # main.py: torch.optim.SGD without nesterov
   c.optim.schedule = 'piecewise'
   c.optim.unit = 'epoch'
   c.optim.boundaries = (39,)

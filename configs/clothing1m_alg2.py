@@ -6,7 +6,9 @@ lr 0.002 ÷10 at epoch 100, 150 epochs of 1,000 noise-balanced mini-batches,
 wd 1e-3, β=1e-3, K=4. Per epoch the GMM is fitted on a random pool of 64,000
 training images (as DivideMix, which also sets warm-up 1 epoch and λ_u 0 on
 Clothing1M: the unsupervised term is off, mixup + label refinement remain).
-The paper starts from ImageNet-pretrained weights; this package has none.
+Mixup α 0.5 (DivideMix, `Train_clothing1M.py`). Optimisers: configs/clothing1m.py.
+The backbone starts from ImageNet weights as configs/clothing1m.py says
+(`--config.model.init_from=resnet50_imagenet.npz`).
 
   python -m famus_jax.main --config=configs/clothing1m_alg2.py --workdir=runs/c1m_alg2 \\
       --config.data.data_dir=/path/to/clothing1m
@@ -20,5 +22,6 @@ def get_config():
   c = with_alg2(c)                             # pseudo-clean meta sets: meta_per_class = 0
   c.alg2.warmup_epochs = 1
   c.alg2.gmm.pool = 64000
-  c.alg2.ssl.lambda_u = 0.0
+  c.alg2.ssl.lambda_u = 0.0   # Train_clothing1M.py --lambda_u 0
+  c.alg2.ssl.alpha = 0.5      # Train_clothing1M.py --alpha 0.5
   return c

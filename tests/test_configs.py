@@ -2,6 +2,7 @@
 bad values give one-line errors naming the field (before anything compiles)."""
 
 import glob
+import importlib.util
 import os
 
 import jax.numpy as jnp
@@ -72,6 +73,76 @@ def test_paper_settings():
   wv = load('webvision.py')
   assert (wv.model.name, wv.data.batch_size, wv.optim.lr) == ('inception_resnet_v2', 16,
                                                               0.02)
+
+
+# config -> (optim.nesterov, optim.weight_decay, meta.optimizer, meta.lr,
+# meta.momentum, meta.nesterov, meta.weight_decay): the official code of each
+# setting where the paper is silent (sources in each config file).
+OFFICIAL_OPTIMISERS = {
+    'cifar10.py': (True, 5e-4, 'sgd', 1e-3, 0.9, True, 5e-4),   # MW-Net WRN-28-10 code
+    'cifar100.py': (True, 5e-4, 'sgd', 1e-3, 0.9, True, 5e-4),
+    'cifar10_lt.py': (True, 5e-4, 'sgd', 1e-5, 0.9, True, 5e-4),  # class-imbalance code
+    'cnwl.py': (True, 5e-4, 'sgd', 1e-3, 0.9, True, 5e-4),      # official FaMUS code
+    'cnwl_alg2.py': (True, 5e-4, 'sgd', 1e-3, 0.9, True, 5e-4),
+    'clothing1m.py': (True, 1e-3, 'sgd', 1e-3, 0.9, True, 1e-3),
+    'webvision_alg2.py': (True, 5e-4, 'sgd', 1e-3, 0.9, True, 5e-4),
+    'digits.py': (False, 5e-4, 'adam', 1e-3, 0.9, False, 1e-4),  # ours (README)
+}
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL_OPTIMISERS))
+def test_optimisers_follow_the_official_codes(name):
+  c = load(name)
+  got = (c.optim.nesterov, c.optim.weight_decay, c.meta.optimizer, c.meta.lr,
+         c.meta.momentum, c.meta.nesterov, c.meta.weight_decay)
+  assert got == OFFICIAL_OPTIMISERS[name]
+
+
+def test_l2r_and_mlc_follow_their_official_codes():
+  l2r = load('cifar10_l2r.py')  # the L2R WRN-28-10 prototxt: momentum, wd 2e-4, dropout 0.3
+  assert (l2r.optim.nesterov, l2r.optim.weight_decay, l2r.model.kwargs.dropout) == (
+      False, 2e-4, 0.3)
+  mlc = load('cifar10_mlc.py')  # main.py: plain SGD, restart from the best warm-up model
+  assert (mlc.optim.nesterov, mlc.meta.warmup_restart, mlc.meta.warmup_select_every) == (
+      False, True, 100)
+  for name in ('clothing1m_alg2.py', 'webvision_alg2.py'):  # DivideMix: α 0.5, λ_u 0
+    assert (load(name).alg2.ssl.alpha, load(name).alg2.ssl.lambda_u) == (0.5, 0.0)
+
+
+def _config_module(name):
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('arg, noise, lambda_u, alpha, boundaries', [
+    (None, 40, 50.0, 1.5, (230, 280)),
+    ('0.2', 20, 50.0, 1.0, (230, 280)),
+    ('60', 60, 50.0, 1.5, (130, 230)),
+    ('0.8', 80, 100.0, 2.0, (130, 230)),
+])
+def test_cnwl_alg2_takes_run_famus_sh_values_per_noise_level(arg, noise, lambda_u, alpha,
+                                                            boundaries):
+  """--config=configs/cnwl_alg2.py:0.6 passes '0.6' to get_config (config_flags)."""
+  module = _config_module('cnwl_alg2.py')
+  c = module.get_config() if arg is None else module.get_config(arg)
+  assert (c.data.cnwl_noise, c.alg2.ssl.lambda_u, c.alg2.ssl.alpha,
+          tuple(c.optim.boundaries), c.optim.num_epochs, c.alg2.warmup_epochs) == (
+              noise, lambda_u, alpha, boundaries, 330, 30)
+
+
+def test_cnwl_alg2_rejects_an_unknown_noise_level_in_one_line():
+  with pytest.raises(ConfigError, match=r'^configs/cnwl_alg2.py:0.5: the parameter is the '
+                                        r'web noise level, one of 20, 40, 60, 80'):
+    _config_module('cnwl_alg2.py').get_config('0.5')
+
+
+def test_clothing1m_starts_from_imagenet_weights_with_a_new_head():
+  c = load('clothing1m.py')
+  assert (c.model.init_from, c.model.init_exclude) == ('resnet50_imagenet.npz', 'head')
+  assert tuple(c.model.kwargs.input_mean) == (0.6959, 0.6537, 0.6371)
+  assert load('clothing1m_alg2.py').model.init_from == 'resnet50_imagenet.npz'
 
 
 def test_eval_batch_size_is_one_field():
