@@ -50,6 +50,8 @@ VARIANTS = {
                                 "4 nested scopes, gate_grad='scope' (default)"),
     'scopes4_gate_grad_all': ({'meta.prune_levels': 4, 'meta.gate_grad': 'all'},
                               "4 nested scopes, gate_grad='all' (every layer's gate gradient)"),
+    'granularity_tensor': ({'meta.granularity': 'tensor'},
+                           "one sampler per parameter tensor, as the official code's"),
     'exact': ({'meta.sampler': 'all'}, 'exact MW-Net (every layer), for reference'),
 }
 QUICK = {'optim.num_epochs': 2, 'optim.boundaries': (), 'train.eval_every': 0,
