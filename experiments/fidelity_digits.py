@@ -6,7 +6,8 @@ difference to `ours` (the config as it is) is paired per seed. The README's
 fidelity table quotes the table this prints.
 
   python -m experiments.fidelity_digits --seeds=0,1,2
-  python -m experiments.fidelity_digits --quick          # 2 epochs, 1 seed: a smoke run
+  python -m experiments.fidelity_digits --quick          # 2 epochs, seed 0
+  python -m experiments.fidelity_digits --smoke          # 4 iterations (the test's)
   python -m experiments.fidelity_digits --variants=ours,sampler_depth2 --seeds=3,4 --merge
 
 Writes experiments/results/fidelity_digits.json (fidelity_digits_quick.json
@@ -24,6 +25,8 @@ import shutil
 import statistics
 import tempfile
 import time
+
+import ml_collections
 
 from experiments import common
 from famus_jax import train
@@ -56,14 +59,18 @@ VARIANTS = {
 }
 QUICK = {'optim.num_epochs': 2, 'optim.boundaries': (), 'train.eval_every': 0,
          'train.checkpoint_every': 0}
+SMOKE = {'model.name': 'digits_mlp', 'model.kwargs': ml_collections.ConfigDict(
+             {'width': 16, 'depth': 2}), 'meta.k': 2, 'data.batch_size': 32, 'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 4,
+         'optim.boundaries': (), 'train.eval_every': 0, 'train.checkpoint_every': 0,
+         'train.log_every': 2}
 
 
-def run_variant(name: str, seed: int, quick: bool) -> dict:
-  """One training run of variant `name`; its summary numbers."""
+def run_variant(name: str, seed: int, size: dict) -> dict:
+  """One training run of variant `name` (`size`: QUICK, SMOKE or {})."""
   config = load_config(CONFIG)
   config.seed = seed
   config.train.progress = False
-  for field, value in {**VARIANTS[name][0], **(QUICK if quick else {})}.items():
+  for field, value in {**VARIANTS[name][0], **size}.items():
     set_field(config, field, value)
   workdir = tempfile.mkdtemp(prefix=f'fidelity_{name}_{seed}_')
   start = time.perf_counter()
@@ -99,28 +106,32 @@ def summarize(runs: list[dict]) -> dict:
   return table
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--variants', default=','.join(VARIANTS))
   parser.add_argument('--quick', action='store_true', help='2 epochs, seed 0 only')
+  parser.add_argument('--smoke', action='store_true', help='4 iterations, seed 0 (tests)')
+  parser.add_argument('--results-dir', default=common.RESULTS_DIR)
   parser.add_argument('--merge', action='store_true',
                       help='add to (replace the same variant and seed in) the existing JSON')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   names = args.variants.split(',')
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     parser.error(f'unknown variant(s) {unknown}; known: {", ".join(VARIANTS)}')
-  seeds = [0] if args.quick else [int(s) for s in args.seeds.split(',')]
-  out_name = 'fidelity_digits_quick' if args.quick else 'fidelity_digits'
-  path = os.path.join(common.RESULTS_DIR, out_name + '.json')
+  mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
+  size = {'smoke': SMOKE, 'quick': QUICK, 'full': {}}[mode]
+  seeds = [0] if size else [int(s) for s in args.seeds.split(',')]
+  out_name = 'fidelity_digits' + ('' if mode == 'full' else f'_{mode}')
+  path = os.path.join(args.results_dir, out_name + '.json')
   runs = []
   if args.merge and os.path.exists(path):
     with open(path) as f:
       runs = json.load(f)['runs']
   for seed in seeds:  # seeds outermost: an interrupted study has whole seeds
     for name in names:
-      row = run_variant(name, seed, args.quick)
+      row = run_variant(name, seed, size)
       print(json.dumps(row), flush=True)
       runs = [r for r in runs if (r['variant'], r['seed']) != (name, seed)] + [row]
   table = summarize(runs)
@@ -128,8 +139,9 @@ def main():
     diff = (f"  {row['paired_diff_mean']:+.4f} ± {row['paired_diff_std']:.4f}"
             if 'paired_diff_mean' in row else '')
     print(f"{name:26s} {row['mean']:.4f} ± {row['std']:.4f}{diff}")
-  common.write_json(out_name + '.json', {'config': 'configs/digits.py', 'quick': args.quick,
-                               'machine': common.machine(), 'runs': runs, 'table': table})
+  common.write_json(out_name + '.json', {'config': 'configs/digits.py', 'mode': mode,
+                                         'machine': common.machine(), 'runs': runs,
+                                         'table': table}, args.results_dir)
 
 
 if __name__ == '__main__':

@@ -65,6 +65,21 @@ def argv(tmp_path, xla_cache):
   return ['--smoke', '--results-dir', str(tmp_path), '--xla-cache', xla_cache]
 
 
+def test_fidelity_digits_smoke_pairs_each_variant_with_ours(tmp_path):
+  from experiments import fidelity_digits  # pylint: disable=g-import-not-at-top
+  fidelity_digits.main(['--smoke', '--variants=ours,gate_surrogate_official',
+                        '--results-dir', str(tmp_path)])
+  with open(os.path.join(tmp_path, 'fidelity_digits_smoke.json')) as f:
+    result = json.load(f)
+  assert [(r['variant'], r['seed']) for r in result['runs']] == [
+      ('ours', 0), ('gate_surrogate_official', 0)]
+  runs = {r['variant']: r['final_test_accuracy'] for r in result['runs']}
+  official = result['table']['gate_surrogate_official']
+  assert official['paired_diff_mean'] == pytest.approx(
+      runs['gate_surrogate_official'] - runs['ours'])
+  assert 'paired_diff_mean' not in result['table']['ours']
+
+
 def test_meta_grad_fidelity_smoke(argv, tmp_path):
   from experiments import meta_grad_fidelity
   meta_grad_fidelity.main(argv)
