@@ -46,6 +46,10 @@ def get_config():
   c.meta.k = 4
   c.meta.lambda1 = 0.1  # L_r keeps about K layers on
   c.meta.lambda2 = 0.1  # L_g: the paper's full FaMUS
+  # Ours: Adam 1e-3, wd 1e-4 as the official MW-Net ResNet-32 code (`MW-Net.py`).
+  # The WRN-28-10 code's SGD 1e-3 (momentum 0.9, Nesterov) moves θ too little in
+  # 760 iterations: 76.5 % vs 93.6 % (3 seeds; README, fidelity table).
+  c.meta.optimizer = 'adam'
   c.meta.lr = 1e-3
   c.meta.weight_decay = 1e-4
 
