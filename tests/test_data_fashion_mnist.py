@@ -251,7 +251,8 @@ def test_train_per_class_subset(tmp_path):
                              noise_type="symmetric"), seed=5)
   assert np.bincount(s.train.true_labels, minlength=10).tolist() == [4] * 10
   assert np.intersect1d(s.meta.source_index, s.train.source_index).size == 0
-  with pytest.raises(ValueError, match="exceeds"):
+  with pytest.raises(data.DataConfigError, match=r"^config\.data\.train_per_class=11: the "
+                     r"smallest class has only 10 training examples .*; must be <= 10"):
     data.load_dataset(_cfg(tmp_path / "fm", meta_per_class=2, train_per_class=11), seed=5)
   with pytest.raises(ValueError, match="train_per_class"):
     data.validate_data_config(_cfg(tmp_path / "fm", train_per_class=-1))

@@ -126,7 +126,10 @@ def test_meta_split_disjoint_and_balanced():
   assert not np.array_equal(meta, meta2)
   _, none = data.split_meta_set(labels, 10, 0, seed=4)
   assert none.size == 0
-  with pytest.raises(ValueError, match="fewer than meta_per_class"):
+  fewest = int(np.bincount(labels, minlength=10).argmin())
+  with pytest.raises(data.DataConfigError, match=(
+      rf"^config\.data\.meta_per_class=1000: class {fewest} has only "
+      rf"{np.bincount(labels).min()} examples .*; must be <= {np.bincount(labels).min()}$")):
     data.split_meta_set(labels, 10, 1000, seed=0)
 
 

@@ -6,13 +6,14 @@ for the exact semantics.
 """
 
 from famus_jax.data.augment import augment_batch_jax, crop_flip_numpy
-from famus_jax.data.config import default_data_config, validate_data_config
+from famus_jax.data.config import DataConfigError, default_data_config, validate_data_config
 from famus_jax.data.datasets import DATASETS, load_dataset
 from famus_jax.data.loader import Loader, NoiseBalancedSampler, make_loader
 from famus_jax.data.noise import (apply_noise, asymmetric_noise, noise_report,
                                   pairflip_noise, symmetric_noise, transition_matrix)
-from famus_jax.data.sources import (ArraySource, DataSplits, DatasetMissingError,
-                                    ImageFileSource, as_arrays, get_batch)
+from famus_jax.data.sources import (ArraySource, DataFileError, DataSplits,
+                                    DatasetMissingError, ImageFileSource, as_arrays,
+                                    get_batch)
 from famus_jax.data.splits import long_tail_counts, long_tail_indices, split_meta_set
 
 
@@ -43,7 +44,8 @@ def make_split_loaders(splits, data_config, seed: int, test: bool = True):
 
 
 __all__ = [
-    "ArraySource", "DATASETS", "DataSplits", "DatasetMissingError", "ImageFileSource",
+    "ArraySource", "DATASETS", "DataConfigError", "DataFileError", "DataSplits",
+    "DatasetMissingError", "ImageFileSource",
     "Loader", "NoiseBalancedSampler", "apply_noise", "as_arrays", "asymmetric_noise",
     "augment_batch_jax", "crop_flip_numpy", "default_data_config", "get_batch",
     "load_dataset", "long_tail_counts", "long_tail_indices", "make_loader",

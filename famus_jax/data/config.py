@@ -25,6 +25,11 @@ ASYMMETRIC_SETS = ("cifar10", "cifar100", "cifar10_lt", "cifar100_lt", "fashion_
 TRAIN_SPLITS = ("noisy", "meta")
 
 
+class DataConfigError(ValueError):
+  """A ``config.data`` value is not allowed, or does not fit the data read;
+  str() is one line naming the field and what is allowed."""
+
+
 def default_data_config() -> ml_collections.ConfigDict:
   """Defaults for ``config.data`` (the embedded digits run)."""
   c = ml_collections.ConfigDict()
@@ -98,28 +103,28 @@ def _number(cfg, field, lo=None, hi=None, integer=False):
   if not ok:
     rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
     kind = "an integer" if integer else "a number"
-    raise ValueError(f"config.data.{field}={v!r}: must be {kind} in {rng}")
+    raise DataConfigError(f"config.data.{field}={v!r}: must be {kind} in {rng}")
   return v
 
 
 def _choice(cfg, field, allowed):
   v = cfg[field]
   if v not in allowed:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.{field}={v!r}: must be one of {', '.join(map(repr, allowed))}")
   return v
 
 
 def validate_data_config(cfg) -> None:
-  """Raises ValueError naming the field and the allowed values on bad input."""
+  """Raises DataConfigError naming the field and the allowed values on bad input."""
   names = _known_names()
   if cfg.name not in names:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.name={cfg.name!r}: unknown data set; known: {', '.join(names)}")
   _choice(cfg, "noise_type", NOISE_TYPES)
   _number(cfg, "noise_rate", 0.0, 1.0)
   if not isinstance(cfg.noise_include_true, bool):
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.noise_include_true={cfg.noise_include_true!r}: must be True or False")
   _number(cfg, "meta_per_class", -1, None, integer=True)
   _number(cfg, "imbalance_factor", 1.0, None)
@@ -133,35 +138,35 @@ def validate_data_config(cfg) -> None:
   name = cfg.name
   # Any IF >= 1 works for the *_lt sets (the paper's: LONG_TAIL_FACTORS).
   if not name.endswith("_lt") and cfg.imbalance_factor != 1:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.imbalance_factor={cfg.imbalance_factor!r}: only the long-tail "
         f"sets ({', '.join(n for n in names if n.endswith('_lt'))}) take an "
         "imbalance factor; it must be 1 here")
   if name in REAL_NOISE_SETS and cfg.noise_type != "none":
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.noise_type={cfg.noise_type!r}: {name} has real label noise; "
         "it must be 'none' for this data set")
   if cfg.noise_type == "asymmetric" and name not in ASYMMETRIC_SETS:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.noise_type='asymmetric' is defined for {', '.join(ASYMMETRIC_SETS)} "
         f"only, not {name!r}; use 'symmetric' or 'pairflip'")
   if cfg.train_per_class and name in REAL_NOISE_SETS:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.train_per_class={cfg.train_per_class!r}: {name} has real label "
         "noise (true labels mostly unknown); it must be 0 (all) for this data set")
   _choice(cfg, "train_split", TRAIN_SPLITS)
   if cfg.train_split == "meta" and (
       name in REAL_NOISE_SETS or cfg.meta_per_class < 1):
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.train_split='meta' trains on the clean meta images: it needs "
         f"meta_per_class >= 1 (got {cfg.meta_per_class!r}) and a synthetic-noise data "
         f"set (not {name!r})")
   if cfg.meta_per_class == -1 and name != "clothing1m":
-    raise ValueError(
+    raise DataConfigError(
         "config.data.meta_per_class=-1 (the whole official clean validation list) "
         f"exists for clothing1m only; for {name!r} use an integer >= 0")
   if name == "webvision" and cfg.meta_per_class != 0:
-    raise ValueError(
+    raise DataConfigError(
         f"config.data.meta_per_class={cfg.meta_per_class!r}: webvision has no clean "
         "training labels to draw a meta set from; it must be 0 (pseudo-clean path)")
   if name == "cnwl":

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from famus_jax.data.sources import DataFileError
+
 # IDX type byte -> numpy big-endian dtype.
 _DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
            0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -21,7 +23,7 @@ IMAGES_MAGIC = 2051  # uint8, 3 dimensions
 LABELS_MAGIC = 2049  # uint8, 1 dimension
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataFileError):
   """A file is not the IDX file it should be; str() names the file and what to do."""
 
 

@@ -27,6 +27,11 @@ class DatasetMissingError(FileNotFoundError):
     return self.args[0]
 
 
+class DataFileError(ValueError):
+  """A data file is damaged or not the file it should be; str() names it and
+  what to do (one line)."""
+
+
 class ArraySource:
   """An in-memory split: whole arrays, random access by position."""
 

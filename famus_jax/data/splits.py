@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from famus_jax.data.config import DataConfigError
+
 # Independent random streams derived from config.seed.
 STREAM_META = 0x3E7A
 STREAM_LONG_TAIL = 0x10A6
@@ -21,8 +23,9 @@ def split_meta_set(labels, num_classes: int, per_class: int, seed: int
 
   Returns ``(rest_indices, meta_indices)``, both sorted, disjoint, covering
   ``range(len(labels))``. ``per_class == 0`` gives an empty meta set. Labels
-  < 0 (unknown) are never drawn. Raises ValueError if a class has fewer than
-  ``per_class`` examples.
+  < 0 (unknown) are never drawn. Raises DataConfigError (naming
+  ``config.data.meta_per_class`` and its largest possible value) if a class has
+  fewer than ``per_class`` examples.
   """
   labels = np.asarray(labels)
   n = labels.shape[0]
@@ -30,13 +33,17 @@ def split_meta_set(labels, num_classes: int, per_class: int, seed: int
     raise ValueError(f"per_class={per_class}: must be >= 0")
   if per_class == 0:
     return np.arange(n), np.zeros((0,), np.int64)
+  counts = np.bincount(labels[labels >= 0], minlength=num_classes)[:num_classes]
+  if counts.min() < per_class:
+    smallest = int(counts.argmin())
+    raise DataConfigError(
+        f"config.data.meta_per_class={per_class}: class {smallest} has only "
+        f"{counts[smallest]} examples to draw the clean meta set from (the fewest of "
+        f"any class); must be <= {counts[smallest]}")
   rng = rng_for(seed, STREAM_META)
   meta = []
   for c in range(num_classes):
     idx = np.flatnonzero(labels == c)
-    if idx.size < per_class:
-      raise ValueError(
-          f"class {c} has {idx.size} examples, fewer than meta_per_class={per_class}")
     meta.append(rng.choice(idx, size=per_class, replace=False))
   meta = np.sort(np.concatenate(meta))
   rest = np.setdiff1d(np.arange(n), meta, assume_unique=True)
@@ -74,7 +81,10 @@ def long_tail_indices(labels, num_classes: int, imbalance_factor: float, seed: i
   if n_max is None:
     n_max = available
   elif n_max > available:
-    raise ValueError(f"n_max={n_max} exceeds the smallest class count {available}")
+    raise DataConfigError(
+        f"config.data.train_per_class={n_max}: the smallest class has only {available} "
+        f"training examples (after the meta set is drawn); must be <= {available} "
+        "(0 = all)")
   counts = long_tail_counts(n_max, num_classes, imbalance_factor)
   rng = rng_for(seed, STREAM_LONG_TAIL)
   keep = [rng.choice(p, size=k, replace=False) for p, k in zip(per_class, counts)]

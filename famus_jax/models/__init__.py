@@ -117,8 +117,8 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
     **kwargs: attributes of the model class (width, depth, dropout, ...).
 
   Raises:
-    ValueError: unknown name (the message lists the known ones), bad dtype or
-      invalid attribute values.
+    ValueError: unknown name (the message lists the known ones), bad dtype,
+      a width or depth < 1 or other invalid attribute values.
     TypeError: a keyword that the model class does not have.
   """
   if name not in MODELS:
@@ -134,5 +134,9 @@ def get_model(name: str, *, num_classes: int, dtype: Any = "float32",
         f"{sorted(unknown)}; allowed: {sorted(allowed)}")
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  for size in ("width", "depth"):  # a zero width would fail deep inside the init
+    value = kwargs.get(size, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{size} must be a positive int, got {value!r}")
   canonical_dtype(dtype)  # validates
   return ctor(num_classes=num_classes, dtype=dtype, **kwargs)

@@ -198,8 +198,7 @@ def validate_config(config, *, schema=None,
   unknown = _unknown_fields(config, base_config() if schema is None else schema)
   if unknown:
     raise ConfigError(f'config.{unknown[0]}: unknown field; the schema is {schema_name}')
-  if not _is_number(config.seed, integer=True):
-    raise ConfigError(f'config.seed={config.seed!r}: must be an integer')
+  number(config, 'seed', 0, integer=True)  # numpy's seed sequences take no negatives
 
   # model
   from famus_jax.models import MODELS  # pylint: disable=g-import-not-at-top

@@ -303,8 +303,11 @@ class Run:
     if self.is_main and self._staging is None:
       self._staging = self._stack.enter_context(
           tempfile.TemporaryDirectory(prefix='famus_jax_staging_'))
-    splits = data_lib.load_dataset(self.config.data, int(self.config.seed),
-                                   self._staging)
+    try:
+      splits = data_lib.load_dataset(self.config.data, int(self.config.seed),
+                                     self._staging)
+    except data_lib.DataConfigError as e:  # a value the data do not allow
+      raise ConfigError(str(e)) from None
     if splits.info.get('noisy_labels_path'):
       splits.info['noisy_labels_path'] = os.path.join(
           self.workdir, os.path.basename(splits.info['noisy_labels_path']))
