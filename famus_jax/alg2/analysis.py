@@ -13,8 +13,8 @@ import json
 import os
 from typing import Optional
 
-
 from famus_jax.training import metrics as metrics_lib
+from famus_jax.training.writes import writing
 
 EPOCHS_FILE = 'alg2_epochs.jsonl'
 PLOT_FILE = 'gmm_precision_recall.png'
@@ -28,15 +28,16 @@ class EpochLog:
     rows = (metrics_lib.read_jsonl(self.path) if resume_epoch is not None else [])
     rows = [r for r in rows if r.get('epoch', 0) < (resume_epoch or 0)]
     tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      for r in rows:
-        f.write(json.dumps(r) + '\n')
-    os.replace(tmp, self.path)
+    with writing(self.path):
+      with open(tmp, 'w') as f:
+        for r in rows:
+          f.write(json.dumps(r) + '\n')
+      os.replace(tmp, self.path)
     self.rows = rows
 
   def write(self, row: dict) -> None:
     row = metrics_lib.jsonable(row)
-    with open(self.path, 'a') as f:
+    with writing(self.path), open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     self.rows.append(row)
 
@@ -98,8 +99,11 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
   ax.legend(fontsize=8, loc='lower right')
   ax.set_title(title or 'Pseudo-clean set vs true clean labels')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  try:
+    with writing(path):
+      fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
   return path
 
 

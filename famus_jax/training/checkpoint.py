@@ -7,7 +7,11 @@ JSON states of the data loaders (`data/`) and a SHA-256 per state leaf
 (`checksum/`), all written by orbax into a temporary directory renamed when
 complete, so a run killed mid-save leaves no half-written step directory
 (temporary leftovers are removed when the manager is next opened). Saves are
-synchronous: when `save` returns the checkpoint is on disk.
+synchronous: when `save` returns the checkpoint is on disk. A save the file
+system refuses (a full disk, a read-only mount) raises `WriteError` (one line:
+the path, the free space, the newest complete checkpoint) and removes its
+partial files; orbax's own reports of it, tracebacks from its worker threads,
+go to the run's log file at DEBUG level instead of the terminal.
 
 `restore()` verifies what it reads: orbax's own errors (truncated or unreadable
 files) and a checksum mismatch (flipped bytes that still decode) mark a
@@ -20,6 +24,7 @@ that the run can save that step again. No intact checkpoint: `CheckpointError`.
 from __future__ import annotations
 
 import gc
+import glob
 import hashlib
 import logging
 import os
@@ -31,8 +36,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from famus_jax.training import logfile
+from famus_jax.training import writes
+
 log = logging.getLogger('famus_jax.checkpoint')
 CORRUPT_DIR = 'checkpoints_corrupt'
+_ORBAX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__)))
 
 
 class CheckpointError(RuntimeError):
@@ -77,28 +86,46 @@ def _one_line(e: BaseException) -> str:
   return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
-def _is_read_leftover(unraisable) -> bool:
-  """An orphaned coroutine or callback of a failed orbax read (it is reported
-  after the read already failed, as tracebacks on stderr)."""
+def _is_orbax_leftover(unraisable) -> bool:
+  """An orphaned coroutine or callback of a failed orbax read or write (it is
+  reported after the operation already failed, as tracebacks on stderr)."""
   exc, obj = unraisable.exc_value, unraisable.object
   return (isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
           or isinstance(exc, GeneratorExit)
           or 'orbax' in getattr(getattr(obj, 'cr_code', None), 'co_filename', ''))
 
 
-def _drop_read_leftovers() -> None:
-  """Silences what a failed read leaves behind; other unraisables still print."""
+def _drop_orbax_leftovers() -> None:
+  """Silences what a failed read or write leaves behind; other unraisables
+  still print."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_orbax_leftovers', False):
     return
 
   def hook(unraisable):
-    if not _is_read_leftover(unraisable):
+    if not _is_orbax_leftover(unraisable):
       previous(unraisable)
 
   hook.drops_orbax_leftovers = True
   sys.unraisablehook = hook
   gc.collect()
+
+
+def _orbax_to_log_file(record: logging.LogRecord) -> bool:
+  """Filter of the absl logger (orbax logs through it): orbax's warnings and
+  errors, a failed write reported from each worker thread with its traceback,
+  go to the log file only; `save` reports the failure once, as one line."""
+  if record.levelno >= logging.WARNING and record.pathname.startswith(_ORBAX_ROOT):
+    logfile.to_file_only(record)
+    return False
+  return True
+
+
+def _keep_orbax_off_the_terminal() -> None:
+  absl_logger = logging.getLogger('absl')
+  if _orbax_to_log_file not in absl_logger.filters:
+    absl_logger.addFilter(_orbax_to_log_file)
+  _drop_orbax_leftovers()
 
 
 class Checkpointer:
@@ -111,6 +138,8 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=int(keep), create=False, cleanup_tmp_directories=True,
             enable_async_checkpointing=False))
+    self._failed: list[int] = []
+    _keep_orbax_off_the_terminal()
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -122,14 +151,23 @@ class Checkpointer:
     """Saves (overwrites nothing: a step already saved is left as it is)."""
     if step in self._manager.all_steps():
       return
-    os.makedirs(self.directory, exist_ok=True)  # not before: a failed start writes nothing
     items = {'state': ocp.args.StandardSave(state),
              'data': ocp.args.JsonSave(data_state)}
     sums = leaf_checksums(state)
     if sums is not None:
       items['checksum'] = ocp.args.JsonSave(sums)
-    self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    try:
+      os.makedirs(self.directory, exist_ok=True)  # not before: a failed start writes nothing
+      self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (orbax: OSError or ValueError)
+      if not isinstance(e, OSError) and writes.error_number(e) is None:
+        raise  # not the file system's doing
+      logfile.FILE_ONLY.debug('saving checkpoint step %d failed', step, exc_info=True)
+      self._failed.append(step)
+      self._remove_partial()
+      raise writes.WriteError(os.path.join(self.directory, str(step)), e,
+                              checkpoints=self.directory) from None
 
   def restore(self, like_state: Any, step: Optional[int] = None
               ) -> tuple[Optional[Any], Optional[dict], Optional[int]]:
@@ -172,7 +210,7 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
-      _drop_read_leftovers()
+      _drop_orbax_leftovers()
       raise CheckpointError(f'orbax could not read it: {_one_line(e)}') from None
     if has_sums:
       sums = leaf_checksums(restored.state)
@@ -196,5 +234,12 @@ class Checkpointer:
     self._manager.reload()
     return dst
 
+  def _remove_partial(self) -> None:
+    """Removes the temporary directories of failed saves (space for the next run)."""
+    for step in self._failed:
+      for partial in glob.glob(os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')):
+        shutil.rmtree(partial, ignore_errors=True)
+
   def close(self) -> None:
     self._manager.close()
+    self._remove_partial()  # again: orbax's other writer threads may have gone on

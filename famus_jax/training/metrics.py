@@ -5,7 +5,9 @@ meta-weight statistics, selected layers, step time); `workdir/eval.jsonl`: one
 row per evaluation; `workdir/tensorboard/`: the same scalars (tensorboardX).
 On resume from step s the JSONL rows after s are dropped and TensorBoard is
 told to purge events after s, so an interrupted and resumed run leaves the
-same rows as an uninterrupted one.
+same rows as an uninterrupted one. A write the file system refuses (a full
+disk, a read-only mount) raises `WriteError` naming the file, also when it
+happens in TensorBoard's writer thread (reported at the next write).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Iterable, Optional
 
 import jax
 import numpy as np
+
+from famus_jax.training import logfile
+from famus_jax.training.writes import WriteError, writing
 
 
 def jsonable(v: Any) -> Any:
@@ -41,9 +47,10 @@ def jsonable(v: Any) -> Any:
 def write_json(path: str, payload: dict) -> None:
   """Writes `payload` as indented JSON, atomically (temporary file, rename)."""
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(jsonable(payload), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  with writing(path):
+    with open(tmp, 'w') as f:
+      json.dump(jsonable(payload), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def first_non_finite(rows: Iterable[dict], keys: Iterable[str] = ('loss',)
@@ -80,40 +87,69 @@ class JsonlWriter:
 
   def __init__(self, path: str, resume_step: Optional[int] = None):
     self.path = path
-    if resume_step is None:
-      open(path, 'w').close()
-    else:  # keep the rows up to the restored step, atomically
-      rows = [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
-      tmp = path + '.tmp'
-      with open(tmp, 'w') as f:
-        for r in rows:
-          f.write(json.dumps(r) + '\n')
-      os.replace(tmp, path)
-    self._f = open(path, 'a')
+    with writing(path):
+      if resume_step is None:
+        open(path, 'w').close()
+      else:  # keep the rows up to the restored step, atomically
+        rows = [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+          for r in rows:
+            f.write(json.dumps(r) + '\n')
+        os.replace(tmp, path)
+      self._f = open(path, 'a')
 
   def write(self, row: dict) -> None:
-    self._f.write(json.dumps(jsonable(row)) + '\n')
-    self._f.flush()
+    with writing(self.path):
+      self._f.write(json.dumps(jsonable(row)) + '\n')
+      self._f.flush()
 
   def close(self) -> None:
-    self._f.close()
+    try:
+      self._f.close()
+    except OSError:  # every row was flushed: only a row whose write already failed
+      pass
 
 
 class MetricWriter:
-  """JSONL files plus TensorBoard scalars and histograms."""
+  """JSONL files plus TensorBoard scalars and histograms.
+
+  TensorBoard's events are written by its own thread: an `OSError` there is
+  kept off the terminal (the log file has it) and raised as `WriteError` by
+  the next write; its queue is unbounded, so a dead thread never blocks one.
+  """
 
   def __init__(self, workdir: str, resume_step: Optional[int] = None,
                tensorboard: bool = True):
     self.train = JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), resume_step)
     self.eval = JsonlWriter(os.path.join(workdir, 'eval.jsonl'), resume_step)
-    self._tb = None
+    self._tb = self._thread_error = None
+    self._tb_dir = os.path.join(workdir, 'tensorboard')
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                               purge_step=resume_step, flush_secs=30)
+      with writing(self._tb_dir):
+        self._tb = SummaryWriter(self._tb_dir, purge_step=resume_step, flush_secs=30,
+                                 max_queue=1 << 30)
+      self._previous_hook, threading.excepthook = threading.excepthook, self._thread_failed
+
+  def _thread_failed(self, args) -> None:
+    """`threading.excepthook` while open: TensorBoard's writer thread's OSError."""
+    if (type(args.thread).__module__.startswith('tensorboardX')
+        and isinstance(args.exc_value, OSError)):
+      self._thread_error = args.exc_value
+      logfile.FILE_ONLY.debug('TensorBoard writer thread failed', exc_info=(
+          args.exc_type, args.exc_value, args.exc_traceback))
+    else:
+      self._previous_hook(args)
+
+  def _tensorboard(self):
+    """The SummaryWriter (None without one); `WriteError` if its thread failed."""
+    if self._thread_error is not None:
+      raise WriteError(self._tb_dir, self._thread_error)
+    return self._tb
 
   def _scalars(self, prefix: str, step: int, row: dict) -> None:
-    if self._tb is None:
+    if self._tensorboard() is None:
       return
     for k, v in row.items():
       if k == 'step' or isinstance(v, (list, dict, str, bool)) or v is None:
@@ -129,7 +165,7 @@ class MetricWriter:
     self._scalars('eval', row['step'], row)
 
   def write_histograms(self, step: int, hists: dict[str, Iterable[float]]) -> None:
-    if self._tb is None:
+    if self._tensorboard() is None:
       return
     for name, values in hists.items():
       values = np.asarray(values)
@@ -140,7 +176,11 @@ class MetricWriter:
     self.train.close()
     self.eval.close()
     if self._tb is not None:
-      self._tb.close()
+      threading.excepthook = self._previous_hook
+      try:
+        self._tb.close()
+      except OSError:  # its last flush; a failed write was (or will be) reported
+        logfile.FILE_ONLY.debug('closing TensorBoard failed', exc_info=True)
 
 
 class WeightWindow:

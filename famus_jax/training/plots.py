@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from famus_jax.training.writes import writing
+
 
 def _series(rows, key):
   pts = [(r['step'], r[key]) for r in rows
@@ -68,6 +70,9 @@ def plot_run(path: str, train_rows: list[dict], eval_rows: list[dict],
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  try:
+    with writing(path):
+      fig.savefig(path, dpi=100)
+  finally:
+    plt.close(fig)
   return path

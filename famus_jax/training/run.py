@@ -35,10 +35,12 @@ from famus_jax import data as data_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import config as config_lib
 from famus_jax.training import lock as lock_lib
+from famus_jax.training import logfile
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training import signals
 from famus_jax.training.config import ConfigError
+from famus_jax.training.writes import writing
 
 log = logging.getLogger('famus_jax.run')
 
@@ -270,14 +272,17 @@ class Run:
           'workdir, or the same config to resume')
 
   def write_config(self) -> None:
-    """`config.json`, and the data files staged by `load_dataset`: call it once
-    the run's checks have passed (a failed start leaves the workdir as it was)."""
+    """`config.json`, the data files staged by `load_dataset` and the log file
+    (`log.txt`): call it once the run's checks have passed (a failed start
+    leaves the workdir as it was)."""
     if not self.is_main:
       return
     if self._staging is not None:
       for name in sorted(os.listdir(self._staging)):
-        shutil.move(os.path.join(self._staging, name), os.path.join(self.workdir, name))
+        with writing(os.path.join(self.workdir, name)):
+          shutil.move(os.path.join(self._staging, name), os.path.join(self.workdir, name))
     metrics_lib.write_json(self.config_path, config_lib.config_to_dict(self.config))
+    self.closing(logfile.LogFile(os.path.join(self.workdir, logfile.LOG_NAME)))
 
   def closing(self, obj):
     """Registers `obj.close()` for the end of the run; returns `obj`."""
