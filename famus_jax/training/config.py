@@ -11,12 +11,15 @@ what does (batch sizes vs split sizes, classes, devices). Both raise
 from __future__ import annotations
 
 import numbers
+import os
 import re
 from typing import Any, Iterable
 
 import ml_collections
 
 from famus_jax.data import default_data_config
+from famus_jax.training import config_file
+from famus_jax.training.config_file import ConfigFileError  # pylint: disable=unused-import
 
 # Names that no registry holds (the meta choices are read from their registries
 # in `validate_config`: methods, modes, look-aheads, meta optimizers, samplers,
@@ -390,13 +393,9 @@ def resume_conflicts(saved: dict, current: dict) -> list[str]:
 
 def load_config(path: str, *, relative_to: str | None = None) -> ml_collections.ConfigDict:
   """`get_config()` of a config file (e.g. a sibling: `load_config('cifar10.py',
-  relative_to=__file__)`), so configs can build on each other."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
+  relative_to=__file__)`), so configs can build on each other; a file that
+  cannot be used raises `ConfigFileError` (one line naming it)."""
   if relative_to is not None:
     path = os.path.join(os.path.dirname(os.path.abspath(relative_to)), path)
   name = 'famus_config_' + os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_file.load_config_file(path, module_name=name)
