@@ -30,6 +30,9 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
+import traceback
 from typing import Any, Optional
 
 import jax
@@ -111,20 +114,34 @@ def _drop_orbax_leftovers() -> None:
   gc.collect()
 
 
+def _from_orbax(record: logging.LogRecord) -> bool:
+  """Logged by orbax, or about one of its tasks or futures (asyncio's "Task
+  exception was never retrieved" of a failed write names orbax's code or its
+  temporary directory)."""
+  if record.pathname.startswith(_ORBAX_ROOT):
+    return True
+  tb = record.exc_info[2] if record.exc_info else None
+  if tb is not None and any(f.filename.startswith(_ORBAX_ROOT)
+                            for f in traceback.extract_tb(tb)):
+    return True
+  return record.name == 'asyncio' and 'orbax' in record.getMessage()
+
+
 def _orbax_to_log_file(record: logging.LogRecord) -> bool:
-  """Filter of the absl logger (orbax logs through it): orbax's warnings and
-  errors, a failed write reported from each worker thread with its traceback,
+  """Filter of the absl and asyncio loggers: orbax's warnings and errors (a
+  failed write is reported from each worker thread and task, with tracebacks)
   go to the log file only; `save` reports the failure once, as one line."""
-  if record.levelno >= logging.WARNING and record.pathname.startswith(_ORBAX_ROOT):
+  if record.levelno >= logging.WARNING and _from_orbax(record):
     logfile.to_file_only(record)
     return False
   return True
 
 
 def _keep_orbax_off_the_terminal() -> None:
-  absl_logger = logging.getLogger('absl')
-  if _orbax_to_log_file not in absl_logger.filters:
-    absl_logger.addFilter(_orbax_to_log_file)
+  for name in ('absl', 'asyncio'):  # orbax logs through absl
+    logger = logging.getLogger(name)
+    if _orbax_to_log_file not in logger.filters:
+      logger.addFilter(_orbax_to_log_file)
   _drop_orbax_leftovers()
 
 
@@ -235,11 +252,25 @@ class Checkpointer:
     return dst
 
   def _remove_partial(self) -> None:
-    """Removes the temporary directories of failed saves (space for the next run)."""
+    """Removes the temporary directories of failed saves (space for the next
+    run), once orbax's worker threads of them have ended."""
+    deadline = time.monotonic() + 60
+    for thread in threading.enumerate():
+      if type(thread).__module__.startswith('orbax') and thread is not threading.current_thread():
+        try:
+          thread.join(max(deadline - time.monotonic(), 0))
+        except Exception:  # pylint: disable=broad-except  (orbax's join re-raises its error)
+          pass
     for step in self._failed:
       for partial in glob.glob(os.path.join(self.directory, f'{step}.orbax-checkpoint-tmp*')):
         shutil.rmtree(partial, ignore_errors=True)
 
   def close(self) -> None:
-    self._manager.close()
-    self._remove_partial()  # again: orbax's other writer threads may have gone on
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not self._failed:
+        raise
+      # orbax re-raises the failure of a save, which `save` reported already
+      logfile.FILE_ONLY.debug('closing the checkpoint manager', exc_info=True)
+    self._remove_partial()

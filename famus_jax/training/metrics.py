@@ -148,21 +148,21 @@ class MetricWriter:
       raise WriteError(self._tb_dir, self._thread_error)
     return self._tb
 
-  def _scalars(self, prefix: str, step: int, row: dict) -> None:
-    if self._tensorboard() is None:
-      return
+  def _write(self, jsonl: JsonlWriter, prefix: str, row: dict) -> None:
+    """The row in its JSONL file and as TensorBoard scalars (after a check that
+    TensorBoard's thread has not failed: then nothing is written)."""
+    tb = self._tensorboard()
+    jsonl.write(row)
     for k, v in row.items():
-      if k == 'step' or isinstance(v, (list, dict, str, bool)) or v is None:
+      if tb is None or k == 'step' or isinstance(v, (list, dict, str, bool)) or v is None:
         continue
-      self._tb.add_scalar(f'{prefix}/{k}', float(v), step)
+      tb.add_scalar(f'{prefix}/{k}', float(v), row['step'])
 
   def write_train(self, row: dict) -> None:
-    self.train.write(row)
-    self._scalars('train', row['step'], row)
+    self._write(self.train, 'train', row)
 
   def write_eval(self, row: dict) -> None:
-    self.eval.write(row)
-    self._scalars('eval', row['step'], row)
+    self._write(self.eval, 'eval', row)
 
   def write_histograms(self, step: int, hists: dict[str, Iterable[float]]) -> None:
     if self._tensorboard() is None:
