@@ -70,17 +70,30 @@ def _field_error(e: Exception) -> ConfigError:
                      ('config.' + msg if msg.startswith('meta.') else msg))
 
 
+def abstract_params(config, model, sample_images):
+  """The model's parameters as shapes (nothing runs or compiles); a model that
+  cannot take the data's images raises `ConfigError`."""
+  init = lambda: model.init({'params': jax.random.PRNGKey(0),
+                             'dropout': jax.random.PRNGKey(0)}, sample_images, train=False)
+  try:
+    return jax.eval_shape(init)['params']
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConfigError(f'config.model.name={config.model.name!r} cannot take the images of '
+                      f'config.data.name={config.data.name!r} (shape '
+                      f'{tuple(sample_images.shape[1:])}): {reason}') from None
+
+
 def build_sampler_and_scope(config, model, sample_images):
   """FaMUS sampler (or None) and static meta scope (or None), validated.
 
   Both None for a method without a meta step (its `meta.sampler` is ignored).
+  A model that cannot take the data's images raises `ConfigError`.
   """
+  params = abstract_params(config, model, sample_images)
   if not strategies_lib.get_strategy_class(config.meta.method).uses_meta_set:
     return None, None
   from famus_jax import famus  # pylint: disable=g-import-not-at-top
-  init = lambda: model.init({'params': jax.random.PRNGKey(0),
-                             'dropout': jax.random.PRNGKey(0)}, sample_images, train=False)
-  params = jax.eval_shape(init)['params']  # abstract: nothing runs or compiles
   try:
     scope = famus.static_scope(config.meta, model, params, sample_images)
     sampler = famus.build_sampler(config.meta, model, params, sample_images)

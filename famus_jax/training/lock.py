@@ -136,9 +136,13 @@ class WorkdirLock:
     self._take_over(self._read(fd))
     record = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),
               'command': ' '.join(sys.argv)}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
-    os.fsync(fd)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps(record).encode(), 0)
+      os.fsync(fd)
+    except OSError as e:  # a full disk: leave the workdir as it was, name the file
+      self.release()
+      raise OSError(e.errno, e.strerror, self.path) from None
 
   def _take_over(self, owner: dict) -> None:
     """A lock file we could lock was left by a run that ended without removing it."""
