@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from ml_collections import config_flags
 import pytest
 
 from famus_jax import alg2
+from famus_jax import main as main_lib
 from famus_jax import train
 from famus_jax.alg2 import epoch as epoch_lib
 from famus_jax.training import checkpoint as checkpoint_lib
@@ -386,6 +388,36 @@ def test_full_disk_on_the_command_line(tmp_path, monkeypatch):
         're-run the same command', proc.stderr.strip()), proc.stderr
   finally:
     disk.close()
+
+
+@pytest.mark.parametrize('error', ['write_error', 'os_error', 'preempted'])
+def test_main_turns_errors_into_one_line(tmp_path, monkeypatch, capsys, error):
+  """Any write (here the summary), wrapped or not, names the checkpoint the next
+  run resumes from; a stop by signal exits with 143."""
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  path = str(tmp_path / 'summary.json')
+  raised = {'write_error': writes.WriteError(path, OSError(errno.ENOSPC, 'x')),
+            'os_error': OSError(errno.ENOSPC, 'x', path),
+            'preempted': train.Preempted(4, 15)}[error]
+
+  def run(config, workdir):
+    raise raised
+  monkeypatch.setattr(train, 'train_and_evaluate', run)
+  monkeypatch.setattr(logfile, 'set_console_levels', lambda verbose: None)
+  monkeypatch.setattr(main_lib, '_CONFIG', types.SimpleNamespace(value=tiny_config()))
+  monkeypatch.setattr(main_lib, '_WORKDIR', types.SimpleNamespace(value=str(tmp_path)))
+  with pytest.raises(SystemExit) as e:
+    main_lib.main(['famus_jax'])
+  if error == 'preempted':
+    assert (e.value.code, capsys.readouterr().err) == (143, (
+        'famus_jax: stopped by signal SIGTERM at step 4; checkpoint saved, re-run the '
+        'same command to continue\n'))
+    return
+  assert (e.value.code, capsys.readouterr().err) == (1, (
+      f'famus_jax: error: cannot write {path}: No space left on device '
+      f'({writes.free_space(path)} free there); the next run resumes from the checkpoint '
+      f'of step 4 ({tmp_path}/checkpoints/4): free some space, then re-run the same '
+      'command\n'))
 
 
 def test_full_disk_at_the_start_names_the_lock_file(tmp_path, monkeypatch):

@@ -266,11 +266,5 @@ class Checkpointer:
         shutil.rmtree(partial, ignore_errors=True)
 
   def close(self) -> None:
-    try:
-      self._manager.close()
-    except Exception:  # pylint: disable=broad-except
-      if not self._failed:
-        raise
-      # orbax re-raises the failure of a save, which `save` reported already
-      logfile.FILE_ONLY.debug('closing the checkpoint manager', exc_info=True)
+    self._manager.close()
     self._remove_partial()
