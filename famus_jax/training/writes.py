@@ -20,7 +20,7 @@ from famus_jax.training.lock import WorkdirError
 
 # What the file system (not the program) refused: these end a run with one line.
 FILE_SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
-                                errno.EPERM, errno.EIO, errno.EFBIG, errno.ENOENT})
+                                errno.EPERM, errno.EIO, errno.EFBIG})
 _TODO = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space',
          errno.EFBIG: 'free some space', errno.EROFS: 'make the file system writable',
          errno.EACCES: 'make it writable', errno.EPERM: 'make it writable'}
