@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from famus_jax.training.writes import writing
+
 log = logging.getLogger('famus_jax.warmup')
 BEST_WEIGHTS, BEST_RECORD = 'warmup_best.msgpack', 'warmup_best.json'
 
@@ -108,6 +110,7 @@ class WarmupRestart:
 
 def _write_atomic(path: str, payload: bytes) -> None:
   tmp = path + '.tmp'
-  with open(tmp, 'wb') as f:
-    f.write(payload)
-  os.replace(tmp, path)
+  with writing(path):  # a full disk: one line naming the file
+    with open(tmp, 'wb') as f:
+      f.write(payload)
+    os.replace(tmp, path)
