@@ -3,6 +3,10 @@
 The three stages of a meta iteration, composable in a notebook::
 
     from famus_jax import virtual_step, meta_grad, actual_step, get_meta_model
+
+Which training labels a finished run suspects, as arrays::
+
+    table = famus_jax.label_issues('/tmp/famus_digits')   # .index, .score, ...
 """
 
 from famus_jax.core import (ActualStep, MetaGrad, StepSetup, TrainState, VirtualStep,
@@ -15,3 +19,13 @@ from famus_jax.core import (ActualStep, MetaGrad, StepSetup, TrainState, Virtual
 from famus_jax.meta_models import META_MODELS, get_meta_model
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+  # `label_issues` reads checkpoints (orbax) and scores them (scikit-learn): both
+  # load on first use, so that `import famus_jax` and the command line's
+  # `--help` stay fast.
+  if name == 'label_issues':
+    from famus_jax.analysis.runs import label_issues  # pylint: disable=g-import-not-at-top
+    return label_issues
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -4,6 +4,9 @@
   python -m famus_jax.main --config=configs/cifar10.py --workdir=runs/c10 \\
       --config.meta.sampler=all --config.data.noise_rate=0.6
 
+A finished run also ranks its training labels by how likely each is wrong
+(`label_issues.csv`; `python -m famus_jax.inspect --workdir=...` shows them).
+
 Configs with an enabled `alg2` section (configs/*_alg2.py) run Algorithm 2
 (`famus_jax.alg2.train_and_evaluate`), all others the standard loop
 (`famus_jax.train.train_and_evaluate`). Any config field can be overridden
@@ -93,6 +96,12 @@ def done_lines(summary: dict, workdir: str) -> list[str]:
                f"{fmt(summary.get('final_test_accuracy'))} (highest of all evaluations "
                f"{fmt(summary.get('best_test_accuracy'))}, a test-set oracle){noise}; "
                f"summary in {workdir}/summary.json")
+  issues = summary.get('label_issues')
+  if issues:
+    from famus_jax.analysis import label_issues  # pylint: disable=g-import-not-at-top
+    lines.append(f"famus_jax: {label_issues.describe(issues)}; ranked in "
+                 f"{os.path.join(workdir, issues['file'])} (see them: python -m "
+                 f"famus_jax.inspect --workdir={workdir})")
   return lines
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from famus_jax import core
 from famus_jax import data as data_lib
+from famus_jax.analysis import tracking as tracking_lib
 from famus_jax import losses as losses_lib
 from famus_jax.core import forward as forward_lib
 from famus_jax.training import config as config_lib
@@ -97,7 +98,8 @@ class Trainer:
     warmup_steps = int(config.meta.warmup_epochs * self.steps_per_epoch)
     self.strategy = build_strategy(config, setup, run.mesh, warmup_steps)
     self.restart = WarmupRestart.from_config(config, run.workdir, warmup_steps, run.is_main)
-    self.programs = {**self.strategy.programs,
+    self.labels = tracking_lib.LabelTracking(run, splits.train, config)
+    self.programs = {**self.strategy.programs, **self.labels.programs,
                      'eval': jit_eval_step(setup.apply_fn, run.mesh)}
     init_fn = jax.jit(lambda rng: core.create_train_state(rng, model, sample,
                                                           self.num_classes, setup),
@@ -118,12 +120,18 @@ class Trainer:
             'meta': self.meta_it.get_state() if self.meta_it is not None else None,
             'metrics': self.mets.get_state()}
 
+  def save(self, step: int) -> None:
+    self.run.ckpt.save(step, self.state, self.data_state(),
+                       extra=self.labels.checkpoint_extra())
+
   def restore(self) -> int:
     """Replaces the fresh state by the latest checkpoint's; the start step."""
-    restored, data_state, step = self.run.ckpt.restore(self.state)
+    restored, extra, data_state, step = self.run.ckpt.restore_with_extra(
+        self.state, self.labels.checkpoint_extra())
     if restored is None:
       return 0
     self.state = restored
+    self.labels.restore(extra, step)
     self.train_it.set_state(data_state['train'])
     if self.meta_it is not None and data_state.get('meta') is not None:
       self.meta_it.set_state(data_state['meta'])
@@ -146,6 +154,7 @@ class Trainer:
     if self.first_step_s is None:  # compile + run of the first iteration
       jax.block_until_ready(m['loss'])
       self.first_step_s = time.perf_counter() - t0
+    self.labels.after_iteration(host, m)
     self.mets.add(step + 1, m, host['label'], host['true_label'])
     self.run.check_iteration(step + 1, m['finite'])
     if self.restart is not None:
@@ -203,7 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start, t.num_steps):
       if run.stop_requested is not None:
         t.drain()
-        run.ckpt.save(step, t.state, t.data_state())
+        t.save(step)
         raise Preempted(step, run.stop_requested)
       t.iterate(step)
       done = step + 1
@@ -219,11 +228,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         t.chance.end_period(done)
       if due(int(c.checkpoint_every), done):
         t.drain()
-        run.ckpt.save(done, t.state, t.data_state())
+        t.save(done)
     t.drain()
     final = _final_eval(run, t, writer, start)
     t.chance.end_period(t.num_steps)
-    run.ckpt.save(t.num_steps, t.state, t.data_state())
+    t.save(t.num_steps)
   return _summarize(run, t, final, start)
 
 
@@ -299,6 +308,7 @@ def _summarize(run: Run, t: Trainer, final: dict, start: int) -> dict:
       'compiled': run.check_compiled_once(t.programs),
       # meta iterations per program in this process (host dispatch: per scope)
       'program_counts': t.strategy.program_counts,
+      'label_issues': t.labels.report(run.workdir),
       **run.common_summary(t.splits.info),
   }
   run.write_summary(summary)

@@ -23,6 +23,7 @@ from famus_jax.alg2 import gmm as gmm_lib
 from famus_jax.alg2 import sampling
 from famus_jax.alg2 import ssl as ssl_lib
 from famus_jax.alg2 import steps as steps_lib
+from famus_jax.analysis import tracking as tracking_lib
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import schedules
 from famus_jax.training.build import (build_model, build_sampler_and_scope, build_setup,
@@ -168,8 +169,9 @@ class CoTrainer:
         self.meta_batch if self.strategy.uses_meta_set else 1)
     self.min_noisy = int(a.min_set_size) or self.ssl_batch
     self.ssl_augment = d.augment if a.ssl.augment == 'data' else a.ssl.augment
+    self.labels = tracking_lib.LabelTracking(run, self.train_source, config, gmm=True)
     self.programs = {**steps_lib.jit_steps(self.setup, self.ssl_setup),
-                     **self.strategy.programs}
+                     **self.strategy.programs, **self.labels.programs}
     self.labels = np.asarray(self.train_source.labels)
     self.true_labels = np.asarray(self.train_source.true_labels)
 
@@ -275,6 +277,7 @@ class CoTrainer:
         if self.strategy.needs_validation(step):
           val = self.run.device_batch(validation_batch(next(val_pf)), ('image', 'label'))
         net.state, m = self.strategy.run_iteration(step, net.state, batch, val)
+        self.labels.after_iteration(host, m)
         self.run.check_iteration(step + 1, m['finite'])  # at most one iteration late
         if lab_pf is not None:
           m = {**m, **self._ssl_step(net, other, next(lab_pf), next(unl_pf),
@@ -302,7 +305,8 @@ class CoTrainer:
     fetched = jax.device_get(collected)
     self.run.check_finite(fetched, first_step, LOSS_KEYS)
     out: dict[str, Any] = {}
-    for k in sorted({k for m in fetched for k in m} - {'weights', 'finite'}):
+    skip = set(metrics_lib.SCALAR_SKIP) - {'gates'}  # per-example values, flags
+    for k in sorted({k for m in fetched for k in m} - skip):
       vals = [m[k] for m in fetched if k in m]
       if k == 'gates':
         out['layer_frequency'] = np.mean(np.asarray(vals), 0).round(4).tolist()

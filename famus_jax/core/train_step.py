@@ -21,6 +21,8 @@ from famus_jax.core.protocols import MetaStepContext
 from famus_jax.core.train_state import StepSetup, TrainState
 
 PyTree = Any
+# Metrics with one value per training example (n,), not scalars.
+PER_EXAMPLE_METRICS = ('weights', 'example_loss', 'prediction')
 
 
 def make_lookahead(setup: StepSetup, state: TrainState) -> lookahead_lib.Lookahead:
@@ -62,6 +64,14 @@ def weight_metrics(weights: jax.Array, batch: dict) -> dict:
     metrics['weight_noisy'] = jnp.sum(weights * noisy) / jnp.maximum(jnp.sum(noisy), 1)
     metrics['clean_fraction'] = jnp.mean(clean)
   return metrics
+
+
+def example_metrics(losses: jax.Array, logits: jax.Array) -> dict:
+  """Per-example metrics of every step: the training loss each example enters the
+  update with (MW-Net, L2R: cross-entropy; MLC: corrected with the iteration's
+  T), and the class the network predicts (arg max of the training logits)."""
+  return {'example_loss': jax.lax.stop_gradient(losses),
+          'prediction': jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
 
 def _meta_step_context(setup: StepSetup, state: TrainState, fwd, mg, theta, labels,
@@ -196,6 +206,7 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
       'lr': setup.lr_schedule(state.step),
       'weights': weights,
       **weight_metrics(weights, train_batch),
+      **example_metrics(setup.meta_model.loss(theta_new, fwd.logits, labels), fwd.logits),
       **sampler_metrics,
   }
   return new_state, metrics
@@ -288,7 +299,8 @@ def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup
                             rng=rng)
   metrics = {'loss': jnp.mean(losses_lib.cross_entropy(fwd.logits, labels)),
              'weighted_loss': actual.loss, 'lr': setup.lr_schedule(state.step),
-             'weights': weights, **weight_metrics(weights, batch)}
+             'weights': weights, **weight_metrics(weights, batch),
+             **example_metrics(losses, fwd.logits)}
   return new_state, metrics
 
 
@@ -300,14 +312,17 @@ def plain_train_step(state: TrainState, batch: dict, *, setup: StepSetup
   def loss_fn(params):
     logits, stats = forward_lib.apply_model(setup.apply_fn, params, state.batch_stats,
                                             batch['image'], train=True, rng=fwd_rng)
-    return losses_lib.mean_cross_entropy(logits, batch['label']), stats
+    losses = losses_lib.cross_entropy(logits, batch['label'])
+    return jnp.mean(losses), (stats, losses, logits)
 
-  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (stats, losses, logits)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
                             batch_stats=stats, opt_state=opt_state, rng=rng)
-  return new_state, {'loss': loss, 'lr': setup.lr_schedule(state.step)}
+  return new_state, {'loss': loss, 'lr': setup.lr_schedule(state.step),
+                     **example_metrics(losses, logits)}
 
 
 def jit_meta_train_step(setup: StepSetup, donate: bool = True):

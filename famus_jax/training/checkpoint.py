@@ -3,8 +3,10 @@ checked on restore.
 
 A checkpoint `workdir/checkpoints/<step>/` holds the `TrainState` (`state/`,
 arrays restored with the shardings of the state they are restored into), the
-JSON states of the data loaders (`data/`) and a SHA-256 per state leaf
-(`checksum/`), all written by orbax into a temporary directory renamed when
+JSON states of the data loaders (`data/`), optional further pytrees of arrays
+saved beside the state (`extra`: e.g. the per-example record `label_record/`)
+and a SHA-256 per array leaf of all of them (`checksum/`), all written by orbax
+into a temporary directory renamed when
 complete, so a run killed mid-save leaves no half-written step directory
 (temporary leftovers are removed when the manager is next opened). Saves are
 synchronous: when `save` returns the checkpoint is on disk. A save the file
@@ -14,8 +16,8 @@ partial files; orbax's own reports of it, tracebacks from its worker threads,
 go to the run's log file at DEBUG level instead of the terminal.
 
 `restore()` verifies what it reads: orbax's own errors (truncated or unreadable
-files) and a checksum mismatch (flipped bytes that still decode) mark a
-checkpoint corrupt; a checkpoint without checksums must at least be finite.
+files) and a checksum mismatch (flipped bytes that still decode, a missing extra
+item) mark a checkpoint corrupt; a checkpoint without checksums must at least be finite.
 The newest intact checkpoint is used, with a one-line warning naming each
 corrupt newer one, which is moved to `workdir/checkpoints_corrupt/<step>` so
 that the run can save that step again. No intact checkpoint: `CheckpointError`.
@@ -71,12 +73,45 @@ def leaf_checksums(state: Any) -> Optional[dict[str, str]]:
   return out
 
 
+def item_checksums(state: Any, extra: dict[str, Any]) -> Optional[dict[str, str]]:
+  """`leaf_checksums` of the state (keyed by tree path) and of each extra item
+  (keyed by its name and tree path, e.g. "label_record['trust']")."""
+  sums = leaf_checksums(state)
+  for name, tree in extra.items():
+    more = leaf_checksums(tree)
+    if sums is None or more is None:
+      return None
+    sums.update({f'{name}{k}': v for k, v in more.items()})
+  return sums
+
+
 def _non_finite_leaf(state: Any) -> Optional[str]:
   for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
     if (hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, np.inexact)
         and not np.all(np.isfinite(np.asarray(jax.device_get(x))))):
       return jax.tree_util.keystr(path)
   return None
+
+
+def _item_of(key: str) -> str:
+  """The item a checksum key belongs to: 'state' (keys are tree paths) or the
+  name an extra item's keys start with."""
+  return 'state' if key[:1] in ('', '.', '[') else key.split('[', 1)[0]
+
+
+def _check_sums(trees: dict[str, Any], stored: dict[str, str]) -> None:
+  """`CheckpointError` unless the restored `trees` ('state' and extras) have the
+  checksums stored for them."""
+  sums = item_checksums(trees.get('state'),
+                        {k: v for k, v in trees.items() if k != 'state'})
+  if sums is None:
+    return
+  stored = {k: v for k, v in stored.items() if _item_of(k) in trees}
+  if sums != stored:
+    wrong = sorted(k for k in set(sums) | set(stored) if sums.get(k) != stored.get(k))
+    key = wrong[0]
+    raise CheckpointError(
+        f'checksum mismatch in {"state" if _item_of(key) == "state" else ""}{key}')
 
 
 def _one_line(e: BaseException) -> str:
@@ -164,13 +199,20 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
-    """Saves (overwrites nothing: a step already saved is left as it is)."""
+  def save(self, step: int, state: Any, data_state: dict,
+           extra: Optional[dict[str, Any]] = None) -> None:
+    """Saves (overwrites nothing: a step already saved is left as it is).
+
+    `extra`: item name -> pytree of arrays saved beside the state (names other
+    than 'state', 'data' and 'checksum'), covered by the checksums.
+    """
     if step in self._manager.all_steps():
       return
+    extra = dict(extra or {})
     items = {'state': ocp.args.StandardSave(state),
-             'data': ocp.args.JsonSave(data_state)}
-    sums = leaf_checksums(state)
+             'data': ocp.args.JsonSave(data_state),
+             **{name: ocp.args.StandardSave(tree) for name, tree in extra.items()}}
+    sums = item_checksums(state, extra)
     if sums is not None:
       items['checksum'] = ocp.args.JsonSave(sums)
     try:
@@ -195,14 +237,24 @@ class Checkpointer:
     Corrupt checkpoints newer than the one restored are moved aside with a
     one-line warning each.
     """
+    state, _, data, step = self.restore_with_extra(like_state, {}, step)
+    return state, data, step
+
+  def restore_with_extra(self, like_state: Any, like_extra: dict[str, Any],
+                         step: Optional[int] = None) -> tuple:
+    """(state, extra, data_state, step) as `restore`, with the `extra` items
+    named by `like_extra` (name -> concrete or abstract pytree); an item the
+    checkpoint does not hold (saved without it) is None in `extra`. With
+    `like_state=None` only the extras are read (and checked), state is None."""
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
-      return None, None, None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
+      return None, None, None, None
+    like = dict(like_extra) if like_state is None else {'state': like_state, **like_extra}
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     bad = []
     for s in steps:
       try:
-        state, data = self._restore_checked(abstract, s)
+        trees, data = self._restore_checked(abstract, s)
       except CheckpointError as e:
         bad.append((s, str(e)))
         continue
@@ -210,17 +262,24 @@ class Checkpointer:
         moved = self._move_aside(b)
         log.warning('checkpoint step %d is corrupt (%s); moved to %s, resuming from '
                     'step %d', b, why, moved, s)
-      return state, data, s
+      state = trees.pop('state', None)
+      return state, {name: trees.get(name) for name in like_extra}, data, s
     s, why = bad[0]
     more = f' (and {len(bad) - 1} older)' if len(bad) > 1 else ''
     raise CheckpointError(
         f'no intact checkpoint in {self.directory}: step {s} is corrupt ({why}){more}; '
         'move that directory aside to start the run over')
 
-  def _restore_checked(self, abstract: Any, step: int) -> tuple[Any, dict]:
-    """One checkpoint, verified; `CheckpointError` (one line) if corrupt."""
+  def _restore_checked(self, abstract: dict[str, Any], step: int
+                       ) -> tuple[dict[str, Any], dict]:
+    """One checkpoint's items named by `abstract` ('state' and extras; an extra
+    the checkpoint lacks is left out), verified; `CheckpointError` (one line)
+    if corrupt."""
     step_dir = os.path.join(self.directory, str(step))
-    items = {'state': ocp.args.StandardRestore(abstract), 'data': ocp.args.JsonRestore()}
+    present = {name: tree for name, tree in abstract.items()
+               if name == 'state' or os.path.isdir(os.path.join(step_dir, name))}
+    items = {name: ocp.args.StandardRestore(tree) for name, tree in present.items()}
+    items['data'] = ocp.args.JsonRestore()
     has_sums = os.path.isdir(os.path.join(step_dir, 'checksum'))
     if has_sums:
       items['checksum'] = ocp.args.JsonRestore()
@@ -229,16 +288,18 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
       _drop_orbax_leftovers()
       raise CheckpointError(f'orbax could not read it: {_one_line(e)}') from None
+    trees = {name: restored[name] for name in present}
     if has_sums:
-      sums = leaf_checksums(restored.state)
-      if sums is not None and sums != restored.checksum:
-        wrong = sorted(k for k in sums if sums[k] != restored.checksum.get(k))
-        raise CheckpointError(f'checksum mismatch in state{wrong[0] if wrong else ""}')
+      for name in sorted(set(abstract) - set(present)):
+        if any(_item_of(k) == name for k in restored.checksum):
+          raise CheckpointError(f'{name} is missing')
+      _check_sums(trees, restored.checksum)
     else:
-      leaf = _non_finite_leaf(restored.state)
-      if leaf is not None:
-        raise CheckpointError(f'non-finite values in state{leaf}')
-    return restored.state, restored.data
+      for name, tree in trees.items():
+        leaf = _non_finite_leaf(tree)
+        if leaf is not None:
+          raise CheckpointError(f'non-finite values in {name}{leaf}')
+    return trees, restored.data
 
   def _move_aside(self, step: int) -> str:
     src = os.path.join(self.directory, str(step))

@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress = True  # tqdm bar
   c.train.num_devices = 0  # data-parallel devices; 0 = all local devices
   c.train.weight_window = 20000  # recent examples kept for the weight histograms
+  c.train.label_ema = 0.98  # per-visit decay of the per-example moving averages (1: mean)
   return c
 
 
@@ -233,6 +234,7 @@ def validate_config(config, *, schema=None,
   boolean(config, 'train.progress')
   number(config, 'train.num_devices', 0, integer=True)
   number(config, 'train.weight_window', 0, integer=True)
+  number(config, 'train.label_ema', 0, 1)
 
 
 def _validate_optim(config) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Optional
 import jax
 import numpy as np
 
+from famus_jax.core.train_step import PER_EXAMPLE_METRICS
 from famus_jax.training import logfile
 from famus_jax.training.writes import WriteError, writing
 
@@ -264,7 +265,8 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 
-SCALAR_SKIP = ('weights', 'gates', 'finite')  # per-example or per-layer values, flags
+# per-example or per-layer values, flags
+SCALAR_SKIP = PER_EXAMPLE_METRICS + ('gates', 'finite')
 RELATIVE = ('weight_mean', 'weight_std', 'weight_clean', 'weight_noisy')
 
 

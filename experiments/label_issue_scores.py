@@ -1,0 +1,191 @@
+"""Which per-example score finds the wrong labels best: candidates compared on a run.
+
+One training run per method (the standard loop with `--config`, default
+configs/digits.py: 40 % symmetric noise, MW-Net + FaMUS) records every visit
+of every training example (its trust signal: MW-Net's relative meta-weight or
+the corrected-label probability, its training loss and predicted class);
+offline, each candidate score is computed from those visits with moving
+averages of several decays and compared against the realised noise: ROC-AUC,
+average precision, and precision / recall of the examples it flags (score > 0.5).
+
+  python -m experiments.label_issue_scores --quick     # digits, mwnet + ce, ~2 min
+  python -m experiments.label_issue_scores --config=configs/fashion_mnist.py \\
+      --methods=mwnet --set optim.num_epochs=4          # Fashion-MNIST, minutes
+  python -m experiments.label_issue_scores --smoke      # seconds, tiny run
+
+Writes experiments/results/label_issue_scores_<data>[_quick].{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import logging
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from experiments import common
+from famus_jax import train
+from famus_jax.analysis import label_issues as issues_lib
+from famus_jax.analysis import record as record_lib
+from famus_jax.analysis import tracking as tracking_lib
+from famus_jax.training import config as config_lib
+
+DECAYS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0)  # 0: the last visit only; 1: the mean of all
+SMOKE = {'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 40,
+         'optim.boundaries': (36,), 'model.name': 'digits_mlp', 'meta.k': 2,
+         'train.progress': False, 'train.eval_every': 0, 'train.checkpoint_every': 0}
+QUICK = {'train.progress': False}
+
+
+class Visits:
+  """Every visit of the run: (index, label, trust or NaN, loss, prediction)."""
+
+  def __init__(self):
+    self.rows = []
+
+  def add(self, host: dict, metrics: dict, signal: record_lib.Signal) -> None:
+    m = {k: np.asarray(v) for k, v in metrics.items()
+         if k in ('weights', 'example_loss', 'prediction', 'val_loss')}
+    n = host['index'].shape[0]
+    trust = (np.asarray(signal.fn(m)) if all(k in m for k in signal.requires)
+             else np.full((n,), np.nan))
+    self.rows.append((np.asarray(host['index']), np.asarray(host['label']), trust,
+                      m['example_loss'], m['prediction']))
+
+
+def capturing(visits: Visits):
+  class Capturing(tracking_lib.LabelTracking):
+    def after_iteration(self, host_batch, metrics):
+      super().after_iteration(host_batch, metrics)
+      visits.add(host_batch, metrics, self.record.signal)
+  return Capturing
+
+
+def moving_averages(visits: Visits, num: int, decay: float) -> dict:
+  """The record's averages at `decay`, replayed from the visits (numpy)."""
+  rec = {k: np.zeros(num) for k in ('trust', 'confidence', 'disagreement')}
+  count = {k: np.zeros(num, int) for k in rec}
+  pred = np.full(num, -1)
+  ema = lambda k, i, x: rec[k][i] + record_lib.average_rate(count[k][i], decay) * (
+      x - rec[k][i])
+  for index, label, trust, loss, prediction in visits.rows:
+    has = ~np.isnan(trust)
+    values = {'trust': trust, 'confidence': np.exp(-loss),
+              'disagreement': (prediction != label).astype(float)}
+    for k, x in values.items():
+      i = index[has] if k == 'trust' else index
+      x = x[has] if k == 'trust' else x
+      rec[k][i] = ema(k, i, x)
+      count[k][i] += 1
+    pred[index] = prediction
+  rec['trust_count'] = count['trust']
+  rec['prediction'] = pred
+  return rec
+
+
+CANDIDATES = {
+    'trust': ('trust',), 'confidence': ('confidence',), 'disagreement': ('disagreement',),
+    'trust+disagreement': ('trust', 'disagreement'),
+    'trust+confidence': ('trust', 'confidence'),
+    'confidence+disagreement': ('confidence', 'disagreement'),
+    'trust+confidence+disagreement': ('trust', 'confidence', 'disagreement'),
+}
+
+
+def candidates(rec: dict, method: str) -> dict:
+  """Candidate scores (higher: more likely wrong), each in [0, 1]."""
+  return {name: issues_lib.label_score(rec, method, parts)
+          for name, parts in CANDIDATES.items()}
+
+
+def evaluate(visits: Visits, given: np.ndarray, true: np.ndarray, method: str) -> dict:
+  out = {}
+  num = given.size
+  for decay in DECAYS:
+    rec = moving_averages(visits, num, decay)
+    seen = rec['trust_count'] > 0
+    noisy = (given != true)[seen]
+    for name, score in candidates(rec, method).items():
+      m = issues_lib.detection_metrics(score[seen], noisy)
+      out.setdefault(name, {})[str(decay)] = {
+          k: m.get(k) for k in ('roc_auc', 'average_precision', 'precision_at_k',
+                                'recall_at_k', 'k', 'num_noisy', 'num_examples')}
+  return out
+
+
+def run_method(config, method: str, workdir: str) -> dict:
+  c = config_lib.load_config(config) if isinstance(config, str) else config
+  c = c.copy_and_resolve_references()
+  c.meta.method = method
+  visits = Visits()
+  real = tracking_lib.LabelTracking
+  train.tracking_lib.LabelTracking = capturing(visits)
+  try:
+    summary = train.train_and_evaluate(c, workdir)
+  finally:
+    train.tracking_lib.LabelTracking = real
+  noise = np.load(os.path.join(workdir, 'noisy_labels.npz'))
+  return {'final_test_accuracy': summary['final_test_accuracy'],
+          'label_issues': summary['label_issues'],
+          'scores': evaluate(visits, noise['noisy_labels'], noise['true_labels'], method)}
+
+
+def apply_overrides(c, overrides: dict) -> None:
+  for dotted, value in overrides.items():
+    node = c
+    *parents, last = dotted.split('.')
+    for p in parents:
+      node = node[p]
+    node[last] = value
+
+
+def markdown(payload: dict) -> str:
+  lines = [f"# Label-issue scores: {payload['config']} ({payload['mode']})", '',
+           'ROC-AUC / average precision / precision@k, recall@k (k = flagged, score > 0.5)'
+           ' of each candidate against the realised noise, per moving-average decay.', '']
+  for method, res in payload['methods'].items():
+    lines += [f"## {method} (final test accuracy {res['final_test_accuracy']:.4f})", '',
+              '| score | ' + ' | '.join(f'decay {d}' for d in DECAYS) + ' |',
+              '|---|' + '---|' * len(DECAYS)]
+    for name, by_decay in res['scores'].items():
+      cells = [f"{m['roc_auc']:.4f} / {m['average_precision']:.3f} / "
+               f"{m['precision_at_k']:.3f}, {m['recall_at_k']:.3f}"
+               for m in (by_decay[str(d)] for d in DECAYS)]
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--config', default=os.path.join('configs', 'digits.py'))
+  p.add_argument('--methods', default='mwnet,ce')
+  p.add_argument('--quick', action='store_true')
+  p.add_argument('--smoke', action='store_true')
+  p.add_argument('--set', nargs='*', default=[], help='config overrides FIELD=VALUE')
+  p.add_argument('--results-dir', default=common.RESULTS_DIR)
+  args = p.parse_args(argv)
+  logging.getLogger('famus_jax').setLevel(logging.WARNING)
+  c = config_lib.load_config(args.config)
+  mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
+  apply_overrides(c, SMOKE if args.smoke else QUICK if args.quick else {})
+  apply_overrides(c, {k: ast.literal_eval(v) for k, v in (s.split('=', 1) for s in args.set)})
+  payload = {'config': args.config, 'mode': mode, 'machine': common.machine(),
+             'decays': DECAYS, 'overrides': args.set, 'methods': {}}
+  for method in args.methods.split(','):
+    with tempfile.TemporaryDirectory() as workdir:
+      payload['methods'][method] = run_method(c, method, workdir)
+    print(markdown(payload), file=sys.stderr)
+  name = f"label_issue_scores_{c.data.name}{'' if mode == 'full' else '_' + mode}"
+  path = common.write_json(name + '.json', payload, args.results_dir)
+  with open(os.path.join(args.results_dir, name + '.md'), 'w') as f:
+    f.write(markdown(payload) + '\n')
+  print(path)
+
+
+if __name__ == '__main__':
+  main()

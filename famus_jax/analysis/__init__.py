@@ -1,0 +1,1 @@
+"""Analysis of training runs: the per-example record and which labels are wrong."""
