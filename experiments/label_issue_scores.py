@@ -9,11 +9,15 @@ averages of several decays and compared against the realised noise: ROC-AUC,
 average precision, and precision / recall of the examples it flags (score > 0.5).
 
   python -m experiments.label_issue_scores --quick     # digits, mwnet + ce, ~2 min
+  python -m experiments.label_issue_scores             # digits, + l2r and mlc
   python -m experiments.label_issue_scores --config=configs/fashion_mnist.py \\
-      --methods=mwnet --set optim.num_epochs=4          # Fashion-MNIST, minutes
+      --methods=mwnet                                   # Fashion-MNIST, ~5 min
   python -m experiments.label_issue_scores --smoke      # seconds, tiny run
+  python -m experiments.label_issue_scores --from-workdir=/tmp/digits_alg2
+      # a finished run's own record (any loop, e.g. Alg. 2 with its GMM term)
+  python -m experiments.label_issue_scores --cost       # ms the record adds per iteration
 
-Writes experiments/results/label_issue_scores_<data>[_quick].{json,md}.
+Writes experiments/results/label_issue_scores_<data>[_quick].{json,md,png}.
 """
 
 from __future__ import annotations
@@ -24,19 +28,23 @@ import logging
 import os
 import sys
 import tempfile
+import time
 
+import jax
 import numpy as np
 
 from experiments import common
 from famus_jax import train
 from famus_jax.analysis import label_issues as issues_lib
 from famus_jax.analysis import record as record_lib
+from famus_jax.analysis import runs as runs_lib
 from famus_jax.analysis import tracking as tracking_lib
 from famus_jax.training import config as config_lib
+from famus_jax.training import sharding as sharding_lib
 
 DECAYS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0)  # 0: the last visit only; 1: the mean of all
-SMOKE = {'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 40,
-         'optim.boundaries': (36,), 'model.name': 'digits_mlp', 'meta.k': 2,
+SMOKE = {'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 12,
+         'optim.boundaries': (10,), 'model.name': 'digits_mlp', 'meta.k': 2,
          'train.progress': False, 'train.eval_every': 0, 'train.checkpoint_every': 0}
 QUICK = {'train.progress': False}
 
@@ -87,6 +95,8 @@ def moving_averages(visits: Visits, num: int, decay: float) -> dict:
   return rec
 
 
+GMM_CANDIDATES = {'gmm': ('gmm',), 'trust+gmm': ('trust', 'gmm'),
+                  'trust+disagreement+gmm': ('trust', 'disagreement', 'gmm')}
 CANDIDATES = {
     'trust': ('trust',), 'confidence': ('confidence',), 'disagreement': ('disagreement',),
     'trust+disagreement': ('trust', 'disagreement'),
@@ -115,6 +125,48 @@ def evaluate(visits: Visits, given: np.ndarray, true: np.ndarray, method: str) -
           k: m.get(k) for k in ('roc_auc', 'average_precision', 'precision_at_k',
                                 'recall_at_k', 'k', 'num_noisy', 'num_examples')}
   return out
+
+
+def update_cost(num_examples: int = 59000, batch: int = 100, repeats: int = 300) -> dict:
+  """Median ms of what the loop adds per iteration: the batch's index and
+  labels to the devices, and the record's jitted update (synchronised)."""
+  mesh = sharding_lib.make_mesh(1)
+  rec = record_lib.ExampleRecord(num_examples, 'mwnet', 0.98, mesh)
+  rng = np.random.default_rng(0)
+  metrics = {'weights': jax.numpy.full((batch,), 1.0 / batch),
+             'example_loss': jax.numpy.ones((batch,)),
+             'prediction': jax.numpy.zeros((batch,), jax.numpy.int32)}
+  times = []
+  for i in range(repeats + 20):
+    host = {'index': rng.choice(num_examples, batch, replace=False).astype(np.int32),
+            'label': rng.integers(0, 10, batch).astype(np.int32)}
+    t0 = time.perf_counter()
+    b = sharding_lib.global_batch(host, mesh)
+    rec.update(b['index'], b['label'], metrics)
+    jax.block_until_ready(rec.state)
+    if i >= 20:
+      times.append((time.perf_counter() - t0) * 1e3)
+  return {'num_examples': num_examples, 'batch': batch,
+          'median_ms': float(np.median(times)), 'p90_ms': float(np.percentile(times, 90)),
+          'load_average': os.getloadavg()}
+
+
+def evaluate_workdir(workdir: str) -> dict:
+  """Every candidate on the final record of a finished run (its own decay)."""
+  config = runs_lib.read_config(workdir)
+  method = str(config.meta.method)
+  record, step = runs_lib.read_record(workdir)
+  given, true = runs_lib.saved_labels(workdir)
+  record = {k: v[:given.size] for k, v in record.items()}
+  seen = record['trust_count'] > 0
+  noisy = (given != true)[seen]
+  names = {**CANDIDATES, **(GMM_CANDIDATES if 'gmm_clean_net1' in record else {})}
+  out = {}
+  for name, parts in names.items():
+    m = issues_lib.detection_metrics(issues_lib.label_score(record, method, parts)[seen],
+                                     noisy)
+    out[name] = {str(float(config.train.label_ema)): m}
+  return {'workdir': workdir, 'method': method, 'checkpoint': step, 'scores': out}
 
 
 def run_method(config, method: str, workdir: str) -> dict:
@@ -160,15 +212,52 @@ def markdown(payload: dict) -> str:
   return '\n'.join(lines)
 
 
+def plot(payload: dict, path: str) -> str:
+  """ROC-AUC of each candidate against the decay, one panel per method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  methods = payload['methods']
+  fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.8), squeeze=False)
+  for ax, (method, res) in zip(axes[0], methods.items()):
+    for name, by_decay in res['scores'].items():
+      ax.plot(DECAYS, [by_decay[str(d)]['roc_auc'] for d in DECAYS], marker='o',
+              label=name, lw=2.5 if name == 'trust+disagreement' else 1)
+    ax.set_xlabel('moving-average decay per visit (0: last visit, 1: mean)')
+    ax.set_ylabel('ROC-AUC against the realised noise')
+    ax.set_title(f"{payload['config']}: {method}", fontsize=9)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default=os.path.join('configs', 'digits.py'))
-  p.add_argument('--methods', default='mwnet,ce')
+  p.add_argument('--methods', default=None,
+                 help='default: mwnet,ce,l2r,mlc (quick: mwnet,ce; smoke: mwnet)')
   p.add_argument('--quick', action='store_true')
   p.add_argument('--smoke', action='store_true')
   p.add_argument('--set', nargs='*', default=[], help='config overrides FIELD=VALUE')
+  p.add_argument('--from-workdir', default=None,
+                 help='evaluate the candidates on this finished run instead of training')
   p.add_argument('--results-dir', default=common.RESULTS_DIR)
+  p.add_argument('--cost', action='store_true', help='time the record update only')
   args = p.parse_args(argv)
+  if args.cost:
+    res = update_cost()
+    print(res)
+    return res
+  if args.from_workdir:
+    res = evaluate_workdir(args.from_workdir)
+    for name, by_decay in res['scores'].items():
+      (decay, m), = by_decay.items()
+      print(f"{name:32s} decay {decay}: ROC-AUC {m['roc_auc']:.4f}, AP "
+            f"{m['average_precision']:.4f}, precision@k {m['precision_at_k']:.3f}, "
+            f"recall@k {m['recall_at_k']:.3f} (k {m['k']})")
+    return res
   logging.getLogger('famus_jax').setLevel(logging.WARNING)
   c = config_lib.load_config(args.config)
   mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
@@ -176,7 +265,9 @@ def main(argv=None):
   apply_overrides(c, {k: ast.literal_eval(v) for k, v in (s.split('=', 1) for s in args.set)})
   payload = {'config': args.config, 'mode': mode, 'machine': common.machine(),
              'decays': DECAYS, 'overrides': args.set, 'methods': {}}
-  for method in args.methods.split(','):
+  methods = args.methods or {'smoke': 'mwnet', 'quick': 'mwnet,ce'}.get(
+      mode, 'mwnet,ce,l2r,mlc')
+  for method in methods.split(','):
     with tempfile.TemporaryDirectory() as workdir:
       payload['methods'][method] = run_method(c, method, workdir)
     print(markdown(payload), file=sys.stderr)
@@ -184,7 +275,9 @@ def main(argv=None):
   path = common.write_json(name + '.json', payload, args.results_dir)
   with open(os.path.join(args.results_dir, name + '.md'), 'w') as f:
     f.write(markdown(payload) + '\n')
+  plot(payload, os.path.join(args.results_dir, name + '.png'))
   print(path)
+  return payload
 
 
 if __name__ == '__main__':

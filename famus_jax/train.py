@@ -98,8 +98,8 @@ class Trainer:
     warmup_steps = int(config.meta.warmup_epochs * self.steps_per_epoch)
     self.strategy = build_strategy(config, setup, run.mesh, warmup_steps)
     self.restart = WarmupRestart.from_config(config, run.workdir, warmup_steps, run.is_main)
-    self.labels = tracking_lib.LabelTracking(run, splits.train, config)
-    self.programs = {**self.strategy.programs, **self.labels.programs,
+    self.label_tracking = tracking_lib.LabelTracking(run, splits.train, config)
+    self.programs = {**self.strategy.programs, **self.label_tracking.programs,
                      'eval': jit_eval_step(setup.apply_fn, run.mesh)}
     init_fn = jax.jit(lambda rng: core.create_train_state(rng, model, sample,
                                                           self.num_classes, setup),
@@ -122,16 +122,16 @@ class Trainer:
 
   def save(self, step: int) -> None:
     self.run.ckpt.save(step, self.state, self.data_state(),
-                       extra=self.labels.checkpoint_extra())
+                       extra=self.label_tracking.checkpoint_extra())
 
   def restore(self) -> int:
     """Replaces the fresh state by the latest checkpoint's; the start step."""
     restored, extra, data_state, step = self.run.ckpt.restore_with_extra(
-        self.state, self.labels.checkpoint_extra())
+        self.state, self.label_tracking.checkpoint_extra())
     if restored is None:
       return 0
     self.state = restored
-    self.labels.restore(extra, step)
+    self.label_tracking.restore(extra, step)
     self.train_it.set_state(data_state['train'])
     if self.meta_it is not None and data_state.get('meta') is not None:
       self.meta_it.set_state(data_state['meta'])
@@ -154,7 +154,7 @@ class Trainer:
     if self.first_step_s is None:  # compile + run of the first iteration
       jax.block_until_ready(m['loss'])
       self.first_step_s = time.perf_counter() - t0
-    self.labels.after_iteration(host, m)
+    self.label_tracking.after_iteration(host, m)
     self.mets.add(step + 1, m, host['label'], host['true_label'])
     self.run.check_iteration(step + 1, m['finite'])
     if self.restart is not None:
@@ -308,7 +308,7 @@ def _summarize(run: Run, t: Trainer, final: dict, start: int) -> dict:
       'compiled': run.check_compiled_once(t.programs),
       # meta iterations per program in this process (host dispatch: per scope)
       'program_counts': t.strategy.program_counts,
-      'label_issues': t.labels.report(run.workdir),
+      'label_issues': t.label_tracking.report(run.workdir),
       **run.common_summary(t.splits.info),
   }
   run.write_summary(summary)

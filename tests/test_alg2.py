@@ -27,6 +27,7 @@ from famus_jax.alg2 import gmm as gmm_lib
 from famus_jax.alg2 import sampling
 from famus_jax.alg2 import ssl as ssl_lib
 from famus_jax.alg2 import steps as steps_lib
+from famus_jax.analysis import runs as runs_lib
 from famus_jax.training.config import ConfigError
 from tiny_models import TinyMLP
 
@@ -351,6 +352,11 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
                     getattr(want[net]['state'], field), f'{net} TrainState.{field}')
     _assert_equal(got[net]['ssl'], want[net]['ssl'], f'{net} SSL optimizer state')
   assert got_data == want_data
+  # the per-example record, with both networks' GMM clean probabilities
+  (got_record, _), (want_record, _) = (runs_lib.read_record(str(tmp_path / d), 3)
+                                       for d in ('run', 'ref'))
+  assert (want_record['gmm_clean_net1'] >= 0).any() and (want_record['seen'] > 0).all()
+  _assert_equal(got_record, want_record, 'per-example record')
 
 
 # ---------------------------------------------------------------------------

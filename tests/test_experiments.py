@@ -256,6 +256,19 @@ def test_t_test_direction():
     assert pcs.paper_p_values()[col] == pytest.approx(0.5 - 0.75 * x * (1 - x * x / 3)), col
 
 
+def test_label_issue_scores_smoke(tmp_path):
+  from experiments import label_issue_scores as lis
+  payload = lis.main(['--smoke', '--results-dir', str(tmp_path)])
+  check_outputs(str(tmp_path), 'label_issue_scores_digits_smoke')
+  scores = payload['methods']['mwnet']['scores']
+  assert set(scores) == set(lis.CANDIDATES)
+  # the replayed record at the run's own decay gives the run's own table
+  own = scores['trust+disagreement'][str(0.98)]
+  run = payload['methods']['mwnet']['label_issues']['metrics']
+  assert own['roc_auc'] == pytest.approx(run['roc_auc'], abs=1e-6)
+  assert own['k'] == run['k']
+
+
 @pytest.mark.slow
 def test_quickstart_notebook_runs(monkeypatch):
   import nbclient  # the `test` extra installs nbclient, nbformat and ipykernel

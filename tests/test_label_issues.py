@@ -86,6 +86,24 @@ def test_record_update_against_hand_computation():
       'record': 1, 'record_visit': 1}
 
 
+def test_each_update_program_compiles_once_whatever_the_step():
+  """L2R: meta steps (weights, val_loss) weigh; its weighted steps (uniform
+  weights) and a CE warm-up (no weights) only visit: one program each."""
+  rec = record_lib.ExampleRecord(6, 'l2r', 0.98, sharding_lib.make_mesh(1))
+  meta = {**_metrics([0.5, 0.5], [0.1, 0.2], [0, 1]), 'val_loss': jnp.float32(1.0)}
+  weighted = _metrics([0.5, 0.5], [0.1, 0.2], [0, 1])
+  plain = _metrics(None, [0.1, 0.2], [0, 1])
+  index, labels = jnp.asarray([1, 4], jnp.int32), jnp.asarray([0, 0], jnp.int32)
+  for m in (plain, meta, weighted, plain, meta, weighted):
+    rec.update(index, labels, m)
+  assert {k: rec.programs[k]._cache_size() for k in rec.programs} == {  # pylint: disable=protected-access
+      'record': 1, 'record_visit': 1}
+  got = rec.host()
+  np.testing.assert_array_equal(got['trust_count'], [0, 2, 0, 0, 2, 0])
+  np.testing.assert_array_equal(got['seen'], [0, 6, 0, 0, 6, 0])
+  np.testing.assert_allclose(got['trust'], [0, 1, 0, 0, 1, 0], rtol=1e-6)
+
+
 @pytest.mark.parametrize('method,requires', [
     ('mwnet', {'weights'}), ('l2r', {'weights', 'val_loss'}), ('mlc', {'val_loss'}),
     ('mlc_transition', {'weights'}), ('ce', set())])

@@ -12,6 +12,7 @@ import pytest
 
 from famus_jax import data as data_lib
 from famus_jax import train
+from famus_jax.analysis import runs as runs_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import run as run_lib
@@ -178,8 +179,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
   checkpoint holds a bit-identical state: parameters, batch statistics,
   optimizer, meta model and sampler states, RNG, and the data loaders' and
   weight window's states, and the gates drawn for the next meta iteration
-  (`meta.dispatch='ahead'`). A half-written checkpoint left by the crash is
-  ignored and removed."""
+  (`meta.dispatch='ahead'`), and the per-example record with its
+  label_issues.csv. A half-written checkpoint left by the crash is ignored
+  and removed."""
   c = tiny_config(method, sampler, steps=10, train__log_every=3, **meta)
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   ref = train.train_and_evaluate(c, ref_dir)
@@ -238,6 +240,14 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
     assert ref['program_counts']
     assert set(ref['program_counts']) <= {'meta_ahead0', 'meta_ahead1'}
   assert_same_train_state(got_state, want_state)
+  # the per-example record (label issues), and the table made from it
+  (got_record, _), (want_record, _) = (runs_lib.read_record(d, 10)
+                                       for d in (run_dir, ref_dir))
+  assert want_record['trust_count'].sum() == want_record['seen'].sum() == 10 * 32
+  chex.assert_trees_all_equal(got_record, want_record)
+  with open(os.path.join(run_dir, 'label_issues.csv')) as a, open(
+      os.path.join(ref_dir, 'label_issues.csv')) as b:
+    assert a.read() == b.read()
   assert set(want_data) == {'train', 'meta', 'metrics'}
   assert want_data['train']['grain']['next_index'] == 10
   assert bool(want_data['metrics']['window']['clean']) == (method != 'ce')

@@ -57,12 +57,12 @@ def _snapshot(nets: dict) -> dict:
 def _restore(run: Run, ct: CoTrainer, nets: dict) -> int:
   """Replaces the fresh networks by the latest checkpoint's; the start epoch."""
   restored, extra, data_state, epoch = run.ckpt.restore_with_extra(
-      _snapshot(nets), ct.labels.checkpoint_extra())
+      _snapshot(nets), ct.label_tracking.checkpoint_extra())
   if restored is None:
     return 0
   for name in NETS:
     nets[name] = Network(restored[name]['state'], restored[name]['ssl'])
-  ct.labels.restore(extra, epoch)
+  ct.label_tracking.restore(extra, epoch)
   ct.train_it.set_state(data_state['train'])
   log.info('resumed Alg. 2 at epoch %d from %s', epoch, run.ckpt.directory)
   return epoch
@@ -79,7 +79,7 @@ def _plans(ct: CoTrainer, nets: dict, epoch: int, row: dict):
   splits = {}
   for i, name in enumerate(NETS):
     splits[name], report = ct.split(nets[name], pool, ct.seed * 1000 + 2 * epoch + i)
-    ct.labels.set_gmm(name, pool, splits[name].prob)
+    ct.label_tracking.set_gmm(name, pool, splits[name].prob)
     row.setdefault(name, {})['gmm'] = report
     if report['warning']:
       log.warning('epoch %d, %s: GMM split degenerate: %s', epoch, name, report['warning'])
@@ -144,7 +144,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if last or due(int(a.checkpoint_every_epochs), done) or run.stop_requested:
           run.ckpt.save(done, _snapshot(nets), {'train': ct.train_it.get_state(),
                                                 'epoch': done},
-                        extra=ct.labels.checkpoint_extra())
+                        extra=ct.label_tracking.checkpoint_extra())
           saved = done
         if pbar is not None:
           _progress(pbar, row)
@@ -195,7 +195,7 @@ def _summarize(run: Run, ct: CoTrainer, nets: dict, start: int, last_eval, first
                   for n in NETS if n in h}} for h in analysis.gmm_history(rows)],
       'resumed_from': start or None, 'first_epoch_s': first_epoch_s,
       'compiled': run.check_compiled_once(ct.programs),
-      'label_issues': ct.labels.report(run.workdir),
+      'label_issues': ct.label_tracking.report(run.workdir),
       **run.common_summary(ct.splits.info),
   }
   run.write_summary(summary)

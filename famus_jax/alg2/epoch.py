@@ -169,9 +169,10 @@ class CoTrainer:
         self.meta_batch if self.strategy.uses_meta_set else 1)
     self.min_noisy = int(a.min_set_size) or self.ssl_batch
     self.ssl_augment = d.augment if a.ssl.augment == 'data' else a.ssl.augment
-    self.labels = tracking_lib.LabelTracking(run, self.train_source, config, gmm=True)
+    self.label_tracking = tracking_lib.LabelTracking(run, self.train_source, config,
+                                                     gmm=True)
     self.programs = {**steps_lib.jit_steps(self.setup, self.ssl_setup),
-                     **self.strategy.programs, **self.labels.programs}
+                     **self.strategy.programs, **self.label_tracking.programs}
     self.labels = np.asarray(self.train_source.labels)
     self.true_labels = np.asarray(self.train_source.true_labels)
 
@@ -277,7 +278,7 @@ class CoTrainer:
         if self.strategy.needs_validation(step):
           val = self.run.device_batch(validation_batch(next(val_pf)), ('image', 'label'))
         net.state, m = self.strategy.run_iteration(step, net.state, batch, val)
-        self.labels.after_iteration(host, m)
+        self.label_tracking.after_iteration(host, m)
         self.run.check_iteration(step + 1, m['finite'])  # at most one iteration late
         if lab_pf is not None:
           m = {**m, **self._ssl_step(net, other, next(lab_pf), next(unl_pf),

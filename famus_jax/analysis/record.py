@@ -187,10 +187,11 @@ class ExampleRecord:
   def update(self, index: jax.Array, labels: jax.Array, metrics: dict) -> None:
     """After an iteration: `index`, `labels` the batch's (sharded like it),
     `metrics` the step's device metrics."""
-    per_example = {k: metrics[k] for k in ('weights', 'example_loss', 'prediction')
-                   if k in metrics}
     name = self.program_for(metrics)
-    self.state = self.programs[name](self.state, index, labels, per_example)
+    keys = ('example_loss', 'prediction') + (
+        ('weights',) if name == 'record' and 'weights' in self.signal.requires else ())
+    self.state = self.programs[name](self.state, index, labels,
+                                     {k: metrics[k] for k in keys})
 
   def set_gmm(self, net: str, pool: np.ndarray, prob: np.ndarray) -> None:
     """Algorithm 2: `net`'s GMM clean probabilities of the examples in `pool`."""
