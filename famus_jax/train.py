@@ -10,10 +10,13 @@ device mesh, batches are sharded along it. Metrics stay on device until the
 next log step; every compiled function must compile once (checked at every
 log step: `RecompilationError` otherwise).
 
-The workdir holds `config.json`, `checkpoints/` (orbax: train state and data
-iterator states, the last `train.keep_checkpoints`), `metrics.jsonl`,
-`eval.jsonl`, `tensorboard/`, and at the end `summary.json` and
-`learning_curves.png`. Re-running the same command resumes from the latest
+The workdir holds `config.json`, `checkpoints/` (orbax: train state, data
+iterator states and the per-example record, the last `train.keep_checkpoints`),
+`metrics.jsonl`, `eval.jsonl`, `tensorboard/`, and at the end `summary.json`,
+`learning_curves.png` and `label_issues.csv` (the training labels ranked by
+how likely each is wrong; `famus_jax.analysis`, hooked in through
+`Trainer.label_tracking`: built in `__init__`, updated in `iterate`, saved and
+restored with the checkpoints, reported in `_summarize`). Re-running the same command resumes from the latest
 checkpoint and ends exactly where an uninterrupted run ends; SIGTERM (or
 Ctrl-C) saves a checkpoint before exiting; a non-finite loss stops the run
 naming the step and keeps the last good checkpoint. The workdir, checkpoints,

@@ -282,7 +282,8 @@ def test_cotraining_exchanges_meta_sets(tmp_path, monkeypatch):
   assert [r['phase'] for r in rows] == ['warmup', 'cotrain']
   assert rows[1]['net1']['trained_on']['meta_set_from'] == 'net2'
   assert summary['compiled'] == {'losses': 1, 'ssl': 1, 'eval': 1, 'meta': 1,
-                                 'weighted': 0, 'plain': 1}
+                                 'weighted': 0, 'plain': 1, 'record': 1,
+                                 'record_visit': 1}
 
 
 def _assert_equal(got, want, what):

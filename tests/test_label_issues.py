@@ -19,6 +19,7 @@ import famus_jax
 from famus_jax import inspect as inspect_lib
 from famus_jax import main as main_lib
 from famus_jax import train
+from famus_jax.analysis import grid
 from famus_jax.analysis import label_issues as issues_lib
 from famus_jax.analysis import record as record_lib
 from famus_jax.analysis import runs as runs_lib
@@ -330,6 +331,15 @@ def test_inspect_writes_the_grid_and_a_checkpoint_table(tiny_run):
   with pytest.raises(runs_lib.RunError, match=r'--checkpoint=5: no such checkpoint in '
                      r'.*/checkpoints \(there are: 4, 8, 10\)'):
     inspect_lib.inspect_run(workdir, checkpoint=5)
+
+
+def test_grid_shows_uint8_images_as_the_pipeline_does():
+  """Fashion-MNIST and CIFAR sources hold uint8: ÷ 255, not clipped to 0/1."""
+  images = np.array([[[[0], [51]], [[255], [128]]]], np.uint8)
+  np.testing.assert_allclose(grid.unit_range(images)[0, :, :, 0],
+                             [[0.0, 0.2], [1.0, 128 / 255]], rtol=1e-6)
+  floats = np.array([[[[0.25]]]], np.float32)
+  np.testing.assert_array_equal(grid.unit_range(floats), floats)
 
 
 def test_inspect_refuses_a_run_of_another_data_set(tiny_run, tmp_path):

@@ -135,10 +135,12 @@ def test_ce_ignores_the_sampler_and_meta_warmup_runs_plain_steps(tmp_path):
   from famus_jax import train  # pylint: disable=g-import-not-at-top
   c = tiny_config('ce', 'famus', steps=4)
   s = train.train_and_evaluate(c, str(tmp_path / 'ce'))
-  assert s['sampler'] is None and s['compiled'] == {'plain': 1, 'eval': 1}
+  assert s['sampler'] is None and s['compiled'] == {'plain': 1, 'eval': 1, 'record': 1,
+                                                    'record_visit': 0}
   c = tiny_config('mwnet', 'famus', steps=4, meta__warmup_epochs=0.2)  # 7 of 38 batches
   s = train.train_and_evaluate(c, str(tmp_path / 'warm'))
-  assert s['compiled'] == {'plain': 1, 'meta': 0, 'weighted': 0, 'eval': 1}
+  assert s['compiled'] == {'plain': 1, 'meta': 0, 'weighted': 0, 'eval': 1,
+                           'record': 0, 'record_visit': 1}  # no meta-weight yet
   assert s['last_train_row']['meta_steps'] == 0
 
 

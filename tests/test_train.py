@@ -38,7 +38,8 @@ def test_variants_in_process(tmp_path, method, sampler, interval):
   summary = train.train_and_evaluate(c, str(tmp_path))
   _, rows = check_run_files(str(tmp_path), 6, method)
   if interval == 2:  # meta steps at iterations 0, 2, 4; weighted steps between
-    assert summary['compiled'] == {'meta': 1, 'weighted': 1, 'eval': 1}
+    assert summary['compiled'] == {'meta': 1, 'weighted': 1, 'eval': 1, 'record': 1,
+                                   'record_visit': 0}
     assert [r['meta_steps'] for r in rows] == [1, 1, 1]
   else:
     assert summary['compiled']['weighted'] == 0

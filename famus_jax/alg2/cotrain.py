@@ -27,7 +27,10 @@ Files in the workdir: `config.json`, `alg2_epochs.jsonl` (one row per epoch,
 see `famus_jax.alg2.analysis`), `gmm_precision_recall.png`, `checkpoints/`
 (both networks, every `alg2.checkpoint_every_epochs`; re-running the command
 resumes at the last saved epoch), `noisy_labels.npz` / `noise_report.json`
-(the data module's), and at the end `summary.json`. SIGTERM / Ctrl-C stops
+(the data module's), and at the end `summary.json` and `label_issues.csv`
+(the training labels ranked by how likely each is wrong, with both networks'
+GMM clean probabilities in the score: `famus_jax.analysis`, hooked in through
+`CoTrainer.label_tracking`). SIGTERM / Ctrl-C stops
 at the next iteration (`Preempted`, exit 143 from main): the epoch in progress
 is dropped and the re-run resumes exactly from the last saved epoch.
 """

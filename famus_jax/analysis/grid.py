@@ -27,6 +27,15 @@ def class_namer(data_name: str):
   return lambda c: names[c] if names is not None and 0 <= c < len(names) else str(c)
 
 
+def unit_range(images: np.ndarray) -> np.ndarray:
+  """Images as float32 in [0, 1]: uint8 sources (Fashion-MNIST, CIFAR) ÷ 255 as
+  the input pipeline does, float ones as they are."""
+  images = np.asarray(images)
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
+  return images.astype(np.float32)
+
+
 def caption(rank: int, index: int, given: int, predicted: int, score: float,
             true: Optional[int], name=str) -> str:
   """'#1 idx 746 (0.97)', 'given → predicted' and, when known, 'true ...'."""
@@ -40,7 +49,7 @@ def plot_label_issues(path: str, images: np.ndarray, table, top: int,
                       title: str = '', class_names: Optional[Sequence[str]] = None,
                       data_name: str = '') -> str:
   """Writes a grid of `images` (the first `top` rows of `table`, in its order,
-  values in [0, 1], (k, H, W, C)) captioned with rank, index, score, given →
+  (k, H, W, C), uint8 or floats in [0, 1]) captioned with rank, index, score, given →
   predicted label and, when known, the true label."""
   name = (class_namer(data_name) if class_names is None
           else lambda c: class_names[c] if 0 <= c < len(class_names) else str(c))
@@ -53,7 +62,7 @@ def plot_label_issues(path: str, images: np.ndarray, table, top: int,
     ax.axis('off')
     if i >= k:
       continue
-    image = np.clip(np.asarray(images[i], np.float32), 0.0, 1.0)
+    image = np.clip(unit_range(images[i]), 0.0, 1.0)
     grey = image.shape[-1] == 1
     ax.imshow(image[..., 0] if grey else image, cmap='gray' if grey else None,
               vmin=0.0, vmax=1.0, interpolation='nearest')
