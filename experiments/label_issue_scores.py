@@ -173,6 +173,8 @@ def run_method(config, method: str, workdir: str) -> dict:
   c = config_lib.load_config(config) if isinstance(config, str) else config
   c = c.copy_and_resolve_references()
   c.meta.method = method
+  if method == 'mlc':  # its loss is a batch sum: a per-example rate (as digits_study)
+    c.optim.lr = c.optim.lr / c.data.batch_size
   visits = Visits()
   real = tracking_lib.LabelTracking
   train.tracking_lib.LabelTracking = capturing(visits)
