@@ -227,6 +227,26 @@ def test_record_is_covered_by_the_checksums(tmp_path):
   ckpt.close()
 
 
+def test_reading_a_record_moves_nothing_and_skips_a_corrupt_checkpoint(tmp_path, caplog):
+  """`famus_jax.inspect` reads beside a run that may be saving: a corrupt newest
+  checkpoint is skipped with a warning and left where it is."""
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
+  for step in (4, 8):
+    ckpt.save(step, _state(step), {'at': step}, extra={'label_record': _record(step)})
+  ckpt.close()
+  shutil.rmtree(tmp_path / 'checkpoints' / '8' / 'label_record')
+  with caplog.at_level('WARNING', logger='famus_jax.labels'):
+    record, step = runs_lib.read_record(str(tmp_path))
+  assert step == 4
+  np.testing.assert_array_equal(record['trust'], np.asarray(_record(4)['trust']))
+  assert 'checkpoint 8: label_record is missing; reading checkpoint 4 instead' in caplog.text
+  assert os.path.isdir(tmp_path / 'checkpoints' / '8')
+  reader = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'), read_only=True)
+  with pytest.raises(checkpoint_lib.CheckpointError, match='opened read-only'):
+    reader.save(12, _state(12), {})
+  reader.close()
+
+
 # ---------------------------------------------------------------------------
 # A tiny run end to end.
 

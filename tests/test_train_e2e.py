@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import famus_jax
 from famus_jax import train
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import signals
@@ -237,7 +238,7 @@ for n in (1, 2):
   out[n] = {'loss': [r['loss'] for r in rows], 'val_loss': [r['val_loss'] for r in rows],
             'weight_clean': [r['weight_clean'] for r in rows],
             'test_loss': s['final']['test_loss'], 'devices': s['devices']['num_devices'],
-            'compiled': s['compiled']}
+            'compiled': s['compiled'], 'label_issues': s['label_issues']}
 print('RESULT' + json.dumps(out))
 '''
 
@@ -257,6 +258,11 @@ def test_data_parallel_two_devices_matches_one(tmp_path):
   for key in ('loss', 'val_loss', 'weight_clean'):
     np.testing.assert_allclose(two[key], one[key], rtol=2e-4, atol=1e-6, err_msg=key)
   np.testing.assert_allclose(two['test_loss'], one['test_loss'], rtol=2e-4)
+  # the per-example record, sharded over the devices (1,247 rows padded to 1,248)
+  assert two['compiled']['record'] == 1
+  assert two['label_issues']['num_ranked'] == one['label_issues']['num_ranked'] == 6 * 32
+  np.testing.assert_allclose(two['label_issues']['metrics']['roc_auc'],
+                             one['label_issues']['metrics']['roc_auc'], rtol=1e-3)
 
 
 MULTIHOST_SCRIPT = r'''
@@ -307,3 +313,8 @@ def test_two_processes_with_jax_distributed_match_one(tmp_path):
   want = [r['loss'] for r in read_jsonl(tmp_path / 'ref' / 'metrics.jsonl')]
   assert len(got) == 6
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  # the per-example record spans both processes; process 0 gathers it for the table
+  mh, one = (famus_jax.label_issues(d) for d in (workdir, str(tmp_path / 'ref')))
+  assert len(mh) == len(one) == 6 * 32
+  np.testing.assert_array_equal(np.sort(mh.index), np.sort(one.index))
+  np.testing.assert_allclose(mh.metrics['roc_auc'], one.metrics['roc_auc'], rtol=1e-4)

@@ -174,7 +174,7 @@ class ExampleRecord:
     self.mesh = mesh
     self.sharding = sharding_lib.batch_sharding(mesh)
     size = padded_size(self.num_examples, mesh.devices.size)
-    self.state = jax.device_put(empty_record(size, gmm=gmm), self.sharding)
+    self.state = {k: self._global(v) for k, v in empty_record(size, gmm=gmm).items()}
     self.programs = {
         name: jax.jit(functools.partial(update_record, signal=self.signal,
                                         decay=float(decay), with_trust=with_trust),
@@ -198,7 +198,12 @@ class ExampleRecord:
     key = GMM_FIELDS[net]
     values = np.full((self.state[key].shape[0],), -1.0, np.float32)
     values[np.asarray(pool)] = np.asarray(prob, np.float32)
-    self.state = {**self.state, key: jax.device_put(values, self.sharding)}
+    self.state = {**self.state, key: self._global(values)}
+
+  def _global(self, values: np.ndarray) -> jax.Array:
+    """A host array every process holds whole, as one array sharded on the mesh."""
+    return jax.make_array_from_callback(values.shape, self.sharding,
+                                        lambda index: values[index])
 
   def restore(self, state: dict) -> None:
     self.state = state

@@ -5,6 +5,7 @@ Problems are `RunError`s, one line saying what to do."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -17,6 +18,7 @@ from famus_jax.analysis import record as record_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 
 NOISE_FILE = 'noisy_labels.npz'
+log = logging.getLogger('famus_jax.labels')
 
 
 class RunError(RuntimeError):
@@ -35,8 +37,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def read_record(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
-  """(host record, step) of checkpoint `step` (default: the newest intact one)."""
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  """(host record, step) of checkpoint `step` (default: the newest intact one).
+
+  Read only: a run may be saving beside it; a corrupt checkpoint is skipped,
+  not moved; the record is read onto this process's device whatever devices
+  saved it.
+  """
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
     steps = ckpt.all_steps()
     if not steps:
@@ -45,18 +52,28 @@ def read_record(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
     if step is not None and step not in steps:
       raise RunError(f'--checkpoint={step}: no such checkpoint in {workdir}/checkpoints '
                      f'(there are: {", ".join(map(str, steps))})')
-    try:
-      _, extra, _, got = ckpt.restore_with_extra(
-          None, {record_lib.CHECKPOINT_ITEM: None}, step)
-    except checkpoint_lib.CheckpointError as e:
-      raise RunError(str(e)) from None
+    return _first_intact_record(ckpt, [step] if step is not None else steps[::-1])
   finally:
     ckpt.close()
-  record = extra[record_lib.CHECKPOINT_ITEM]
-  if record is None:
-    raise RunError(f'checkpoint {got} in {workdir} holds no per-example record (saved '
-                   'by a version without label tracking); train a new run')
-  return {k: np.asarray(v) for k, v in record.items()}, got
+
+
+def _first_intact_record(ckpt, steps: list[int]) -> tuple[dict, int]:
+  bad = []
+  for s in steps:
+    try:
+      like = ckpt.saved_like(s, record_lib.CHECKPOINT_ITEM)  # None: absent
+      extra = ckpt.read_extra(s, {record_lib.CHECKPOINT_ITEM: like})
+    except checkpoint_lib.CheckpointError as e:
+      bad.append(f'{s}: {e}')
+      continue
+    record = extra[record_lib.CHECKPOINT_ITEM]
+    if record is None:
+      raise RunError(f'checkpoint {s} in {ckpt.directory} holds no per-example record '
+                     '(saved by a version without label tracking); train a new run')
+    for why in bad:
+      log.warning('checkpoint %s; reading checkpoint %d instead', why, s)
+    return {k: np.asarray(v) for k, v in record.items()}, s
+  raise RunError(f'no intact checkpoint in {ckpt.directory}: checkpoint {bad[0]}')
 
 
 def saved_labels(workdir: str) -> Optional[tuple[np.ndarray, np.ndarray]]:

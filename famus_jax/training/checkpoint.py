@@ -37,6 +37,7 @@ import time
 import traceback
 from typing import Any, Optional
 
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -183,12 +184,15 @@ def _keep_orbax_off_the_terminal() -> None:
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `directory` (made by the first save)."""
 
-  def __init__(self, directory: str, keep: int = 3):
+  def __init__(self, directory: str, keep: int = 3, *, read_only: bool = False):
+    """`read_only`: for readers beside a run that may be saving (no clean-up of
+    its temporary directories; `save` refuses)."""
     self.directory = os.path.abspath(directory)
+    self.read_only = bool(read_only)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=int(keep), create=False, cleanup_tmp_directories=True,
+            max_to_keep=int(keep), create=False, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=False))
     self._failed: list[int] = []
     _keep_orbax_off_the_terminal()
@@ -206,6 +210,8 @@ class Checkpointer:
     `extra`: item name -> pytree of arrays saved beside the state (names other
     than 'state', 'data' and 'checksum'), covered by the checksums.
     """
+    if self.read_only:
+      raise CheckpointError(f'{self.directory} was opened read-only')
     if step in self._manager.all_steps():
       return
     extra = dict(extra or {})
@@ -300,6 +306,32 @@ class Checkpointer:
         if leaf is not None:
           raise CheckpointError(f'non-finite values in {name}{leaf}')
     return trees, restored.data
+
+  def read_extra(self, step: int, like_extra: dict[str, Any]) -> dict[str, Any]:
+    """Only the `extra` items of checkpoint `step`, verified (an item it does not
+    hold is None); `CheckpointError` giving the reason when it is corrupt.
+    Nothing is moved: for readers beside a run."""
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, dict(like_extra))
+    trees, _ = self._restore_checked(abstract, step)
+    return {name: trees.get(name) for name in like_extra}
+
+  def saved_like(self, step: int, name: str) -> Optional[Any]:
+    """Item `name` of checkpoint `step` as abstract arrays (the saved shapes and
+    dtypes) on this process's first device, to read it whatever devices saved
+    it; None when the checkpoint has no such item, `CheckpointError` when its
+    metadata cannot be read."""
+    path = os.path.join(self.directory, str(step), name)
+    if not os.path.isdir(path):
+      return None
+    try:
+      tree = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds)
+      raise CheckpointError(f'orbax could not read its {name} metadata: {_one_line(e)}'
+                            ) from None
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree,
+        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
 
   def _move_aside(self, step: int) -> str:
     src = os.path.join(self.directory, str(step))
