@@ -76,13 +76,19 @@ class LabelIssueTable:
     return self.score > 0.5
 
 
+# The method's average trust as a probability that the label is wrong, 0.5 at
+# the neutral point, by the signal's scale (`record.Signal.scale`): 1 / (1 + w̄)
+# for a relative meta-weight (the uniform weight 1 gives 0.5, weight 0 gives 1),
+# 1 − p̄ for a probability.
+TRUST_TO_SCORE = {
+    'weight': lambda trust: 1.0 / (1.0 + np.maximum(trust, 0.0)),
+    'probability': lambda trust: 1.0 - trust,
+}
+assert set(TRUST_TO_SCORE) == set(record_lib.SCALES)
+
+
 def trust_score(trust: np.ndarray, scale: str) -> np.ndarray:
-  """The method's average trust as a probability that the label is wrong, 0.5
-  at the neutral point: 1 / (1 + w̄) for a relative meta-weight (the uniform
-  weight 1 gives 0.5, weight 0 gives 1), 1 − p̄ for a probability."""
-  if scale == 'weight':
-    return 1.0 / (1.0 + np.maximum(trust, 0.0))
-  return 1.0 - trust
+  return TRUST_TO_SCORE[scale](trust)
 
 
 def gmm_score(record: dict) -> Optional[np.ndarray]:

@@ -89,6 +89,8 @@ SIGNALS: dict[str, Signal] = {
     'ce': Signal(label_probability, (), 'probability', 'label probability'),
 }
 assert set(SIGNALS) == set(strategies.STRATEGIES)
+SCALES = ('weight', 'probability')
+assert {s.scale for s in SIGNALS.values()} <= set(SCALES)
 
 
 def empty_record(num_examples: int, *, gmm: bool = False) -> dict[str, np.ndarray]:
