@@ -12,7 +12,7 @@ top-N images: given → predicted label, and the true one when known) into the
 workdir — `label_issues_step<STEP>.{csv,png}` for `--checkpoint`. Exit codes: 0
 done; 1 with a one-line error (no run or no checkpoint in the workdir, no such
 checkpoint, a run trained on another data set than its config loads now, data
-set missing).
+set missing, the table or picture cannot be written).
 """
 
 import argparse
@@ -83,9 +83,10 @@ def inspect_run(workdir: str, checkpoint=None, top: int = 32) -> list[str]:
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   from famus_jax.analysis import runs  # pylint: disable=g-import-not-at-top
+  from famus_jax.training.writes import WriteError  # pylint: disable=g-import-not-at-top
   try:
     lines = inspect_run(args.workdir, args.checkpoint, args.top)
-  except runs.RunError as e:
+  except (runs.RunError, WriteError) as e:  # WriteError: e.g. a read-only workdir
     print(f'famus_jax: error: {e}', file=sys.stderr)
     sys.exit(1)
   for line in lines:

@@ -26,6 +26,7 @@ from famus_jax.analysis import runs as runs_lib
 from famus_jax.analysis import tracking as tracking_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import sharding as sharding_lib
+from famus_jax.training.writes import WriteError
 from test_train_support import REPO, tiny_config
 
 LN = np.log
@@ -177,6 +178,8 @@ def test_csv_holds_the_table(tmp_path):
   with open(path) as f:
     assert f.readline().strip() == 'rank,index,given_label,predicted_label,score'
   assert no_truth.metrics is None
+  with pytest.raises(WriteError, match=r'cannot write .*/missing/issues.csv: No such file'):
+    issues_lib.write_csv(str(tmp_path / 'missing' / 'issues.csv'), table)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 import matplotlib
 import numpy as np
 
+from famus_jax.training.writes import writing
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -75,6 +77,9 @@ def plot_label_issues(path: str, images: np.ndarray, table, top: int,
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  try:
+    with writing(path):  # a full disk: one line naming the file
+      fig.savefig(path, dpi=110)
+  finally:
+    plt.close(fig)
   return path

@@ -32,6 +32,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from famus_jax.analysis import record as record_lib
+from famus_jax.training.writes import writing
 
 CSV_FILE = 'label_issues.csv'
 CSV_COLUMNS = ('rank', 'index', 'given_label', 'predicted_label', 'score')
@@ -186,7 +187,7 @@ def write_csv(path: str, table: LabelIssueTable) -> None:
   written atomically."""
   columns = CSV_COLUMNS + (('true_label',) if table.true_label is not None else ())
   tmp = path + '.tmp'
-  with open(tmp, 'w', newline='') as f:
+  with writing(path), open(tmp, 'w', newline='') as f:
     w = csv.writer(f)
     w.writerow(columns)
     for r in range(len(table)):
@@ -195,7 +196,8 @@ def write_csv(path: str, table: LabelIssueTable) -> None:
       if table.true_label is not None:
         row.append(int(table.true_label[r]))
       w.writerow(row)
-  os.replace(tmp, path)
+  with writing(path):
+    os.replace(tmp, path)
 
 
 def summary_entry(table: LabelIssueTable) -> dict:
