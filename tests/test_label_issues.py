@@ -383,18 +383,24 @@ def test_inspect_refuses_a_run_of_another_data_set(tiny_run, tmp_path):
     runs_lib.check_record(record, 1000, other)
 
 
-def test_inspect_command_errors_are_one_line(tmp_path):
+def test_inspect_command_errors_are_one_line(tmp_path, capsys):
+  """The command: exit 1 and one line (a workdir without a run); the messages of
+  the other cases in process."""
   empty = tmp_path / 'empty'
   empty.mkdir()
-  (tmp_path / 'no_ckpt').mkdir()
-  (tmp_path / 'no_ckpt' / 'config.json').write_text('{}')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  for workdir, message in ((empty, 'holds no training run (no config.json)'),
-                           (tmp_path / 'no_ckpt', 'holds no checkpoint yet')):
-    proc = subprocess.run([sys.executable, '-m', 'famus_jax.inspect', f'--workdir={workdir}'],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip() == f'famus_jax: error: --workdir={workdir} {message}' + (
-        '; train one first: python -m famus_jax.main --config=configs/digits.py '
-        f'--workdir={workdir}' if 'config.json' in message else
-        '; wait for the first one (train.checkpoint_every) or the end of the run')
+  proc = subprocess.run([sys.executable, '-m', 'famus_jax.inspect', f'--workdir={empty}'],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip() == (
+      f'famus_jax: error: --workdir={empty} holds no training run (no config.json); train '
+      f'one first: python -m famus_jax.main --config=configs/digits.py --workdir={empty}')
+  (tmp_path / 'config.json').write_text('{}')
+  with pytest.raises(runs_lib.RunError, match=(
+      f'^--workdir={tmp_path} holds no checkpoint yet; wait for the first one '
+      r'\(train.checkpoint_every\) or the end of the run$')):
+    runs_lib.read_record(str(tmp_path))
+  with pytest.raises(SystemExit) as e:
+    inspect_lib.parse_args(['--workdir=x', '--top=0'])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == 'famus_jax: error: --top=0: must be at least 1\n'
