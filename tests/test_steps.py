@@ -87,9 +87,11 @@ def test_weighted_step_of_mwnet_matches_hand_reference():
   copy = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its state
   new_state, m = strategy.run_iteration(1, copy, train)
 
-  chex.assert_trees_all_close(new_state.params, want_params, rtol=1e-5, atol=1e-7)
+  # atol: parameters and gradients of order 1 carry float32 rounding of order ulp(1) ≈ 1.2e-7
+  # (XLA's operation order differs between the step and the reference).
+  chex.assert_trees_all_close(new_state.params, want_params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(optax.tree_utils.tree_get(new_state.opt_state, 'trace'),
-                              new_trace, rtol=1e-5, atol=1e-7)
+                              new_trace, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(new_state.batch_stats, new_vars['batch_stats'],
                               rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_equal(new_state.meta_params, state.meta_params)
