@@ -441,8 +441,8 @@ def _fill_after_save(monkeypatch, disk, when):
   """The disk fills up right after the checkpoint of step `when` is saved."""
   save = checkpoint_lib.Checkpointer.save
 
-  def saving(self, step, state, data_state):
-    save(self, step, state, data_state)
+  def saving(self, step, state, data_state, **kwargs):
+    save(self, step, state, data_state, **kwargs)
     if step == when and not disk.full:
       disk.fill()
   monkeypatch.setattr(checkpoint_lib.Checkpointer, 'save', saving)
