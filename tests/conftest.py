@@ -1,7 +1,27 @@
-"""Test-session settings: CPU, float32 by default, helpers importable."""
+"""Test-session settings: CPU, float32 by default, helpers importable, and one
+persistent XLA compilation cache for the whole session.
+
+Many tests build the same small programs (tiny MLPs and CNNs, the digits
+configs) in separate tests, worker processes and `python -m famus_jax.main`
+subprocesses; with the cache each distinct program compiles once per session.
+The directory is chosen once, by the first process that imports this file (the
+pytest-xdist controller), and inherited through the environment by the workers
+and every subprocess they start. Set JAX_COMPILATION_CACHE_DIR to reuse a
+directory across sessions.
+"""
 
 import os
 import sys
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='famus_jax_tests_xla_')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 sys.path.insert(0, os.path.dirname(__file__))
+if 'jax' in sys.modules:  # a plugin imported jax first: it read the environment already
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
