@@ -21,7 +21,7 @@ from famus_jax.training.lock import WorkdirError
 # What the file system (not the program) refused: these end a run with one line.
 FILE_SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
                                 errno.EPERM, errno.EIO, errno.EFBIG})
-_TODO = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space',
+_WHAT_TO_DO = {errno.ENOSPC: 'free some space', errno.EDQUOT: 'free some space',
          errno.EFBIG: 'free some space', errno.EROFS: 'make the file system writable',
          errno.EACCES: 'make it writable', errno.EPERM: 'make it writable'}
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")  # in tensorstore's messages
@@ -77,7 +77,7 @@ class WriteError(WorkdirError):
       lines = [l.strip() for l in str(self.cause).splitlines() if l.strip()]
       reason = (lines[0] if lines else type(self.cause).__name__)[:160]
     return (f'cannot write {self.path}: {reason} ({free_space(self.path)} free there); '
-            f'{self._resume()}{_TODO.get(code, "fix that")}, then re-run the same command')
+            f'{self._resume()}{_WHAT_TO_DO.get(code, "fix that")}, then re-run the same command')
 
   def _resume(self) -> str:
     if self.checkpoints is None:
