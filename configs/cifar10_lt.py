@@ -54,6 +54,12 @@ def get_config():
   c.meta.k = 4  # supplement §E
   c.meta.lambda1 = 0.1  # L_r keeps about K layers on
   c.meta.lambda2 = 0.1  # L_g: the paper's full FaMUS
+  # FaMUS over every layer (the paper's candidates) on run-time scopes cut at
+  # block boundaries (meta.prune_levels=0, meta.dispatch='host': the defaults).
+  # Ours: L_r gains a one-sided price per layer, the marginal meta work of
+  # extending the scope down to it, so the gates reach low layers only where it
+  # pays (README "FaMUS at run time"); the paper's L_r: meta.rate_cost='count'.
+  c.meta.rate_cost = 'scope'
 
   c.train.log_every = 100
   c.train.eval_every = 2000

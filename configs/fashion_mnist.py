@@ -7,10 +7,10 @@
 (100 per class, as the paper's CIFAR setting) are removed from training, the
 59,000 others get 40 % symmetric label noise; 10,000 clean test images. A
 small ResNet (`fashion_resnet`: width 8, 3 blocks, 19,890 parameters).
-Compare with `--config.meta.method=ce` (plain cross-entropy) and
-`--config.meta.sampler=all --config.meta.candidate_layers=all` (the exact
-meta gradient over every layer; with `sampler=all` alone, over FaMUS's candidates);
-`--config.data.noise_type=asymmetric` uses the Fashion-MNIST class map
+MW-Net + FaMUS as the digits recipe sets it (every layer a candidate,
+run-time scopes, the scope price on L_r). Compare with
+`--config.meta.method=ce` (plain cross-entropy) and `--config.meta.sampler=all`
+(the exact meta gradient over every layer); `--config.data.noise_type=asymmetric` uses the Fashion-MNIST class map
 (famus_jax/data/README.md). Another folder:
 `--config.data.data_dir=DIR` (the IDX files, gzipped or not).
 """
@@ -21,8 +21,9 @@ from famus_jax.training.config import load_config
 
 
 def get_config():
-  # The digits quickstart's recipe (MW-Net + FaMUS, K 4, λ1 = λ2 = 0.1, SGD m 0.9,
-  # wd 5e-4, lr 0.05 piecewise by epoch); what differs is below.
+  # The digits quickstart's recipe (MW-Net + FaMUS over every layer, K 4,
+  # λ1 = λ2 = 0.1, the scope price on L_r, SGD m 0.9, wd 5e-4, lr 0.05 piecewise
+  # by epoch); what differs is below.
   c = load_config('digits.py', relative_to=__file__)
   c.model.name = 'fashion_resnet'
   # width 8: channels 8/16/32, ~0.7 M multiply-adds per image (width 16: ~2.7 M);
@@ -40,14 +41,6 @@ def get_config():
   # 4 epochs × 590 batches = 2,360 iterations, ÷10 after 3.6 and 3.8 epochs.
   c.optim.num_epochs = 4
   c.optim.boundaries = (3.6, 3.8)
-
-  # FaMUS's candidate layers: the last residual block and the classifier
-  # (7 of 21 layers), in 2 nested scopes (top 4, all 7). A selection's cost is
-  # set by its lowest selected layer; over all 21 layers the learned gates pick
-  # a stem or first-block layer in most iterations, so the meta iteration costs
-  # what the exact one does. Measured in experiments/README.md ("FaMUS speed").
-  c.meta.candidate_layers = 'top:7'
-  c.meta.prune_levels = 2
 
   c.train.log_every = 59
   c.train.eval_every = 590

@@ -13,7 +13,7 @@ epochs), of which the first is a cross-entropy warm-up.
 
   ... --config.data.noise_rate=0.6          # 60 % symmetric noise
   ... --config.data.noise_type=asymmetric   # the Fashion-MNIST class map
-  ... --config.meta.sampler=all --config.meta.candidate_layers=all   # MW-Net + Pseudo-clean (exact)
+  ... --config.meta.sampler=all            # MW-Net + Pseudo-clean (exact meta gradient)
   ... --config.alg2.ssl.enabled=False       # meta step only, no SSL term
 """
 

@@ -29,6 +29,12 @@ def get_config():
   c.meta.momentum = 0.9
   c.meta.nesterov = True
   c.meta.weight_decay = c.optim.weight_decay   # the base network's, as the code
+  # FaMUS over every layer (the paper's candidates) on run-time scopes cut at
+  # block boundaries (meta.prune_levels=0, meta.dispatch='host': the defaults).
+  # Ours: L_r gains a one-sided price per layer, the marginal meta work of
+  # extending the scope down to it, so the gates reach low layers only where it
+  # pays (README "FaMUS at run time"); the paper's L_r: meta.rate_cost='count'.
+  c.meta.rate_cost = 'scope'
   c = with_alg2(c)
   c.alg2.warmup_epochs = 1                     # Train_webvision.py: warm_up = 1
   c.alg2.ssl.lambda_u = 0.0                    # Train_webvision.py --lambda_u 0

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The FaMUS iteration table on an accelerator: WRN-28-10, batch 100, CIFAR
 # shapes; plain step, exact MW-Net, FaMUS K=4 with gates as data, the random
-# and static-scope rows, the last block, host dispatch (meta_begin and each of
-# the 4 scope programs, whole iterations for top / bottom / random selections)
-# and the one-program lax.switch step. Every program is compiled once ahead of
-# time; the run stops after 8 minutes (compilation included).
+# and static-scope rows, the last block, and for the 'host' (Algorithm 1's
+# gates) and 'ahead' dispatchers each scope program alone, whole iterations
+# for top / bottom / random selections and FaMUS's own gates over every layer
+# with the configs' settings (after 200 warm iterations), and the one-program
+# lax.switch step. WRN-28-10 has 3 scopes (by work), so 14 programs compile
+# ahead of time: 6 one-program rows, host 1 + 3, ahead 3, switch 1 (about 20 s
+# each on a GPU); the run stops after 8 minutes (compilation included).
 #
 #   bash experiments/accelerator_check.sh            # writes experiments/results/
 #                                                    #   iteration_dispatch_<device>.json
@@ -14,8 +17,8 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--smoke" ]]; then
   out="${2:-/tmp/accelerator_check_smoke.json}"
   exec timeout 900 python -m experiments.benchmark_iteration --model=resnet32 --width=4 \
-      --batch=8 --image-size=16 --variants=dispatch --levels=2 --repeats=2 \
+      --batch=8 --image-size=16 --variants=dispatch --repeats=2 --warm=3 \
       --with-switch --out="$out"
 fi
 exec timeout 480 python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100 \
-    --variants=dispatch --levels=4 --repeats=5 --with-switch
+    --variants=dispatch --repeats=5 --warm=200 --with-switch

@@ -10,7 +10,7 @@ ratios to the plain step and XLA's FLOP count of each compiled program.
   python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
   python -m experiments.benchmark_iteration --model=resnet32 --batch=100 \
       --variants=dispatch --selection=top,bottom,random      # FaMUS scope programs
-                                                              # (host and ahead dispatch)
+                      # (host and ahead dispatch) and FaMUS's own gates over all layers
 
 Writes experiments/results/iteration_<host-kind>.json.
 """
@@ -44,7 +44,7 @@ class Variant:
 
 SAMPLER_DEFAULTS = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.0, lambda2=0.0,
                         delta=0.1, candidate_layers='all', granularity='module',
-                        prune_levels=1)
+                        prune_levels=1, dispatch='none')
 
 
 def famus_variants(top: str = 'top:8', levels: int = 4) -> list[Variant]:
@@ -56,11 +56,12 @@ def famus_variants(top: str = 'top:8', levels: int = 4) -> list[Variant]:
       famus('famus_k4_Lc+Lg', lambda1=0.0, lambda2=0.1),
       famus('famus_k4_Lc+Lr', lambda1=0.1, lambda2=0.0),
       famus('famus_k4_all', lambda1=0.1, lambda2=0.1),
-      famus(f'famus_k4_all_levels{levels}', lambda1=0.1, lambda2=0.1, prune_levels=levels),
+      famus(f'famus_k4_all_levels{levels}', lambda1=0.1, lambda2=0.1, prune_levels=levels,
+            dispatch='switch'),
       famus(f'famus_k4_all_{top.replace(":", "")}', lambda1=0.1, lambda2=0.1,
             candidate_layers=top),
       famus(f'famus_k4_all_{top.replace(":", "")}_levels2', lambda1=0.1, lambda2=0.1,
-            candidate_layers=top, prune_levels=2),
+            candidate_layers=top, prune_levels=2, dispatch='switch'),
       Variant('random_s4', 'mwnet', meta=(('sampler', 'random'), ('s', 4))),
       Variant('random_s8', 'mwnet', meta=(('sampler', 'random'), ('s', 8))),
       Variant('random_s16', 'mwnet', meta=(('sampler', 'random'), ('s', 16))),
@@ -88,6 +89,15 @@ QUICK_VARIANTS = ('mwnet_reverse', 'mwnet_jvp', 'famus_k4_all', 'famus_k4_all_to
                   'random_s4', 'block_last')
 VARIANT_SETS = {'core': core_variants, 'famus': famus_variants,
                 'dispatch': None}  # experiments/dispatch_rows.py
+
+
+def one_program(setup):
+  """The jitted meta step of a one-program dispatcher ('none': gates as
+  data; 'switch': lax.switch between the scopes), the state donated."""
+  programs = famus.make_dispatcher(setup).programs
+  if set(programs) != {'meta'}:
+    raise ValueError(f'expected one program, the dispatcher has {sorted(programs)}')
+  return programs['meta']
 
 
 def build(args, variant: Variant, model, images):
@@ -134,8 +144,12 @@ def main(argv=None):
   parser.add_argument('--selection', default=None,
                       help='dispatch rows: forced selections of K layers, comma-separated '
                       'from top,bottom,random (default: all three)')
-  parser.add_argument('--levels', type=int, default=4,
-                      help='dispatch rows: nested scopes P (meta.prune_levels)')
+  parser.add_argument('--levels', type=int, default=0,
+                      help='dispatch rows: meta.prune_levels (0: the shipped scopes at '
+                      'block boundaries by work)')
+  parser.add_argument('--warm', type=int, default=150,
+                      help='dispatch rows: iterations of the learned-gates rows before '
+                      'timing (the gates learn)')
   parser.add_argument('--with-switch', action='store_true',
                       help='dispatch rows: also the one-program lax.switch step (slow on CPU)')
   args = parser.parse_args(argv)
@@ -174,7 +188,7 @@ def main(argv=None):
       step = fj.jit_plain_train_step(setup)
       step_args = (train,)
     else:
-      step = fj.jit_meta_train_step(setup)
+      step = one_program(setup)
       step_args = (train, val)
     flops = common.compiled_flops(step, state, *step_args)
     ms, _ = common.time_call(step, state, *step_args, repeats=args.repeats)

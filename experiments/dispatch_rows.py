@@ -1,17 +1,26 @@
-"""Iteration time of FaMUS with run-time scope choice (`benchmark_iteration
---variants=dispatch`): plain and exact steps, the one-program rows (gates as
-data, random layers, a static top-8 scope, the last block), each scope
-program of host dispatch and of gates drawn one meta iteration ahead
-(`meta_ahead<j>`), whole host- and ahead-dispatched iterations for forced
-selections (`--selection=top,bottom,random`), and consecutive iterations of
-FaMUS's own gates over the top-8 candidate layers (ahead), timed in interleaved rounds in
-one process (median per row), each compiled program's memory beside it.
+"""Iteration time of FaMUS with run-time scopes (`benchmark_iteration
+--variants=dispatch`), in one process, rows interleaved in rounds (median):
 
-Every program is compiled once ahead of time (`jit(...).lower(...).compile()`)
-and called on the same input state (no donation), so a row's time is one
-iteration's compute.
+- plain and exact steps; one-program rows: FaMUS and random gates as data, a
+  static top-8 candidate scope, the last block (static);
+- for the dispatchers 'host' (Algorithm 1's gates; `meta_begin` then
+  `meta_scope<j>`) and 'ahead' (gates drawn one meta iteration ahead;
+  `meta_ahead<j>`): each program alone on a selection of scope j's lowest
+  layer, whole iterations for forced selections of K layers
+  (`--selection=top,bottom,random`) and **FaMUS's own gates over every layer
+  with the shipped configs' settings** (K = 4, λ1 = λ2 = 0.1, the scope price
+  on L_r, scopes at block boundaries by work): `<dispatcher>_learned_all`,
+  consecutive iterations from the state the previous one left, after `--warm`
+  iterations so that the gates have learned.
+
+The scopes are the shipped ones (`--levels=0`) unless `--levels=P`. Every
+program is compiled ahead of time through the dispatcher's own API
+(`Dispatcher.compile`) without donation, so a row can run on one state again
+and again; a row's time is one iteration's compute, a learned row's the mean
+over the scopes its gates chose.
 """
 
+import collections
 import dataclasses
 import os
 import statistics
@@ -27,45 +36,42 @@ import optax
 
 import famus_jax as fj
 from famus_jax import famus, models
-from famus_jax.training import sharding as sharding_lib
-from famus_jax.training import strategies
 
 SAMPLER = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.1,
                delta=0.1, candidate_layers='all', granularity='module',
-               prune_levels=1, dispatch='none', gate_grad='scope', rate_cost='count')
+               prune_levels=0, dispatch='none', gate_grad='scope', rate_cost='scope')
 SELECTIONS = ('top', 'bottom', 'random')
+DISPATCHERS = ('host', 'ahead')
 
 
 @dataclasses.dataclass
 class Row:
   name: str
   run: Callable[[], object]       # one iteration, returns something to block on
-  programs: dict                  # program name -> compiled
 
 
-def compile_program(fn, *args):
-  compiled = jax.jit(fn).lower(*args).compile()
+def program_info(compiled) -> dict:
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  info = {'flops': float(cost.get('flops', float('nan'))),
+  return {'flops': float(cost.get('flops', float('nan'))),
           'temp_bytes': int(getattr(mem, 'temp_size_in_bytes', -1)),
           'argument_bytes': int(getattr(mem, 'argument_size_in_bytes', -1)),
           'output_bytes': int(getattr(mem, 'output_size_in_bytes', -1))}
-  return compiled, info
 
 
 class Bench:
-  """Model, batches and the builders of setups and states for the rows."""
+  """Model, batches, setups and states of the rows; what each program compiled to."""
 
-  def __init__(self, model, train, val, num_classes):
+  def __init__(self, model, train, val, num_classes, levels: int):
     self.model, self.train, self.val, self.num_classes = model, train, val, num_classes
+    self.levels = levels
     self.params = jax.eval_shape(lambda: model.init(
         jax.random.PRNGKey(0), train['image'][:1], train=False))['params']
-    self.info = {}
+    self.info, self.compile_s = {}, {}
 
   def setup(self, **meta):
-    meta = ml_collections.ConfigDict({**SAMPLER, **meta})
+    meta = ml_collections.ConfigDict({**SAMPLER, 'prune_levels': self.levels, **meta})
     if meta.sampler == 'block':
       meta.b = models.num_blocks(self.params)
     images = self.train['image'][:1]
@@ -81,82 +87,62 @@ class Bench:
     return fj.create_train_state(jax.random.PRNGKey(0), self.model, self.train['image'][:2],
                                  self.num_classes, setup)
 
-  def program(self, name, fn, *args):
-    print(f'  compiling {name}', file=sys.stderr, flush=True)
-    compiled, info = compile_program(fn, *args)
-    self.info[name] = info
-    return compiled
+  def dispatcher(self, label: str, setup, state):
+    """The setup's dispatcher with every program compiled ahead of time
+    ('meta_scope<j>' on `meta_begin`'s output for `state`)."""
+    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+    begin = None
+    for name in d.program_names():
+      args = ((state, self.train) if name == 'meta_begin' else
+              (state, begin, self.train, self.val) if name.startswith('meta_scope') else
+              (state, self.train, self.val))
+      print(f'  compiling {label}/{name}', file=sys.stderr, flush=True)
+      start = time.perf_counter()
+      compiled = d.compile(name, *args)
+      self.compile_s[f'{label}/{name}'] = time.perf_counter() - start
+      self.info[f'{label}/{name}'] = program_info(compiled)
+      if name == 'meta_begin':
+        begin = compiled(state, self.train)
+    return d
 
 
 def single_rows(b: Bench) -> list[Row]:
   """Plain, exact and the one-program rows (gates as data, random, static top-8, last block)."""
-  rows = []
   plain_setup = b.setup()
   state = b.state(plain_setup)
-  plain = b.program('plain', lambda s, t: fj.plain_train_step(s, t, setup=plain_setup),
-                    state, b.train)
-  rows.append(Row('plain', lambda: plain(state, b.train), {'plain': plain}))
+  print('  compiling plain', file=sys.stderr, flush=True)
+  plain = jax.jit(lambda s, t: fj.plain_train_step(s, t, setup=plain_setup)).lower(
+      state, b.train).compile()
+  b.info['plain'] = program_info(plain)
+  rows = [Row('plain', lambda: plain(state, b.train))]
   for name, meta in (('exact', {}),
-                     ('famus_k4_gates_as_data', dict(sampler='famus')),
-                     ('random_s4_gates_as_data', dict(sampler='random')),
-                     ('famus_k4_static_top8', dict(sampler='famus', candidate_layers='top:8')),
+                     ('famus_k4_gates_as_data', dict(sampler='famus', prune_levels=1)),
+                     ('random_s4_gates_as_data', dict(sampler='random', prune_levels=1)),
+                     ('famus_k4_static_top8', dict(sampler='famus', candidate_layers='top:8',
+                                                   prune_levels=1)),
                      ('block_last', dict(sampler='block'))):
     setup = b.setup(**meta)
     st = b.state(setup)
-    prog = b.program(name, lambda s, t, v, setup=setup: fj.meta_train_step(s, t, v, setup=setup),
-                     st, b.train, b.val)
-    rows.append(Row(name, lambda prog=prog, st=st: prog(st, b.train, b.val), {name: prog}))
+    d = b.dispatcher(name, setup, st)
+    rows.append(Row(name, lambda d=d, st=st: d(st, b.train, b.val)))
   return rows
 
 
 def forced_state(sampler, state, selected):
-  """`state` whose FaMUS sampler selects exactly the layers `selected` (the
-  last Dense bias of every Γ set to ±30 logits)."""
+  """`state` whose FaMUS sampler selects exactly the layers `selected` now (the
+  last Dense bias of every Γ set to ±30 logits) and, for 'ahead', whose
+  pending draw holds them."""
   bias = np.tile(np.asarray([30.0, -30.0], np.float32), (sampler.num_layers, 1))
   bias[list(selected)] = (-30.0, 30.0)
   eta = jax.tree_util.tree_map(lambda x: x, state.sampler_params)
   eta['Dense_2']['bias'] = jnp.asarray(bias)
-  return state.replace(sampler_params=eta)
-
-
-def host_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
-  """meta_begin, each scope program alone, and whole host-dispatched
-  iterations for forced selections of K layers."""
-  setup = b.setup(sampler='famus', prune_levels=levels, dispatch='host')
-  sampler = setup.sampler
-  state = b.state(setup)
-  begin = b.program('host_begin', lambda s, t: fj.meta_begin(s, t, setup=setup),
-                    state, b.train)
-  carry = begin(state, b.train)
-  finish = [b.program(f'host_scope{j}', lambda s, c, t, v, j=j: fj.meta_finish(
-      s, c, t, v, setup=setup, level=j), state, carry, b.train, b.val)
-            for j in range(len(sampler.levels))]
-  all_setup = b.setup(sampler='famus', prune_levels=levels, dispatch='host', gate_grad='all')
-  finish_all0 = b.program('host_scope0_gate_grad_all', lambda s, c, t, v: fj.meta_finish(
-      s, c, t, v, setup=all_setup, level=0), state, carry, b.train, b.val)
-  rows = [Row('host_begin', lambda: begin(state, b.train), {})]
-  for j, prog in enumerate(finish):
-    rows.append(Row(f'host_scope{j}_only', lambda prog=prog: prog(state, carry, b.train, b.val),
-                    {}))
-  rows.append(Row('host_scope0_gate_grad_all_only',
-                  lambda: finish_all0(state, carry, b.train, b.val), {}))
-  patterns = selection_patterns(sampler, seed)
-  counts = {}
-
-  def iteration(name):
-    st = forced_state(sampler, state, patterns[name]())
-    c = begin(st, b.train)
-    level = int(jax.device_get(c.selection.level))
-    counts.setdefault(name, {}).setdefault(level, 0)
-    counts[name][level] += 1
-    return finish[level](st, c, b.train, b.val)
-
-  for name in selections:
-    rows.append(Row(f'host_selection_{name}', lambda name=name: iteration(name), {}))
-  b.info['selection_levels'] = counts
-  b.info['level_sizes'] = [len(s) for s in sampler.levels]
-  b.info['layer_level'] = list(sampler.layer_level)
-  return rows
+  state = state.replace(sampler_params=eta)
+  if not state.sampler_state:
+    return state
+  gates = jnp.zeros((sampler.num_layers,), jnp.float32).at[np.asarray(list(selected))].set(1.0)
+  return state.replace(sampler_state=dict(state.sampler_state, gates=gates,
+                                          level=sampler.scopes.level(gates),
+                                          valid=jnp.asarray(True)))
 
 
 def selection_patterns(sampler, seed: int) -> dict:
@@ -167,77 +153,77 @@ def selection_patterns(sampler, seed: int) -> dict:
           'random': lambda: rng.choice(num, k, replace=False)}
 
 
-def pending_state(sampler, state, selected):
-  """`state` whose pending draw (`meta.dispatch='ahead'`) selects exactly the
-  layers `selected` (level: the smallest scope holding them; valid)."""
-  gates = jnp.zeros((sampler.num_layers,), jnp.float32).at[np.asarray(list(selected))].set(1.0)
-  return state.replace(sampler_state=dict(state.sampler_state, gates=gates,
-                                          level=sampler.level(gates),
-                                          valid=jnp.asarray(True)))
+class Counted:
+  """Runs iterations of a dispatcher on fixed batches and counts the programs
+  they ran."""
+
+  def __init__(self, d, train, val):
+    self.d, self.train, self.val, self.counts = d, train, val, collections.Counter()
+
+  def __call__(self, state):
+    before = dict(self.d.counts)
+    out = self.d(state, self.train, self.val)
+    self.counts.update({k: v - before.get(k, 0) for k, v in self.d.counts.items()
+                        if v != before.get(k, 0)})
+    return out
 
 
-def ahead_rows(b: Bench, levels: int, selections, seed: int = 0) -> list[Row]:
-  """Each `meta_ahead<j>` program alone (its pending draw: the lowest layer of
-  scope j) and whole iterations through the ahead dispatcher for forced
-  pending selections of K layers (its programs compiled ahead, not donating,
-  so every call starts from the same state)."""
-  setup = b.setup(sampler='famus', prune_levels=levels, dispatch='ahead')
+def dispatcher_rows(b: Bench, name: str, selections, warm: int, seed: int = 0) -> list[Row]:
+  """One dispatcher: each program alone, forced selections, learned gates."""
+  setup = b.setup(sampler='famus', dispatch=name)
   sampler = setup.sampler
   state = b.state(setup)
-  lowest = [int(np.flatnonzero(np.asarray(sampler.layer_level) == j)[0])
-            for j in range(len(sampler.levels))]
-  scope_states = [pending_state(sampler, state, [i]) for i in lowest]
-  compiled = {f'meta_ahead{j}': b.program(f'ahead_scope{j}', lambda s, t, v, j=j: fj.meta_ahead(
-      s, t, v, setup=setup, level=j), scope_states[j], b.train, b.val)
-              for j in range(len(sampler.levels))}
-  rows = [Row(f'ahead_scope{j}_only', lambda prog=prog, st=scope_states[j]: prog(
-      st, b.train, b.val), {}) for j, prog in enumerate(compiled.values())]
+  d = b.dispatcher(name, setup, state)
+  lowest = [int(np.flatnonzero(np.asarray(sampler.scopes.layer_level) == j)[0])
+            for j in range(len(sampler.scopes))]
+  rows = []
+  if name == 'host':
+    rows.append(Row('host_begin', lambda: d.programs['meta_begin'](state, b.train)))
+  for j, i in enumerate(lowest):
+    st = forced_state(sampler, state, [i])
+    if name == 'host':
+      begin = d.programs['meta_begin'](st, b.train)
+      rows.append(Row(f'host_scope{j}_only', lambda st=st, begin=begin, j=j: d.programs[
+          f'meta_scope{j}'](st, begin, b.train, b.val)))
+    else:
+      rows.append(Row(f'ahead_scope{j}_only', lambda st=st, j=j: d.programs[
+          f'meta_ahead{j}'](st, b.train, b.val)))
   patterns = selection_patterns(sampler, seed)
-  dispatchers = {}
-  for name in selections:
-    dispatch = strategies.AheadDispatch(setup, sharding_lib.make_mesh(1))
-    dispatch.programs = compiled
-    dispatchers[name] = dispatch
-    rows.append(Row(f'ahead_selection_{name}', lambda name=name, d=dispatch: d(
-        pending_state(sampler, state, patterns[name]()), b.train, b.val), {}))
-  b.info['ahead_selection_programs'] = {n: d.counts for n, d in dispatchers.items()}
-  return rows
-
-
-def learned_rows(b: Bench, top: str = 'top:8', levels: int = 2) -> list[Row]:
-  """FaMUS as a speed config runs it: K = 4, λ1 = λ2 = 0.1, candidate layers
-  `top`, `levels` nested scopes, gates drawn ahead by the sampler itself
-  (not forced): consecutive iterations from the state the previous one left,
-  through the ahead dispatcher (its programs compiled ahead, not donating).
-  Every selection lies in the `top` scope, so no learned pattern costs more."""
-  setup = b.setup(sampler='famus', candidate_layers=top, prune_levels=levels,
-                  dispatch='ahead')
-  sampler = setup.sampler
-  state = b.state(setup)
-  lowest = [int(np.flatnonzero(np.asarray(sampler.layer_level) == j)[0])
-            for j in range(len(sampler.levels))]
-  tag = top.replace(':', '')
-  dispatch = strategies.AheadDispatch(setup, sharding_lib.make_mesh(1))
-  dispatch.programs = {f'meta_ahead{j}': b.program(
-      f'learned_{tag}_scope{j}', lambda s, t, v, j=j: fj.meta_ahead(s, t, v, setup=setup, level=j),
-      pending_state(sampler, state, [i]), b.train, b.val) for j, i in enumerate(lowest)}
+  runs = {}
+  for sel in selections:
+    runs[sel] = Counted(d, b.train, b.val)
+    rows.append(Row(f'{name}_selection_{sel}', lambda sel=sel: runs[sel](
+        forced_state(sampler, state, patterns[sel]()))))
+  learned = Counted(d, b.train, b.val)
   carry = {'state': state}
 
   def iteration():
-    carry['state'], metrics = dispatch(carry['state'], b.train, b.val)
+    carry['state'], metrics = learned(carry['state'])
     return metrics
 
-  b.info['learned_programs'] = dispatch.counts
-  return [Row(f'ahead_learned_{tag}', iteration, {})]
+  warm_counts = collections.Counter()
+  start = time.perf_counter()
+  for _ in range(warm):
+    jax.block_until_ready(iteration())
+  warm_counts.update(learned.counts)
+  learned.counts.clear()
+  print(f'  {name}: {warm} warm learned iterations in {time.perf_counter() - start:.0f} s, '
+        f'programs {dict(sorted(warm_counts.items()))}', file=sys.stderr, flush=True)
+  rows.append(Row(f'{name}_learned_all', iteration))
+  b.info[f'{name}_programs'] = {'selections': {k: c.counts for k, c in runs.items()},
+                                'learned_warm': warm_counts, 'learned': learned.counts}
+  b.info['level_sizes'] = [len(s) for s in sampler.scopes.scopes]
+  b.info['layer_level'] = list(sampler.scopes.layer_level)
+  return rows
 
 
-def switch_rows(b: Bench, levels: int) -> list[Row]:
-  setup = b.setup(sampler='famus', prune_levels=levels, dispatch='switch')
-  state = forced_state(setup.sampler, b.state(setup), range(setup.sampler.num_layers - 4,
-                                                            setup.sampler.num_layers))
-  prog = b.program('famus_switch', lambda s, t, v: fj.meta_train_step(s, t, v, setup=setup),
-                   state, b.train, b.val)
-  return [Row('famus_switch_top4', lambda: prog(state, b.train, b.val), {})]
+def switch_rows(b: Bench) -> list[Row]:
+  setup = b.setup(sampler='famus', dispatch='switch')
+  sampler = setup.sampler
+  state = forced_state(sampler, b.state(setup), range(sampler.num_layers - 4,
+                                                      sampler.num_layers))
+  d = b.dispatcher('switch', setup, state)
+  return [Row('famus_switch_top4', lambda: d(state, b.train, b.val))]
 
 
 def time_rows(rows, rounds: int, warmup: int = 1) -> dict:
@@ -266,17 +252,25 @@ def add_ratios(table: dict) -> None:
       row[key] = statistics.median(a / b for a, b in zip(row['all_ms'], ref['all_ms']))
 
 
+def _counts(obj):
+  """Counters -> sorted plain dicts, recursively (for the JSON)."""
+  if isinstance(obj, dict):
+    return {k: _counts(v) for k, v in sorted(obj.items())}
+  return obj
+
+
 def run(args, model, train, val) -> dict:
-  """The dispatch table: rows, times, ratios, compiled memory."""
-  b = Bench(model, train, val, args.num_classes)
+  """The dispatch table: rows, times, ratios, compiled FLOPs and memory."""
+  b = Bench(model, train, val, args.num_classes, args.levels)
   selections = [s for s in (args.selection or ','.join(SELECTIONS)).split(',') if s]
   unknown = set(selections) - set(SELECTIONS)
   if unknown:
     raise SystemExit(f'--selection: unknown {sorted(unknown)}; use {",".join(SELECTIONS)}')
-  rows = (single_rows(b) + host_rows(b, args.levels, selections)
-          + ahead_rows(b, args.levels, selections) + learned_rows(b))
+  rows = single_rows(b)
+  for name in DISPATCHERS:
+    rows += dispatcher_rows(b, name, selections, args.warm)
   if args.with_switch:
-    rows += switch_rows(b, args.levels)
+    rows += switch_rows(b)
   load_before = os.getloadavg()
   table = time_rows(rows, args.repeats)
   add_ratios(table)
@@ -285,15 +279,13 @@ def run(args, model, train, val) -> dict:
   for name, row in table.items():
     print(f'{name:<34s}{row["ms"]:9.0f}{row["x_plain_round_median"]:9.2f}'
           f'{row["x_exact_round_median"]:9.2f}')
-  print(f'\n{"program":<28s}{"GFLOP":>8s}{"temp MB":>9s}{"arg MB":>8s}')
+  print(f'\n{"program":<34s}{"GFLOP":>8s}{"temp MB":>9s}{"compile s":>10s}')
   for name, info in programs.items():
-    print(f'{name:<28s}{info["flops"] / 1e9:8.1f}{info["temp_bytes"] / 2**20:9.1f}'
-          f'{info["argument_bytes"] / 2**20:8.1f}')
-  return {'rows': table, 'programs': programs, 'levels': args.levels,
-          'selection_levels': b.info['selection_levels'],
-          'ahead_selection_programs': {n: dict(sorted(c.items())) for n, c in
-                                       b.info['ahead_selection_programs'].items()},
-          'learned_programs': dict(sorted(b.info['learned_programs'].items())),
+    print(f'{name:<34s}{info["flops"] / 1e9:8.1f}{info["temp_bytes"] / 2**20:9.1f}'
+          f'{b.compile_s.get(name, float("nan")):10.1f}')
+  return {'rows': table, 'programs': programs, 'compile_s': b.compile_s,
+          'levels': args.levels, 'warm_learned_iterations': args.warm,
+          'dispatch_programs': {n: _counts(b.info[f'{n}_programs']) for n in DISPATCHERS},
           'level_sizes': b.info['level_sizes'], 'layer_level': b.info['layer_level'],
           'rounds': args.repeats, 'load_average_before': load_before,
           'load_average_after': os.getloadavg()}

@@ -70,7 +70,8 @@ def variants() -> list[Variant]:
       Variant('block_middle', 'mwnet', meta=(('sampler', 'block'), ('b', 'middle'))),
       Variant('block_last', 'mwnet', meta=(('sampler', 'block'), ('b', 'last'))),
       Variant('famus_top8', 'mwnet', meta=famus_meta(candidate_layers='top:8', **all_losses)),
-      Variant('famus_levels4', 'mwnet', meta=famus_meta(prune_levels=4, **all_losses)),
+      Variant('famus_levels4', 'mwnet', meta=famus_meta(prune_levels=4, dispatch='switch',
+                                                        **all_losses)),
   ]
 
 
@@ -112,7 +113,7 @@ def measure(args, rows: list[Variant], model, train, val) -> dict:
     if variant.method is None:
       step, step_args = fj.jit_plain_train_step(setup), (train,)
     else:
-      step, step_args = fj.jit_meta_train_step(setup), (train, val)
+      step, step_args = bench.one_program(setup), (train, val)
     flops = common.compiled_flops(step, state, *step_args) if args.flops else None
     for _ in range(args.warmup):
       state = jax.block_until_ready(step(state, *step_args))[0]

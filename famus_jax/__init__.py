@@ -11,8 +11,7 @@ Which training labels a finished run suspects, as arrays::
 
 from famus_jax.core import (ActualStep, MetaGrad, StepSetup, TrainState, VirtualStep,
                             actual_step, create_train_state, jit_meta_train_step,
-                            jit_plain_train_step, make_meta_optimizer, meta_ahead,
-                            meta_begin,
+                            jit_plain_train_step, make_meta_optimizer, meta_begin,
                             meta_finish, meta_grad, meta_train_step, plain_train_step,
                             sgd_with_weight_decay,
                             validation_loss, virtual_step)

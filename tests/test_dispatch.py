@@ -1,7 +1,10 @@
-"""Run-time choice of the meta scope: host dispatch between precompiled scope
-programs, the gates' gradient under pruning, the cost-weighted L_r, the
-batched gradient samplers and the FaMUS config checks."""
+"""Run-time choice of the meta scope (`famus_jax.famus.dispatch`): nested
+scopes at block boundaries, every dispatcher against an independent reference,
+Algorithm 1's gates, the FLOPs of the scope programs, the gates' gradient under
+pruning, the cost-weighted L_r, the batched gradient samplers and the FaMUS
+config checks."""
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -16,19 +19,19 @@ import optax
 import pytest
 
 import famus_jax as fj
-from famus_jax import famus
+from famus_jax import famus, models
 from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import meta_gradient as meta_grad_lib
+from famus_jax.famus import dispatch as dispatch_lib
 from famus_jax.famus import gumbel
 from famus_jax.training import build as build_lib
 from famus_jax.training import config as config_lib
-from famus_jax.training import sharding as sharding_lib
-from famus_jax.training import strategies
 from tiny_models import NUM_CLASSES, TinyCNN, init_model, make_batches
 
 LEVELS = 3
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+STATE_METRICS = ('val_loss', 'meta_grad_norm', 'weights', 'gates', 'loss')
 
 
 def meta_config(**overrides):
@@ -49,11 +52,11 @@ def problem():
   return model, params, stats, train, val
 
 
-def setup_for(sampler):
+def setup_for(sampler, mode='jvp'):
   return fj.StepSetup(
       apply_fn=problem()[0].apply, meta_model=fj.get_meta_model('mwnet'),
       tx=fj.sgd_with_weight_decay(0.1), meta_tx=fj.make_meta_optimizer('sgd', 0.1),
-      lr_schedule=optax.constant_schedule(0.1), sampler=sampler)
+      lr_schedule=optax.constant_schedule(0.1), mode=mode, sampler=sampler)
 
 
 def sampler_for(**overrides):
@@ -64,7 +67,7 @@ def sampler_for(**overrides):
 def force_level(sampler, state, level: int):
   """State whose sampler selects one layer of scope `level` and nothing outside
   it (the last Dense's bias of Γ made decisive: +/-30 logits)."""
-  layer_level = np.asarray(sampler.layer_level)
+  layer_level = np.asarray(sampler.scopes.layer_level)
   chosen = int(np.flatnonzero(layer_level == level)[-1])
   bias = np.zeros((sampler.num_layers, 2), np.float32)
   bias[layer_level > level] = (30.0, -30.0)
@@ -74,95 +77,246 @@ def force_level(sampler, state, level: int):
   return state.replace(sampler_params=eta)
 
 
-# ------------------------------------------------------- host-dispatch programs
+def sampler_key(state):
+  """The key a meta iteration of `state` gives its sampler."""
+  return jax.random.split(state.rng, 4)[3]
+
+
+def pending_of(sampler, state, begin) -> dict:
+  """The pending draw ('ahead') equal to the gates `begin` drew now: gates,
+  level, and FaMUS's features and Gumbel noise (same key)."""
+  pending = {'gates': begin.selection.gates, 'level': begin.selection.level,
+             'valid': jnp.asarray(True)}
+  if isinstance(sampler, famus.FamusSampler):
+    pending['features'] = sampler.padded_features(sampler.features(begin.virtual.grads))
+    pending['noise'] = jax.random.gumbel(sampler_key(state), (sampler.num_layers, 2))
+  return pending
+
+
+def assert_same_step(got, want, famus_metrics=True):
+  (got_state, got_metrics), (want_state, want_metrics) = got, want
+  chex.assert_trees_all_close(got_state.replace(sampler_state={}),
+                              want_state.replace(sampler_state={}), rtol=1e-5, atol=1e-6)
+  keys = STATE_METRICS + (('rate_loss', 'sampler_grad_norm') if famus_metrics else ())
+  for key in keys:
+    np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-5,
+                               atol=1e-7, err_msg=key)
+
+
+# ------------------------------------------------------------------ nested scopes
+
+def layer(name, block):
+  return models.Layer(name, ((name, 'kernel'),), block, 'conv')
+
+
+def test_nested_scopes_double_the_work_from_the_last_block_up():
+  """prune_levels=0: the smallest scope is the last blocks with at least K
+  candidate layers, each next the smallest with twice the work (FLOPs from its
+  block to the output), the last all candidates; P >= 2: the blocks of the
+  lowest of the top ⌈pL/P⌉ layers; 1: one scope."""
+  blocks = [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]          # stem, 4 blocks of 2 layers, head
+  cands = tuple(layer(f'l{i}', b) for i, b in enumerate(blocks))
+  flops = {0: 1.0, 1: 8.0, 2: 8.0, 3: 8.0, 4: 8.0, 5: 0.5}
+  auto = dispatch_lib.nested_scopes(cands, flops, prune_levels=0, min_top_layers=3)
+  # top: blocks 4-5 (3 layers, work 8.5); twice: from block 3 (16.5) is not
+  # enough (< 17), block 2 (24.5); then block 0 (33.5 < 49): all candidates.
+  assert [len(s) for s in auto.scopes] == [3, 7, 10]
+  assert auto.layer_level == (2, 2, 2, 1, 1, 1, 1, 0, 0, 0)
+  assert auto.scopes[0] < auto.scopes[1] < auto.scopes[2]
+  one = dispatch_lib.nested_scopes(cands, flops, prune_levels=1)
+  assert len(one) == 1 and one.level(jnp.ones(10)) is None
+  counted = dispatch_lib.nested_scopes(cands, flops, prune_levels=4)
+  # top ⌈10p/4⌉ = 3, 5, 8, 10 layers: lowest in blocks 4, 3, 1, 0
+  assert [len(s) for s in counted.scopes] == [3, 5, 9, 10]
+  gates = jnp.zeros(10).at[6].set(1.0).at[9].set(1.0)
+  assert int(counted.level(gates)) == 1 and int(counted.level(jnp.zeros(10))) == 0
+  assert int(counted.level(gates.at[0].set(1.0))) == 3
+
+
+def test_every_backbone_gets_block_boundary_scopes():
+  """Each backbone of the paper's configs, abstractly: at least 2 nested
+  scopes, the smallest its last blocks and the head, every scope ending at a
+  block boundary (a block is in a scope whole or not at all)."""
+  for name, shape in (('resnet32', (32, 32, 3)), ('wrn28_10', (32, 32, 3)),
+                      ('fashion_resnet', (28, 28, 1))):
+    model = models.get_model(name, num_classes=10)
+    images = jnp.zeros((1, *shape))
+    params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images,
+                                                   train=False))['params']
+    sampler = famus.build_sampler(meta_config(prune_levels=0, k=4), model, params, images)
+    scopes = sampler.scopes
+    assert len(scopes) >= 2, name
+    assert sampler.layers[-1].block in {l.block for l, j in zip(sampler.layers,
+                                                                 scopes.layer_level) if j == 0}
+    for j in range(len(scopes)):
+      inside = {l.block for l, lv in zip(sampler.layers, scopes.layer_level) if lv <= j}
+      outside = {l.block for l, lv in zip(sampler.layers, scopes.layer_level) if lv > j}
+      assert not inside & outside, (name, j)
+
+
+# ------------------------------------------------------------ the dispatchers
+
+@functools.lru_cache(maxsize=None)
+def reference_step(sampler_name):
+  """Algorithm 1 in one program with the gates as data, by the readable
+  `reverse` path (jax.grad through the gated look-ahead): independent of
+  every dispatcher's code."""
+  setup = setup_for(sampler_for(sampler=sampler_name, dispatch='none'), mode='reverse')
+  return jax.jit(functools.partial(fj.meta_train_step, setup=setup))
+
+
+@functools.lru_cache(maxsize=None)
+def dispatcher(name, sampler_name):
+  setup = setup_for(sampler_for(sampler=sampler_name, dispatch=name))
+  return famus.make_dispatcher(setup, famus.Compiler(donate=False)), setup
+
+
+@functools.lru_cache(maxsize=None)
+def begin_program(sampler_name):
+  return jax.jit(functools.partial(fj.meta_begin, setup=dispatcher('none', sampler_name)[1]))
+
+
+def states_per_level(sampler_name):
+  """(level, state) with the sampler's gates of that iteration in scope
+  `level`, for every level (FaMUS forced, random by the key)."""
+  d, setup = dispatcher('none', sampler_name)
+  model, _, _, train, _ = problem()
+  state0 = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
+                                 NUM_CLASSES, setup)
+  found = {}
+  for seed in range(60):
+    state = state0.replace(rng=jax.random.PRNGKey(seed))
+    if sampler_name == 'famus':
+      state = force_level(setup.sampler, state, seed % LEVELS)
+    level = int(begin_program(sampler_name)(state, train).selection.level)
+    found.setdefault(level, state)
+    if len(found) == LEVELS:
+      return sorted(found.items())
+  raise AssertionError(f'levels seen: {sorted(found)}')
+
 
 @pytest.mark.parametrize('sampler_name', ['famus', 'random'])
-def test_every_scope_program_equals_the_single_gated_program(sampler_name):
-  """meta_begin + meta_finish(level=j) (jit, every scope program j that holds
-  the selection) gives the new state and metrics of the one-program gated step
-  (dispatch 'none', gates as data) and of the lax.switch step."""
-  sampler = sampler_for(sampler=sampler_name)
-  assert len(sampler.levels) == LEVELS
-  model, _, _, train, val = problem()
-  setup = setup_for(sampler)
-  single = {d: jax.jit(functools.partial(
-      fj.meta_train_step, setup=setup_for(sampler_for(sampler=sampler_name, dispatch=d))))
-            for d in ('none', 'switch')}
-  begin = jax.jit(functools.partial(fj.meta_begin, setup=setup))
-  finish = [jax.jit(functools.partial(fj.meta_finish, setup=setup, level=j))
-            for j in range(LEVELS)]
-  state0 = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                 NUM_CLASSES, setup)
+@pytest.mark.parametrize('name', sorted(famus.DISPATCHERS))
+def test_every_dispatcher_equals_algorithm_1_in_one_program(name, sampler_name):
+  """For the gates Algorithm 1 draws in this iteration (for 'ahead': stored as
+  the pending draw), the dispatcher (jit, every scope) gives the new
+  parameters, statistics, optimizer states, θ, η and metrics of the reference
+  step, runs the program of the smallest scope holding the selection, and
+  every larger scope's program gives the same."""
+  d, setup = dispatcher(name, sampler_name)
+  sampler = setup.sampler
+  _, _, _, train, val = problem()
+  reference = reference_step(sampler_name)
+  for level, state in states_per_level(sampler_name):
+    if name == 'ahead':
+      begin = begin_program(sampler_name)(state, train)
+      state = state.replace(sampler_state=pending_of(sampler, state, begin))
+    want = reference(state.replace(sampler_state=sampler.init_pending()), train, val)
+    before = dict(d.counts)
+    got = d(state, train, val)
+    assert_same_step(got, want, sampler_name == 'famus')
+    ran = set(d.counts.items()) - set(before.items())
+    expected = {'host': f'meta_scope{level}', 'ahead': f'meta_ahead{level}'}.get(name, 'meta')
+    assert [k for k, _ in ran] == [expected]
+    if name == 'host':
+      begin = d.programs['meta_begin'](state, train)
+      for j in range(level + 1, LEVELS):
+        assert_same_step(d.programs[f'meta_scope{j}'](state, begin, train, val), want,
+                         sampler_name == 'famus')
+    if name == 'ahead':
+      for j in range(level + 1, LEVELS):
+        assert_same_step(d.programs[f'meta_ahead{j}'](state, train, val), want,
+                         sampler_name == 'famus')
+
+
+def own_eta(stacked, i, dim):
+  """Layer i's Γ parameters out of the stacked, zero-padded η."""
+  eta = jax.tree_util.tree_map(lambda x: x[i], stacked)
+  eta['Dense_0']['kernel'] = eta['Dense_0']['kernel'][:dim]
+  return eta
+
+
+def test_faithful_gates_are_algorithm_1s_bit_for_bit():
+  """'host' (the default): the gates of an iteration are Γ(standardised pooled
+  Virtual-Train gradient of THIS iteration; η) + Gumbel noise of the
+  iteration's sampler key, exactly (Algorithm 1, Eq. 8), written out here."""
+  assert famus.DEFAULT_DISPATCH == 'host'
+  d, setup = dispatcher('host', 'famus')
+  sampler = setup.sampler
+  model, _, _, train, _ = problem()
+  net = gumbel.GradientSampler(sampler.hidden)
+  mw = setup.meta_model
   seen = set()
-  for seed in range(40):
-    state = state0.replace(rng=jax.random.PRNGKey(seed))
-    level = seed % LEVELS
-    if sampler_name == 'famus':
-      state = force_level(sampler, state, level)
-    b = begin(state, train)
-    level = int(b.selection.level)
-    if sampler_name == 'random' and level in seen:
-      continue
-    seen.add(level)
-    want = {d: step(state, train, val) for d, step in single.items()}
-    assert int(want['none'][1]['scope_level']) == level
-    for j in range(level, LEVELS):
-      got_state, got_metrics = finish[j](state, b, train, val)
-      for ref_state, ref_metrics in want.values():
-        chex.assert_trees_all_close(got_state, ref_state, rtol=1e-5, atol=1e-6)
-        for key in ('val_loss', 'meta_grad_norm', 'weights', 'gates'):
-          np.testing.assert_allclose(got_metrics[key], ref_metrics[key],
-                                     rtol=1e-5, atol=1e-7)
-    if seen == set(range(LEVELS)):
-      break
-  assert seen == set(range(LEVELS))
+  for seed in range(12):
+    state = fj.create_train_state(jax.random.PRNGKey(seed), model, train['image'],
+                                  NUM_CLASSES, setup)
+    theta = mw.lookahead_params(state.meta_params, train['label'].shape[0])
+    virtual = fj.virtual_step(theta, state.params, train, apply_fn=model.apply,
+                              meta_model=mw, lr=0.1, batch_stats=state.batch_stats,
+                              rng=jax.random.split(state.rng, 4)[1])
+    by_path = dict(zip(lookahead_lib.leaf_paths(virtual.grads),
+                       jax.tree_util.tree_leaves(virtual.grads)))
+    logits = jnp.stack([
+        net.apply({'params': own_eta(state.sampler_params, i, dim)},
+                  famus.standardize(famus.pooled_layer_gradient(by_path, l)))
+        for i, (l, dim) in enumerate(zip(sampler.layers, sampler.feature_dims))])
+    noise = jax.random.gumbel(sampler_key(state), (sampler.num_layers, 2))
+    want = np.asarray(jnp.argmax(logits + noise, axis=-1), np.float32)
+    begin = d.programs['meta_begin'](state, train)
+    np.testing.assert_array_equal(np.asarray(begin.selection.gates), want)
+    _, metrics = d(state, train, problem()[4])
+    np.testing.assert_array_equal(np.asarray(metrics['gates']), want)
+    seen.add(tuple(want))
+  assert len(seen) > 1  # the gates vary with the batch's gradient and the noise
 
 
-def test_scope_program_leaves_out_the_layers_below_it():
-  """The lowest scope program of a top selection runs fewer FLOPs than the
-  top-level one (XLA cost analysis of the compiled programs)."""
-  sampler = sampler_for()
-  model, _, _, train, val = problem()
-  setup = setup_for(sampler)
-  state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                NUM_CLASSES, setup)
-  b = jax.jit(functools.partial(fj.meta_begin, setup=setup))(state, train)
-  flops = [jax.jit(functools.partial(fj.meta_finish, setup=setup, level=j)).lower(
-      state, b, train, val).compile().cost_analysis()['flops'] for j in range(LEVELS)]
-  assert flops[0] < flops[1] < flops[2]
-
-
-def test_host_dispatch_runs_the_program_of_the_selection():
-  sampler = sampler_for()
-  model, _, _, train, val = problem()
-  setup = setup_for(sampler)
-  mesh = sharding_lib.make_mesh(1)
-  dispatch = strategies.make_dispatcher(setup, mesh)
-  assert isinstance(dispatch, strategies.HostDispatch)
-  assert set(dispatch.programs) == {'meta_begin'} | {f'meta_scope{j}' for j in range(LEVELS)}
-  reference = jax.jit(functools.partial(
-      fj.meta_train_step, setup=setup_for(sampler_for(dispatch='none'))))
-  state0 = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                 NUM_CLASSES, setup)
-  for level in (0, 2):
-    state = force_level(sampler, state0, level)
-    want_state, _ = reference(state, train, val)
-    state = jax.tree_util.tree_map(jnp.copy, state)  # the dispatcher donates it
-    got_state, metrics = dispatch(state, train, val)
-    assert bool(metrics['finite'])
-    chex.assert_trees_all_close(got_state, want_state, rtol=1e-5, atol=1e-6)
-  assert dispatch.counts == {'meta_scope0': 1, 'meta_scope2': 1}
-  assert strategies.make_dispatcher(setup_for(sampler_for(prune_levels=1)), mesh
-                                    ).programs.keys() == {'meta'}
+def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
+  """XLA's FLOP count on a small residual CNN (random gates: no sampler
+  network to hide the base network's FLOPs): a smaller scope's programs run
+  fewer FLOPs; 'host' (two programs, the tangent pass the transpose of the
+  passed VJP) runs what 'ahead' (one program) runs for the same scope, and
+  over the full scope what the one gated program runs, up to a fraction of
+  one forward pass (recomputing the forward would add a whole one)."""
+  model = models.get_model('digits_cnn', num_classes=NUM_CLASSES, width=4, depth=2)
+  rng = np.random.default_rng(0)
+  train = {'image': jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
+           'label': jnp.asarray(rng.integers(0, NUM_CLASSES, 16), jnp.int32)}
+  variables = model.init(jax.random.PRNGKey(0), train['image'], train=False)
+  flops = {}
+  for name in ('host', 'ahead', 'none'):  # programs compiled: 3 + 2 + 1
+    sampler = famus.build_sampler(meta_config(sampler='random', s=1, prune_levels=0,
+                                              dispatch=name),
+                                  model, variables['params'], train['image'])
+    setup = dataclasses.replace(setup_for(sampler), apply_fn=model.apply)
+    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+    state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
+                                  NUM_CLASSES, setup)
+    begin = d.programs['meta_begin'](state, train) if name == 'host' else None
+    for program in d.program_names():
+      args = ((state, train) if program == 'meta_begin' else
+              (state, begin, train, train) if name == 'host' else (state, train, train))
+      flops[program] = d.compile(program, *args).cost_analysis()['flops']
+  forward = jax.jit(lambda v: model.apply(v, train['image'], train=True,
+                                          mutable=['batch_stats'])[0]).lower(
+                                              variables).compile().cost_analysis()['flops']
+  last = len(sampler.scopes) - 1
+  assert last >= 1
+  assert flops['meta_ahead0'] < flops[f'meta_ahead{last}']
+  assert flops['meta_scope0'] < flops[f'meta_scope{last}']
+  for j in (0, last):
+    host = flops['meta_begin'] + flops[f'meta_scope{j}']
+    assert abs(host - flops[f'meta_ahead{j}']) < 0.25 * forward, j
+  assert flops['meta_begin'] + flops[f'meta_scope{last}'] < flops['meta'] + 0.25 * forward
 
 
 # ------------------------------------------------ the gates' gradient, pruned
 
 def test_gate_gradient_under_pruning():
-  """∂L^val/∂r per gated leaf: gate_grad='all' gives, on every scope program and
-  through lax.switch, the unpruned straight-through gradient (−α⟨v_l, g_l⟩ on
-  every candidate leaf); 'scope' gives it on the leaves of the running scope
-  and exactly 0 on the others. θ's gradient is the same in all cases."""
+  """∂L^val/∂r per gated leaf: gate_grad='all' gives, on every scope and by
+  both tangent passes (and through lax.switch), the unpruned straight-through
+  gradient (−α⟨v_l, g_l⟩ on every candidate leaf); 'scope' gives it on the
+  leaves of the running scope and exactly 0 on the others. θ's gradient is the
+  same in all cases."""
   sampler = sampler_for()
   model, params, stats, train, val = problem()
   mw = fj.get_meta_model('mwnet')
@@ -170,13 +324,12 @@ def test_gate_gradient_under_pruning():
   gates = jnp.zeros((sampler.num_layers,)).at[-1].set(1.0)
   leaf_gates = sampler.leaf_gates(gates)
 
-  def grad(level, gate_grad):
+  def grad(scope, gate_grad, tangent_pass='auto'):
     fwd = forward_lib.train_forward(model.apply, params, stats, train['image'])
     return meta_grad_lib.meta_grad_from_forward(
         fwd, theta, params, train['label'], val, apply_fn=model.apply, meta_model=mw,
         lookahead=lookahead_lib.Lookahead(lr=0.1), batch_stats=stats, gate=leaf_gates,
-        levels=None if level is None else sampler.levels, level=level,
-        gate_grad=gate_grad)
+        tangent=scope, gate_grad=gate_grad, tangent_pass=tangent_pass)
 
   full = jax.jit(lambda: grad(None, 'scope'))()
   v = dict(zip(lookahead_lib.leaf_paths(full.val_grads),
@@ -188,19 +341,26 @@ def test_gate_gradient_under_pruning():
   np.testing.assert_allclose(
       [float(x) for x in jax.tree_util.tree_leaves(full.gate)],
       [analytic[k] for k in lookahead_lib.leaf_paths(full.gate)], rtol=1e-4, atol=1e-9)
-  switch_level = jnp.asarray(0, jnp.int32)
-  for level, label in ((0, 'static'), (1, 'static'), (switch_level, 'switch')):
-    scope = sampler.levels[int(level)]
+  scopes = sampler.scopes.scopes
+
+  def switched(level, gate_grad):
+    return jax.lax.switch(level, [functools.partial(grad, s, gate_grad, 'transpose')
+                                  for s in scopes])
+
+  for level in (0, 1):
     for gate_grad in ('all', 'scope'):
-      got = jax.jit(lambda lv, gg=gate_grad: grad(lv, gg))(level) if label == 'switch' \
-          else jax.jit(lambda lv=level, gg=gate_grad: grad(lv, gg))()
-      chex.assert_trees_all_close(got.theta, full.theta, rtol=1e-5, atol=1e-8)
-      for name, value in zip(lookahead_lib.leaf_paths(got.gate),
-                             jax.tree_util.tree_leaves(got.gate)):
-        if gate_grad == 'scope' and name not in scope:
-          assert float(value) == 0.0, (name, label)
-        else:
-          np.testing.assert_allclose(float(value), analytic[name], rtol=1e-4, atol=1e-9)
+      results = [jax.jit(lambda gg=gate_grad: grad(scopes[level], gg, 'transpose'))()]
+      if level == 0:
+        results.append(jax.jit(lambda gg=gate_grad: grad(scopes[0], gg, 'jvp'))())
+        results.append(jax.jit(switched, static_argnums=1)(jnp.asarray(level), gate_grad))
+      for got in results:
+        chex.assert_trees_all_close(got.theta, full.theta, rtol=1e-5, atol=1e-8)
+        for name, value in zip(lookahead_lib.leaf_paths(got.gate),
+                               jax.tree_util.tree_leaves(got.gate)):
+          if gate_grad == 'scope' and name not in scopes[level]:
+            assert float(value) == 0.0, (name, level)
+          else:
+            np.testing.assert_allclose(float(value), analytic[name], rtol=1e-4, atol=1e-9)
 
 
 # ------------------------------------------------------------- cost-weighted L_r
@@ -212,7 +372,7 @@ def test_flops_rate_cost_weights_lower_layers_more():
   assert c.shape == (flops.num_layers,)
   np.testing.assert_allclose(c.mean(), 1.0, rtol=1e-6)
   assert np.all(np.diff(c) <= 0) and c[0] > c[-1]  # forward order: bottom costs most
-  by_level = {lv: c[np.asarray(flops.layer_level) == lv] for lv in range(LEVELS)}
+  by_level = {lv: c[np.asarray(flops.scopes.layer_level) == lv] for lv in range(LEVELS)}
   assert all(np.ptp(x) == 0 for x in by_level.values())  # one cost per scope
   gates = jnp.zeros((flops.num_layers,)).at[0].set(1.0).at[-1].set(1.0)
   np.testing.assert_allclose(flops.rate_loss(gates), (c[0] + c[-1] - flops.k) ** 2,
@@ -230,7 +390,7 @@ def test_scope_rate_cost_prices_the_marginal_scope_one_sided():
   c = np.asarray(flops.rate_weights)  # ∝ F_j per layer, so m_l follows from c
   expected = (c - c.min()) / (c.max() - c.min())
   np.testing.assert_allclose(scope.scope_costs, expected, rtol=1e-6, atol=1e-9)
-  levels = np.asarray(scope.layer_level)
+  levels = np.asarray(scope.scopes.layer_level)
   m = np.asarray(scope.scope_costs)
   assert np.all(m[levels == 0] == 0.0) and np.all(m[levels == LEVELS - 1] == 1.0)
   gates = jnp.zeros((scope.num_layers,)).at[0].set(1.0).at[-1].set(1.0)
@@ -247,7 +407,7 @@ def test_dispatch_and_gate_grad_names_are_checked():
   with pytest.raises(ValueError, match='meta.gate_grad'):
     sampler_for(gate_grad='some')
   config = config_lib.base_config()
-  assert config.meta.dispatch in famus.DISPATCHES
+  assert config.meta.dispatch == famus.DEFAULT_DISPATCH == 'host'
   config.meta.dispatch = 'threads'
   with pytest.raises(config_lib.ConfigError, match='meta.dispatch'):
     config_lib.validate_config(config)
@@ -286,13 +446,32 @@ def load(name):
   return module.get_config()
 
 
-def test_every_famus_config_runs_the_full_famus():
+IMAGE_SHAPES = {'digits': (8, 8, 1), 'fashion_mnist': (28, 28, 1), 'clothing1m': (224, 224, 3),
+                'webvision': (299, 299, 3)}  # others: 32×32×3
+
+
+def test_every_famus_config_runs_scoped_famus_over_every_layer():
+  """Every config whose sampler is FaMUS runs the paper's full FaMUS (λ1 = λ2
+  = 0.1) with every layer a candidate, run-time scopes at block boundaries,
+  the scope price on L_r and the default dispatcher; on its own backbone
+  (abstractly, nothing compiled) that is at least two nested scopes, priced."""
   names = sorted(p.stem for p in CONFIGS.glob('*.py'))
   famus_configs = [n for n in names if load(n).meta.sampler == 'famus']
-  assert len(famus_configs) >= 5
+  assert {'cifar10', 'cifar100', 'cifar10_lt', 'cifar100_lt', 'clothing1m', 'cnwl',
+          'digits', 'fashion_mnist', 'cifar10_alg2', 'webvision_alg2'} <= set(famus_configs)
   for name in famus_configs:
-    meta = load(name).meta
+    config = load(name)
+    meta = config.meta
     assert (meta.lambda1, meta.lambda2) == (0.1, 0.1), name
+    assert meta.candidate_layers == 'all' and meta.prune_levels == 0, name
+    assert meta.rate_cost == 'scope' and meta.dispatch == famus.DEFAULT_DISPATCH, name
+    model = build_lib.build_model(config, 10)
+    images = jnp.zeros((1, *IMAGE_SHAPES.get(config.data.name, (32, 32, 3))))
+    sampler, scope = build_lib.build_sampler_and_scope(config, model, images)
+    assert scope is None and len(sampler.layers) == len(
+        models.model_layers(model, jax.eval_shape(lambda m=model: m.init(
+            jax.random.PRNGKey(0), images, train=False))['params'], images)), name
+    assert len(sampler.scopes) >= 2 and max(sampler.scope_costs) == 1.0, name
 
 
 @pytest.mark.parametrize('lambda1,warned', [(0.0, True), (0.1, False)])

@@ -1,7 +1,7 @@
-"""Gates drawn one meta iteration ahead (`meta.dispatch='ahead'`): each
-`meta_ahead<j>` program against the one-program gated step, the
+"""Gates drawn one meta iteration ahead (`meta.dispatch='ahead'`): the
 straight-through η gradient of stored gates, the draw kept for the next meta
-iteration, the first meta iteration, the dispatcher and the checkpoint."""
+iteration, the first meta iteration, the dispatcher and the checkpoint. (Each
+`meta_ahead<j>` program against the one-program step: tests/test_dispatch.py.)"""
 
 import functools
 
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import famus_jax as fj
+from famus_jax import famus
+from famus_jax.famus import dispatch as dispatch_lib
 from famus_jax.famus import gumbel
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import sharding as sharding_lib
@@ -35,7 +37,7 @@ def setups(name, delta=0.1):
 def programs(name, delta=0.1):
   """Jitted meta_ahead<j> for every j, the reference step and meta_begin."""
   ahead, ref = setups(name, delta)
-  return ([jax.jit(functools.partial(fj.meta_ahead, setup=ahead, level=j))
+  return ([jax.jit(functools.partial(dispatch_lib.ahead_step, setup=ahead, level=j))
            for j in range(LEVELS)],
           jax.jit(functools.partial(fj.meta_train_step, setup=ref)),
           jax.jit(functools.partial(fj.meta_begin, setup=ref)))
@@ -61,7 +63,7 @@ def padded(features, width):
 
 def level_of(sampler, gates) -> int:
   """Smallest scope index holding every selected layer (numpy)."""
-  chosen = np.asarray(sampler.layer_level)[np.asarray(gates) > 0.5]
+  chosen = np.asarray(sampler.scopes.layer_level)[np.asarray(gates) > 0.5]
   return int(chosen.max()) if chosen.size else 0
 
 
@@ -78,44 +80,7 @@ def assert_same_step(got, want, famus):
                                atol=1e-7, err_msg=key)
 
 
-# ------------------------------------------- the programs against the gated step
-
-@pytest.mark.parametrize('name', ['famus', 'random'])
-def test_every_ahead_program_equals_the_gated_step_with_the_stored_gates(name):
-  """For a state whose pending draw is what the gated step draws now (its gates,
-  features and noise), every meta_ahead<j>, j ≥ the draw's level, gives the
-  reference's new parameters, statistics, optimizer, θ, η (a nonzero step)
-  and metrics."""
-  ahead, reference, begin = programs(name)
-  sampler = setups(name)[0].sampler
-  _, _, _, train, val = problem()
-  state0 = init_state(setups(name)[0])
-  seen = set()
-  for seed in range(40):
-    state = state0.replace(rng=jax.random.PRNGKey(seed))
-    b = begin(state, train)
-    gates, level = b.selection.gates, int(b.selection.level)
-    if level in seen:
-      continue
-    seen.add(level)
-    pending = {'gates': gates, 'level': jnp.asarray(level, jnp.int32),
-               'valid': jnp.asarray(True)}
-    if name == 'famus':
-      pending['features'] = padded(sampler.features(b.virtual.grads),
-                                   max(sampler.feature_dims))
-      pending['noise'] = jax.random.gumbel(sampler_key(state), (sampler.num_layers, 2))
-    state = state.replace(sampler_state=pending)
-    want = reference(state, train, val)
-    if name == 'famus':
-      assert float(want[1]['sampler_grad_norm']) > 0
-    for j in range(level, LEVELS):
-      got = ahead[j](state, train, val)
-      assert_same_step(got, want, name == 'famus')
-      np.testing.assert_array_equal(got[1]['gates'], gates)  # exactly the stored value
-    if seen == set(range(LEVELS)):
-      break
-  assert seen == set(range(LEVELS))
-
+# ------------------------------------------------- the η gradient of stored gates
 
 def test_stored_gates_are_straight_through_in_the_current_eta():
   """η's step equals −δ ∇_η ⟨∂L_c/∂r + λ1 ∂L_r/∂r, s(η)⟩, s the soft
@@ -221,7 +186,7 @@ def test_first_meta_iteration_draws_its_gates_now_on_the_full_scope():
   assert int(state.sampler_state['level']) == LEVELS - 1
   want = programs('famus')[1](state, train, val)
   assert float(want[1]['sampler_grad_norm']) > 0
-  dispatch = strategies.make_dispatcher(setup, sharding_lib.make_mesh(1))
+  dispatch = famus.make_dispatcher(setup, strategies.compiler(sharding_lib.make_mesh(1)))
   got = dispatch(jax.tree_util.tree_map(jnp.copy, state), train, val)
   assert dispatch.counts == {f'meta_ahead{LEVELS - 1}': 1}
   assert_same_step(got, want, famus=True)
@@ -238,7 +203,7 @@ def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use
   mesh = sharding_lib.make_mesh(1)
   strategy = strategies.MetaStrategy(setup, mesh, interval=2, warmup_steps=1)
   dispatch = strategy.meta_step
-  assert isinstance(dispatch, strategies.AheadDispatch)
+  assert isinstance(dispatch, dispatch_lib.AheadDispatch)
   assert set(dispatch.programs) == set(AHEAD)
   assert all(dispatch.programs[p]._cache_size() == 0 for p in AHEAD)
   _, _, _, train, val = problem()
@@ -260,12 +225,11 @@ def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use
 
 
 def test_pending_draw_only_with_ahead_dispatch_and_several_scopes():
-  mesh = sharding_lib.make_mesh(1)
   for dispatch in ('host', 'none'):
     assert init_state(setup_for(sampler_for(dispatch=dispatch))).sampler_state == {}
   single = setup_for(sampler_for(dispatch='ahead', prune_levels=1))
   assert init_state(single).sampler_state == {}
-  assert strategies.make_dispatcher(single, mesh).programs.keys() == {'meta'}
+  assert famus.make_dispatcher(single).programs.keys() == {'meta'}
 
 
 def test_checkpoint_round_trip_of_the_pending_draw(tmp_path):

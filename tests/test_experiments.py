@@ -210,15 +210,52 @@ def test_fashion_mnist_study_smoke(argv, tmp_path):
 
 
 def test_fashion_mnist_study_meta_scopes():
-  """The exact rows differentiate through every layer; only FaMUS keeps the
-  config's candidate layers (its speed scope)."""
+  """The exact rows differentiate through every layer, and so does FaMUS's
+  sampler (every layer a candidate, run-time scopes)."""
   from experiments import fashion_mnist_study as study
   config = lambda m: study.make_config(m, 'sym40', 0, 20, 1, False, {})
   famus = config('mwnet_famus')
-  assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers != 'all'
+  assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers == 'all'
+  assert famus.meta.prune_levels == 0 and famus.meta.rate_cost == 'scope'
   for method in ('mwnet', 'l2r', 'mlc', 'mlc_transition'):
     c = config(method)
     assert (c.meta.method, c.meta.sampler, c.meta.candidate_layers) == (method, 'all', 'all')
+
+
+def write_fashion_idx(folder, per_train=140, per_test=20):
+  """The four Fashion-MNIST IDX files with random images, `per_*` per class."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from famus_jax.data import idx
+  rng = np.random.default_rng(0)
+  for split, per in (('train', per_train), ('t10k', per_test)):
+    labels = np.tile(np.arange(10, dtype=np.uint8), per)
+    idx.write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
+    idx.write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'),
+                  rng.integers(0, 256, (labels.size, 28, 28)).astype(np.uint8))
+
+
+def test_dispatch_study_smoke_and_resume(argv, tmp_path):
+  """Three rows on IDX files written here; a second call with one more row
+  keeps the runs it finds and adds the new one."""
+  from experiments import dispatch_study
+  folder = tmp_path / 'fashion'
+  write_fashion_idx(folder)
+  data = ['--settings', 'sym40', '--set', f'data.data_dir="{folder}"']
+  dispatch_study.main(argv + ['--rows', 'exact,famus'] + data)
+  first = check_outputs(str(tmp_path), 'dispatch_study_smoke')
+  dispatch_study.main(argv + ['--rows', 'exact,famus,famus_ahead'] + data)
+  payload = check_outputs(str(tmp_path), 'dispatch_study_smoke')
+  assert payload['runs'][:2] == first['runs']
+  assert [r['row'] for r in payload['runs']] == ['exact', 'famus', 'famus_ahead']
+  table = payload['table']
+  assert table['exact']['sym40']['x_exact'] == 1.0
+  assert set(table['famus']['sym40']['scope_fractions']) <= {'meta_scope0', 'meta_scope1'}
+  assert set(table['famus_ahead']['sym40']['scope_fractions']) <= {'meta_ahead0',
+                                                                   'meta_ahead1'}
+  for row in table.values():
+    assert 0.0 <= row['sym40']['accuracy'] <= 1.0
+    assert abs(sum(row['sym40']['scope_fractions'].values()) - 1.0) < 1e-9
+  assert os.path.exists(os.path.join(str(tmp_path), 'dispatch_study_smoke.md'))
 
 
 @pytest.mark.slow

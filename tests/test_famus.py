@@ -268,26 +268,31 @@ def test_leaves_outside_scope_get_no_path_and_cost_no_flops():
   assert max(inside) > 0.0
 
 
-def test_pruning_levels_are_exact_and_pick_the_smallest_scope():
+@pytest.mark.parametrize('tangent_pass', ['jvp', 'transpose'])
+def test_pruning_levels_are_exact_and_pick_the_smallest_scope(tangent_pass):
+  """Nested scopes at the digits CNN's block boundaries: a selection's smallest
+  holding scope gives the meta gradient of the full gated step, by either
+  tangent pass (a forward-mode product, or the transpose of the kept VJP)."""
   model, params, _, train, val = problem()
   cfg = meta_config(sampler='random', s=2, prune_levels=3)
   sampler = famus.build_sampler(cfg, model, params, train['image'])
-  assert len(sampler.levels) == 3 and sampler.levels[-1] == famus.leaf_names(sampler.layers)
-  assert sampler.levels[0] < sampler.levels[1] < sampler.levels[2]
+  scopes = sampler.scopes.scopes
+  assert len(scopes) == 3 and scopes[-1] == famus.leaf_names(sampler.layers)
+  assert scopes[0] < scopes[1] < scopes[2]
   top = jnp.zeros(sampler.num_layers).at[-1].set(1.0)
   bottom = jnp.zeros(sampler.num_layers).at[0].set(1.0)
-  assert int(sampler.level(top)) == 0 and int(sampler.level(bottom)) == 2
+  assert int(sampler.scopes.level(top)) == 0 and int(sampler.scopes.level(bottom)) == 2
+  from famus_jax.core import forward, meta_gradient  # pylint: disable=g-import-not-at-top
+  mw = fj.get_meta_model('mwnet')
+  theta = mw.init(jax.random.PRNGKey(1), NUM_CLASSES)
+  _, params_, stats, _, _ = problem()
+  fwd = forward.train_forward(model.apply, params_, stats, train['image'])
   for gates in (top, bottom, top.at[0].set(1.0)):
-    mw = fj.get_meta_model('mwnet')
-    theta = mw.init(jax.random.PRNGKey(1), NUM_CLASSES)
-    _, params_, stats, _, _ = problem()
-    from famus_jax.core import forward, meta_gradient
-    fwd = forward.train_forward(model.apply, params_, stats, train['image'])
     kw = dict(apply_fn=model.apply, meta_model=mw, lookahead=fj.core.Lookahead(lr=0.1),
               batch_stats=stats, gate=sampler.leaf_gates(gates))
     pruned = meta_gradient.meta_grad_from_forward(
-        fwd, theta, params_, train['label'], val, levels=sampler.levels,
-        level=sampler.level(gates), **kw)
+        fwd, theta, params_, train['label'], val,
+        tangent=scopes[int(sampler.scopes.level(gates))], tangent_pass=tangent_pass, **kw)
     full = meta_gradient.meta_grad_from_forward(fwd, theta, params_, train['label'], val, **kw)
     scale = float(jnp.max(jnp.abs(flat(full.theta))))
     assert scale > 0
@@ -505,54 +510,6 @@ def test_zero_one_gates_equal_the_scope_and_a_masked_jax_grad(mode):
     assert float(jnp.max(jnp.abs(flat(ref)))) > 0
     assert rel_err(gated.theta, ref) <= 1e-4, layers
     assert rel_err(scoped.theta, ref) <= 1e-4, layers
-
-
-@pytest.mark.parametrize('sampler_name', ['random', 'famus'])
-def test_every_pruning_level_in_a_jitted_step_equals_the_unpruned_step(sampler_name):
-  """prune_levels = 3 on 3 layers: levels {Dense}, {BN, Dense}, all. Each level
-  (0, 1 and 2) runs inside the jitted meta_train_step and gives the state of
-  the same step without pruning."""
-  model, params, _, train, val = tiny_problem()
-  cfg = dict(sampler=sampler_name, k=1, s=1, lambda1=0.1)
-  pruned = famus.build_sampler(meta_config(prune_levels=3, **cfg), model, params, train['image'])
-  plain = famus.build_sampler(meta_config(prune_levels=1, **cfg), model, params, train['image'])
-  assert [l.name for l in pruned.layers] == list(TINY_LAYERS) and len(pruned.levels) == 3
-  steps = [fj.jit_meta_train_step(tiny_setup(s), donate=False) for s in (pruned, plain)]
-  state0 = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                 TINY_CLASSES, tiny_setup(pruned))
-  seen = set()
-  for seed in range(40):
-    state = state0.replace(rng=jax.random.PRNGKey(seed))
-    (a, ma), (b, mb) = (step(state, train, val) for step in steps)
-    gates = np.asarray(ma['gates'])
-    np.testing.assert_array_equal(gates, np.asarray(mb['gates']))
-    # Smallest nested scope (top 1, top 2, all layers) holding every selected layer.
-    level = 2 - int(np.flatnonzero(gates)[0]) if gates.any() else 0
-    assert int(pruned.level(jnp.asarray(gates))) == level
-    for field in ('meta_params', 'params'):
-      chex.assert_trees_all_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-7)
-    seen.add(level)
-    if seen == {0, 1, 2}:
-      break
-  assert seen == {0, 1, 2}
-
-
-def test_pruning_levels_keep_the_famus_sampler_gradient():
-  """With meta.gate_grad='all' the pruned (lax.switch) program forms v on every
-  candidate layer, so an unselected layer outside the chosen scope still gets
-  ∂L/∂r_l = −α⟨v_l, g_l⟩ and η learns as without pruning. (The default 'scope'
-  gives 0 there: tests/test_dispatch.py.)"""
-  model, params, _, train, val = tiny_problem()
-  cfg = dict(sampler='famus', k=1, lambda1=0.0, gate_grad='all')
-  samplers = [famus.build_sampler(meta_config(prune_levels=p, **cfg), model, params,
-                                  train['image']) for p in (3, 1)]
-  steps = [fj.jit_meta_train_step(tiny_setup(s), donate=False) for s in samplers]
-  state0 = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                 TINY_CLASSES, tiny_setup(samplers[0]))
-  for seed in range(10):
-    state = state0.replace(rng=jax.random.PRNGKey(seed))
-    a, b = (step(state, train, val)[0] for step in steps)
-    chex.assert_trees_all_close(a.sampler_params, b.sampler_params, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize('method', ['mwnet', 'l2r'])

@@ -33,3 +33,54 @@ def test_every_sampler_meets_the_contract(sampler):
     assert built is None
   else:
     assert isinstance(built, protocols.LayerSampler)
+
+
+def protocol_members(protocol) -> set[str]:
+  """The public attributes and methods a Protocol class lists."""
+  names = set(vars(protocol)) | set(getattr(protocol, '__annotations__', {}))
+  return {n for n in names if not n.startswith('_')}
+
+
+class Recording:
+  """A layer sampler behind a proxy that records every member used on it."""
+
+  def __init__(self, sampler, used: set):
+    object.__setattr__(self, '_sampler', sampler)
+    object.__setattr__(self, '_used', used)
+
+  def __getattr__(self, name):
+    self._used.add(name)
+    return getattr(self._sampler, name)
+
+  def __hash__(self):
+    return hash(self._sampler)
+
+  def __eq__(self, other):
+    return isinstance(other, Recording) and self._sampler == other._sampler
+
+
+HARNESS_MEMBERS = {'layers', 'warnings'}  # train.py's metrics, build's start-up notes
+
+
+@pytest.mark.parametrize('sampler', ['famus', 'random'])
+def test_the_sampler_contract_is_exactly_what_core_and_dispatch_use(sampler):
+  """Through every dispatcher (state creation, two meta iterations each, so
+  'ahead' also runs on a stored draw) the core and the dispatch layer use
+  only members the LayerSampler protocol lists, and together with the
+  harness's all of them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import famus_jax as fj  # pylint: disable=g-import-not-at-top
+  from famus_jax import famus  # pylint: disable=g-import-not-at-top
+  from test_dispatch import NUM_CLASSES, problem, sampler_for, setup_for  # pylint: disable=g-import-not-at-top
+  model, _, _, train, val = problem()
+  used = set()
+  for name in sorted(famus.DISPATCHERS):
+    setup = setup_for(Recording(sampler_for(sampler=sampler, dispatch=name), used))
+    state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
+                                  NUM_CLASSES, setup)
+    dispatcher = famus.make_dispatcher(setup)
+    for _ in range(2):
+      state, _ = dispatcher(state, train, val)
+  members = protocol_members(protocols.LayerSampler)
+  assert used <= members, used - members
+  assert used | HARNESS_MEMBERS == members, members - used - HARNESS_MEMBERS

@@ -4,10 +4,19 @@
   readable reference.
 - `jvp`: with `v = ∇_ŵ L^val` and `u = (∂U/∂g)ᵀ v` (`u = −α v` for plain SGD),
   `⟨v, dŵ/dθ⟩ = ⟨u, ∂g/∂θ⟩` and `⟨u, g(θ)⟩ = Σ_i V_i(θ) ∂ℓ_i(f(w), θ)[J u]`.
-  One forward-mode product `J u = jvp(f, w)[u]` (restricted to the meta scope,
-  so layers outside it cost nothing) followed by a reverse pass through the
-  small head `θ ↦ Σ_i V_i(θ) ∂ℓ_i[J u]`; for MLC, where θ enters ℓ, this is
-  reverse over forward, for MW-Net and L2R just the VJP of V(θ).
+  One forward-mode product `J u` (restricted to the meta scope, so layers
+  below it cost nothing) followed by a reverse pass through the small head
+  `θ ↦ Σ_i V_i(θ) ∂ℓ_i[J u]`; for MLC, where θ enters ℓ, this is reverse over
+  forward, for MW-Net and L2R just the VJP of V(θ).
+
+The tangent pass `J u` is computed one of two ways (`TANGENT_PASSES`):
+'transpose' transposes the training forward's kept VJP restricted to the
+scope's leaves (the linear map `Jᵀ` read back as `J`): it reuses the forward's
+residuals, so no forward runs again and only the scope's layers and those
+above it take part; 'jvp' is `jax.jvp` of the forward, whose primal pass XLA
+shares with the training forward only when every leaf carries a tangent (with
+a partial scope its common-subexpression pass does not merge the two
+forwards' batch-norm reductions, and the whole forward runs twice).
 """
 
 import functools
@@ -76,16 +85,17 @@ def _reverse(fwd, theta, params, train_labels, val_batch, *, apply_fn, meta_mode
 
 def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
                   meta_model, lookahead, batch_stats, mask, gate, val_rng,
-                  levels=None, level=None, virtual=None,
-                  gate_grad: str = 'scope') -> MetaGrad:
-  """The fast exact path: one restricted JVP, then a VJP of the small head.
+                  tangent=None, virtual=None, gate_grad: str = 'scope',
+                  tangent_pass: str = 'auto') -> MetaGrad:
+  """The fast exact path: one restricted tangent pass, then a VJP of the small head.
 
-  With `levels` (nested static scopes, each inside `mask`) the tangent pass
-  runs only on scope `level`: a Python int compiles that scope alone (host
-  dispatch), a traced int selects it with `lax.switch`. Gates must be 0
-  outside the chosen scope. `gate_grad` says where ∂L^val/∂r is formed:
-  'scope' (the chosen scope; 0 for the other gated leaves) or 'all' (every
-  leaf of `mask`, so the validation backward spans all of it).
+  `tangent`: a static frozenset of leaf names inside `mask` on which this
+  program runs the tangent pass (None: all of `mask`); gates must be 0
+  outside it. `gate_grad` says where ∂L^val/∂r is formed: 'scope' (the
+  tangent scope; 0 for the other gated leaves) or 'all' (every leaf of
+  `mask`, so the validation backward spans all of it). `tangent_pass`: a key
+  of `TANGENT_PASSES` or 'auto' ('jvp' when every leaf of the network carries
+  a tangent, else 'transpose').
   `virtual`: the ungated Virtual-Train step of `fwd`, if already computed.
   """
   if gate_grad not in GATE_GRADS:
@@ -95,30 +105,50 @@ def _forward_mode(fwd, theta, params, train_labels, val_batch, *, apply_fn,
     virtual = virtual_lib.virtual_from_forward(
         fwd, theta, params, train_labels, meta_model=meta_model,
         lookahead=lookahead, mask=mask)
-  body = functools.partial(_forward_mode_body, fwd, virtual, theta, params,
-                           train_labels, val_batch, apply_fn=apply_fn,
-                           meta_model=meta_model, lookahead=lookahead,
-                           batch_stats=batch_stats, val_rng=val_rng)
-  if not levels or level is None:
-    theta_grad, gate_grad_tree, loss, v = body(mask, mask, gate)
-  else:
-    def masks(j):
-      tangent = lookahead_lib.scope_mask(params, levels[j])
-      return (mask if gate_grad == 'all' else tangent), tangent
-    if isinstance(level, int):  # a static scope: this program computes only it
-      theta_grad, gate_grad_tree, loss, v = body(*masks(level), gate)
-    else:
-      branches = [functools.partial(lambda g, ms: body(*ms, g), ms=masks(j))
-                  for j in range(len(levels))]
-      theta_grad, gate_grad_tree, loss, v = jax.lax.switch(level, branches, gate)
+  tangent_mask = mask if tangent is None else lookahead_lib.scope_mask(params, tangent)
+  if tangent_pass == 'auto':
+    every_leaf = all(jax.tree_util.tree_leaves(tangent_mask))
+    tangent_pass = 'jvp' if every_leaf else 'transpose'
+  if tangent_pass not in TANGENT_PASSES:
+    raise ValueError(f'Unknown tangent pass {tangent_pass!r}; known: '
+                     f'{", ".join(TANGENT_PASSES)}.')
+  val_mask = mask if gate_grad == 'all' else tangent_mask
+  theta_grad, gate_grad_tree, loss, v = _forward_mode_body(
+      fwd, virtual, theta, params, train_labels, val_batch, val_mask, tangent_mask,
+      gate, TANGENT_PASSES[tangent_pass], apply_fn=apply_fn, meta_model=meta_model,
+      lookahead=lookahead, batch_stats=batch_stats, val_rng=val_rng)
   return MetaGrad(theta_grad, gate_grad_tree, loss, virtual, v)
 
 
+def _jvp_tangent(fwd, params, tangent_mask, u_in):
+  """J u by `jax.jvp` of the forward in the scope's leaves (a primal pass too)."""
+  params_in, params_out = lookahead_lib.split_by_mask(params, tangent_mask)
+  logits_of_scope = lambda inside: fwd.logits_fn(
+      lookahead_lib.merge_by_mask(inside, params_out, tangent_mask))
+  return jax.jvp(logits_of_scope, (params_in,), (u_in,))[1]
+
+
+def _transposed_vjp_tangent(fwd, params, tangent_mask, u_in):
+  """J u as the transpose of the kept VJP restricted to the scope's leaves:
+  only the forward's residuals are read, and the part of the backward below
+  the scope, which the restricted VJP does not need, never runs."""
+  del params
+  def scope_vjp(logits_cotangent):
+    return lookahead_lib.split_by_mask(fwd.vjp(logits_cotangent)[0], tangent_mask)[0]
+  shape = jax.ShapeDtypeStruct(fwd.logits.shape, fwd.logits.dtype)
+  return jax.linear_transpose(scope_vjp, shape)(u_in)[0]
+
+
+# config-free choice of how the tangent pass J u is computed (module docstring)
+TANGENT_PASSES = {'jvp': _jvp_tangent, 'transpose': _transposed_vjp_tangent}
+
+
 def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mask,
-                       tangent_mask, gate, *, apply_fn, meta_model, lookahead,
-                       batch_stats, val_rng):
+                       tangent_mask, gate, tangent_fn, *, apply_fn, meta_model,
+                       lookahead, batch_stats, val_rng):
   """(∇_θ, ∂/∂gate, val loss, v): v, u and ∂/∂gate on `mask`, the tangent pass
-  on `tangent_mask` (a subset of `mask` outside which the gates are 0)."""
+  (`tangent_fn`) on `tangent_mask` (a subset of `mask` outside which the
+  gates are 0)."""
   params_hat = jax.lax.stop_gradient(virtual.params)
   grads = jax.lax.stop_gradient(virtual.grads)
   hat_in, hat_out = lookahead_lib.split_by_mask(params_hat, mask)
@@ -150,11 +180,8 @@ def _forward_mode_body(fwd, virtual, theta, params, train_labels, val_batch, mas
   if tangent_mask is not mask:
     u_in = lookahead_lib.split_by_mask(lookahead_lib.merge_by_mask(
         u_in, [jnp.zeros_like(x) for x in hat_out], mask), tangent_mask)[0]
-  params_in, params_out = lookahead_lib.split_by_mask(params, tangent_mask)
-  logits_of_scope = lambda inside: fwd.logits_fn(
-      lookahead_lib.merge_by_mask(inside, params_out, tangent_mask))
-  _, logits_tangent = jax.jvp(logits_of_scope, (params_in,), (u_in,))
-  logits_tangent = jax.lax.stop_gradient(logits_tangent)
+  with jax.named_scope('tangent'):
+    logits_tangent = jax.lax.stop_gradient(tangent_fn(fwd, params, tangent_mask, u_in))
 
   def head(theta):
     weights = meta_model.weights(theta, virtual.losses)
@@ -181,13 +208,15 @@ GATE_GRADS = {
 def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
                            apply_fn, meta_model, lookahead, batch_stats=None,
                            mask=None, gate=None, val_rng=None,
-                           mode: str = 'jvp', levels=None, level=None,
-                           virtual=None, gate_grad: str = 'scope') -> MetaGrad:
+                           mode: str = 'jvp', tangent=None,
+                           virtual=None, gate_grad: str = 'scope',
+                           tangent_pass: str = 'auto') -> MetaGrad:
   """Meta gradient from an already computed training forward (shared by steps).
 
-  `levels`/`level`: nested static scopes and the index (static int or traced)
-  of the one to run, `gate_grad` where ∂L^val/∂r is formed (`jvp` path only;
-  the `reverse` reference always runs the full program).
+  `tangent`: the static frozenset of leaf names this program's tangent pass
+  covers (a nested scope of a layer sampler; None: all of `mask`),
+  `gate_grad` where ∂L^val/∂r is formed, `tangent_pass` how J u is computed
+  (`jvp` path only; the `reverse` reference always runs the full program).
   `virtual`: the ungated `VirtualStep` of `fwd` (same θ, look-ahead and mask)
   when the caller already computed it (`jvp` path: not computed again; the
   `reverse` path differentiates through its own).
@@ -195,8 +224,8 @@ def meta_grad_from_forward(fwd, theta, params, train_labels, val_batch, *,
   if mask is None:
     mask = lookahead_lib.scope_mask(params, None)
   extra = ({} if mode == 'reverse' else
-           {'levels': levels, 'level': level, 'virtual': virtual,
-            'gate_grad': gate_grad})
+           {'tangent': tangent, 'virtual': virtual, 'gate_grad': gate_grad,
+            'tangent_pass': tangent_pass})
   return PATHS[mode](fwd, theta, params, train_labels, val_batch,
                      apply_fn=apply_fn, meta_model=meta_model, lookahead=lookahead,
                      batch_stats=batch_stats, mask=mask, gate=gate, val_rng=val_rng,

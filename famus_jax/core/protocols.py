@@ -72,9 +72,19 @@ class MetaStepContext(NamedTuple):
 @runtime_checkable
 class LayerSampler(Protocol):
   """Chooses, per iteration, the layers whose look-ahead terms carry the meta
-  gradient (gates r ∈ {0, 1}^L), and learns from the meta gradient."""
+  gradient (gates r ∈ {0, 1}^L), and learns from the meta gradient.
 
-  levels: tuple  # nested static leaf-name scopes for dynamic pruning (may be empty)
+  Exactly the members called from outside a sampler: by the core (state
+  creation, `meta_begin`, `meta_finish`), by the dispatch layer
+  (`famus_jax.famus.dispatch`: scopes, dispatcher, pending draws) and by the
+  training harness (`layers`, `warnings`).
+  """
+
+  layers: tuple     # candidate layers (`models.Layer`), forward order
+  num_layers: int   # L
+  scopes: Any       # `dispatch.NestedScopes`: nested static scopes, smallest first
+  dispatch: str     # key of `dispatch.DISPATCHERS`: how a scope's program is chosen
+  gate_grad: str    # where ∂L^val/∂r is formed under pruning ('scope' | 'all')
 
   def init(self, rng: jax.Array) -> PyTree:
     """The sampler's parameters η (an empty dict when nothing is learned)."""
@@ -82,14 +92,30 @@ class LayerSampler(Protocol):
   def optimizer(self) -> optax.GradientTransformation:
     """The optimizer of η."""
 
-  def begin(self, params: PyTree, grads: PyTree, rng: jax.Array) -> tuple[Any, Any]:
-    """(selection, begin_state) from the Virtual-Train gradient `grads`.
+  def init_pending(self) -> PyTree:
+    """The train state's `sampler_state` before any draw ({} unless the
+    dispatcher draws the gates one meta iteration ahead)."""
 
-    The selection has `.leaf_gates` (params-shaped scalars) and `.level`
-    (int32 index into `levels`, or None).
+  def begin(self, params: PyTree, grads: PyTree, rng: jax.Array) -> tuple[Any, Any]:
+    """(selection, begin_state): the gates of this iteration from its
+    Virtual-Train gradient `grads` (Algorithm 1).
+
+    The selection has `.gates` (L,), `.leaf_gates` (params-shaped scalars)
+    and `.level` (int32 index into `scopes`, or None).
     """
 
   def finish(self, ctx: MetaStepContext, params: PyTree, opt_state: PyTree
              ) -> tuple[PyTree, PyTree, PyTree, dict]:
     """(θ gradient, new η, new η optimizer state, metrics) after Meta-Train."""
 
+  def pending_fields(self) -> dict:
+    """What a pending draw keeps besides 'gates', 'level', 'valid', as zeros."""
+
+  def draw(self, params: PyTree, grads: PyTree, rng: jax.Array) -> dict:
+    """A draw for a later meta iteration: {'gates': (L,) hard, **pending fields}."""
+
+  def begin_pending(self, params: PyTree, pending: dict) -> tuple[Any, Any]:
+    """(selection, begin_state) of a stored draw under the current η."""
+
+  def warnings(self) -> tuple[str, ...]:
+    """One-line notes on settings that make a config field ineffective."""

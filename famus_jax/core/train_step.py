@@ -114,55 +114,51 @@ class MetaBegin(NamedTuple):
   val_rng: jax.Array
 
 
-def _forward_and_virtual(state: TrainState, train_batch: dict, setup: StepSetup
-                         ) -> tuple[MetaBegin, jax.Array]:
-  """(MetaBegin without gates, the sampler's key): training forward (VJP kept)
-  and, with a sampler, the ungated Virtual-Train whose gradient feeds it."""
+def forward_and_virtual(state: TrainState, train_batch: dict, setup: StepSetup
+                        ) -> tuple[MetaBegin, jax.Array]:
+  """(MetaBegin without gates, the sampler's key): training forward (its VJP
+  kept) and, with a sampler, the ungated Virtual-Train whose gradient feeds
+  the gates."""
   rng, fwd_rng, val_rng, sampler_rng = jax.random.split(state.rng, 4)
   labels = train_batch['label']
-  fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
-                                  train_batch['image'], fwd_rng)
+  with jax.named_scope('train_forward'):
+    fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
+                                    train_batch['image'], fwd_rng)
   virtual = None
   if setup.sampler is not None:
     theta = setup.meta_model.lookahead_params(state.meta_params, labels.shape[0])
-    virtual = virtual_lib.virtual_from_forward(
-        fwd, theta, state.params, labels, meta_model=setup.meta_model,
-        lookahead=make_lookahead(setup, state),
-        mask=lookahead_lib.scope_mask(state.params, setup.scope))
+    with jax.named_scope('virtual_train'):
+      virtual = virtual_lib.virtual_from_forward(
+          fwd, theta, state.params, labels, meta_model=setup.meta_model,
+          lookahead=make_lookahead(setup, state),
+          mask=lookahead_lib.scope_mask(state.params, setup.scope))
   return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, None, None,
                    rng, fwd_rng, val_rng), sampler_rng
 
 
 def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> MetaBegin:
   """Training forward (its VJP kept), Virtual-Train backward and the sampler's
-  gates: everything the choice of the meta scope depends on."""
-  begin, sampler_rng = _forward_and_virtual(state, train_batch, setup)
+  gates: everything the choice of the meta scope depends on (Algorithm 1:
+  the gates of this iteration, Eq. 8)."""
+  begin, sampler_rng = forward_and_virtual(state, train_batch, setup)
   if setup.sampler is None:
     return begin
-  selection, begin_state = setup.sampler.begin(state.sampler_params, begin.virtual.grads,
-                                               sampler_rng)
+  with jax.named_scope('sampler'):
+    selection, begin_state = setup.sampler.begin(state.sampler_params,
+                                                 begin.virtual.grads, sampler_rng)
   return begin._replace(selection=selection, begin_state=begin_state)
 
 
-def _scope_levels(sampler, selection, level: Optional[int]):
-  """(levels, level) for Meta-Train: a static `level` (host dispatch), the
-  traced one of the selection (`lax.switch`), or (None, None): every scope leaf."""
-  if sampler is None or len(sampler.levels) <= 1:
-    return None, None
-  if level is not None:
-    return sampler.levels, int(level)
-  if sampler.dispatch == 'switch':
-    return sampler.levels, selection.level
-  return None, None
-
-
 def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batch: dict,
-                *, setup: StepSetup, level: Optional[int] = None
-                ) -> tuple[TrainState, dict]:
-  """The rest of a meta iteration after `meta_begin`: Meta-Train (on scope
-  `level` of the sampler's nested scopes when given, which must hold every
-  selected layer), the sampler and meta updates, Actual-Train through the kept
-  VJP. Arguments and results as `meta_train_step`."""
+                *, setup: StepSetup, scope: Optional[frozenset] = None,
+                tangent_pass: str = 'auto') -> tuple[TrainState, dict]:
+  """The rest of a meta iteration after `meta_begin`: Meta-Train (its tangent
+  pass on the static `scope`, a frozenset of leaf names holding every
+  selected layer; None: every candidate leaf), the sampler and meta updates,
+  Actual-Train through the kept VJP. `tangent_pass`: how the tangent pass
+  runs (`meta_gradient.TANGENT_PASSES`; 'auto': `jax.jvp` over the whole
+  network, else the transpose of the kept VJP). Arguments and results as
+  `meta_train_step`."""
   n = train_batch['label'].shape[0]
   labels = train_batch['label']
   fwd = forward_lib.TrainForward(
@@ -170,29 +166,32 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
           setup.apply_fn, state.batch_stats, train_batch['image'], begin.fwd_rng))
   theta = setup.meta_model.lookahead_params(state.meta_params, n)
   sampler, selection = setup.sampler, begin.selection
-  levels, scope_level = _scope_levels(sampler, selection, level)
-  mg = meta_grad_lib.meta_grad_from_forward(
-      fwd, theta, state.params, labels, val_batch,
-      apply_fn=setup.apply_fn, meta_model=setup.meta_model,
-      lookahead=make_lookahead(setup, state), batch_stats=state.batch_stats,
-      mask=lookahead_lib.scope_mask(state.params, setup.scope),
-      gate=None if selection is None else selection.leaf_gates, val_rng=begin.val_rng,
-      mode=setup.mode, levels=levels, level=scope_level, virtual=begin.virtual,
-      gate_grad='scope' if sampler is None else sampler.gate_grad)
+  with jax.named_scope('meta_train'):
+    mg = meta_grad_lib.meta_grad_from_forward(
+        fwd, theta, state.params, labels, val_batch,
+        apply_fn=setup.apply_fn, meta_model=setup.meta_model,
+        lookahead=make_lookahead(setup, state), batch_stats=state.batch_stats,
+        mask=lookahead_lib.scope_mask(state.params, setup.scope),
+        gate=None if selection is None else selection.leaf_gates, val_rng=begin.val_rng,
+        mode=setup.mode, tangent=scope, virtual=begin.virtual,
+        gate_grad='scope' if sampler is None else sampler.gate_grad,
+        tangent_pass=tangent_pass)
   theta_grad = mg.theta
   sampler_params, sampler_opt_state = state.sampler_params, state.sampler_opt_state
   sampler_metrics = {}
   if sampler is not None:
     ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch,
                              begin.val_rng, selection, begin.begin_state)
-    theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
-        ctx, state.sampler_params, state.sampler_opt_state)
+    with jax.named_scope('sampler'):
+      theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
+          ctx, state.sampler_params, state.sampler_opt_state)
   meta_params, meta_opt_state, theta_new = update_meta_params(
       setup, state, theta, theta_grad, n)
   weights = setup.meta_model.weights(theta_new, mg.virtual.losses)
-  actual = actual_lib.actual_from_forward(
-      fwd, state.params, state.opt_state, weights, labels,
-      meta_model=setup.meta_model, tx=setup.tx, theta=theta_new)
+  with jax.named_scope('actual_train'):
+    actual = actual_lib.actual_from_forward(
+        fwd, state.params, state.opt_state, weights, labels,
+        meta_model=setup.meta_model, tx=setup.tx, theta=theta_new)
   new_state = state.replace(
       step=state.step + 1, params=actual.params, batch_stats=actual.batch_stats,
       opt_state=actual.opt_state, meta_params=meta_params,
@@ -214,10 +213,10 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
 
 def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
                     setup: StepSetup) -> tuple[TrainState, dict]:
-  """One meta iteration (all three stages) as one program; pure, jit it with
-  `setup` static. `meta_begin` then `meta_finish`; a sampler with
-  `dispatch='switch'` picks its scope with `lax.switch`, otherwise the meta
-  path spans every gated leaf (the host-dispatch programs compute the same
+  """One meta iteration (all three stages) as one program, Algorithm 1; pure,
+  jit it with `setup` static: `meta_begin` then `meta_finish` with the meta
+  path over every candidate leaf and the sampler's gates as data (the
+  run-time scope programs of `famus_jax.famus.dispatch` compute the same
   numbers scope by scope).
 
   Args:
@@ -233,36 +232,6 @@ def meta_train_step(state: TrainState, train_batch: dict, val_batch: dict, *,
   """
   begin = meta_begin(state, train_batch, setup=setup)
   return meta_finish(state, begin, train_batch, val_batch, setup=setup)
-
-def meta_ahead(state: TrainState, train_batch: dict, val_batch: dict, *,
-               setup: StepSetup, level: int) -> tuple[TrainState, dict]:
-  """One meta iteration as one program on the static scope `level`, its gates
-  drawn in the previous meta iteration (`meta.dispatch='ahead'`).
-
-  The gates are `state.sampler_state`'s pending draw (`level` must be its
-  scope or larger), straight-through in the current η (`begin_pending`). With
-  no valid draw (the first meta iteration, or one after a warm-up), they are
-  drawn now, as `meta_begin` draws them (same key, so the iteration equals the
-  one-program gated step), and `level` must be the full scope. After
-  Meta-Train, sampler update and Actual-Train, the next meta iteration's gates
-  are drawn from this iteration's Virtual-Train gradient with the updated η
-  and the key `fold_in(sampler key, 1)`, and stored in the new state.
-  Arguments and results as `meta_train_step`.
-  """
-  sampler = setup.sampler
-  begin, sampler_rng = _forward_and_virtual(state, train_batch, setup)
-  inputs = sampler.gate_inputs(begin.virtual.grads)
-  stored = state.sampler_state
-  now = sampler.draw(state.sampler_params, inputs, sampler_rng)
-  pending = jax.tree_util.tree_map(lambda a, b: jnp.where(stored['valid'], a, b),
-                                   stored, now)
-  selection, begin_state = sampler.begin_pending(state.sampler_params, pending)
-  new_state, metrics = meta_finish(
-      state, begin._replace(selection=selection, begin_state=begin_state),
-      train_batch, val_batch, setup=setup, level=level)
-  upcoming = sampler.draw(new_state.sampler_params, inputs,
-                          jax.random.fold_in(sampler_rng, 1))
-  return new_state.replace(sampler_state=upcoming), metrics
 
 
 def weighted_train_step(state: TrainState, batch: dict, *, setup: StepSetup

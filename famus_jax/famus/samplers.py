@@ -10,18 +10,16 @@ Registry `SAMPLERS`, keyed by `meta.sampler`, of constructors
            compiled program computes only that block's terms.
 
 A sampler turns the Virtual-Train gradient into per-layer gates r ∈ {0,1}^L,
-broadcasts them to the parameter leaves (`leaf_gates`) and, with
-`meta.prune_levels` P > 1, also picks which of P nested precompiled scopes
-(top L/P layers, top 2L/P, …, all candidates) contains every selected layer, so
-a selection of top layers runs a cheaper program. `meta.dispatch` (registry
-`DISPATCHES`) says how that program is chosen; `meta.gate_grad` where the
-gates' gradient is formed under pruning; `meta.rate_cost` (registry
-`RATE_COSTS`) how L_r counts a layer.
+broadcasts them to the parameter leaves (`leaf_gates`) and names the smallest
+of its nested static scopes (`famus_jax.famus.dispatch.NestedScopes`, cut at
+block boundaries by `meta.prune_levels`) that holds every selected layer, so
+that a selection of top layers runs a cheaper program. `meta.dispatch`
+(registry `dispatch.DISPATCHERS`) says how that program is chosen;
+`meta.gate_grad` where the gates' gradient is formed under pruning;
+`meta.rate_cost` (registry `RATE_COSTS`) how L_r prices a layer.
 """
 
 import dataclasses
-import functools
-import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -29,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import meta_gradient
 from famus_jax.core.protocols import MetaStepContext
+from famus_jax.famus import dispatch as dispatch_lib
 from famus_jax.famus import gumbel
 from famus_jax.famus import layers as layers_lib
 from famus_jax.famus import pooling
@@ -45,7 +43,7 @@ class Selection(NamedTuple):
 
   gates: (L,) r_l in {0, 1} (straight-through: differentiable in η for FaMUS).
   leaf_gates: params-shaped scalars, r of the leaf's layer (0 outside the scope).
-  level: int32 index of the smallest precompiled scope holding every selected
+  level: int32 index of the smallest nested scope holding every selected
     layer (None with a single scope).
   """
   gates: jax.Array
@@ -62,17 +60,17 @@ class LayerSampler:
     leaf_layer: for each params leaf (jax flattening order) the index of its
       candidate layer, or -1.
     treedef: params tree structure.
-    levels: nested leaf-name scopes for dynamic pruning (last = all candidates).
-      layer_level: for each candidate layer the first level containing it.
-    dispatch: how the scope's program is chosen (a key of `DISPATCHES`).
+    scopes: the nested static scopes a meta iteration may run
+      (`dispatch.NestedScopes`; the last holds every candidate).
+    dispatch: how the scope's program is chosen (a key of
+      `dispatch.DISPATCHERS`).
     gate_grad: where ∂L^val/∂r is formed under pruning ('scope' | 'all').
   """
   layers: tuple
   leaf_layer: tuple
   treedef: Any
-  levels: tuple = ()
-  layer_level: tuple = ()
-  dispatch: str = 'none'
+  scopes: dispatch_lib.NestedScopes = dispatch_lib.NestedScopes()
+  dispatch: str = dispatch_lib.DEFAULT
   gate_grad: str = 'scope'
 
   @property
@@ -85,13 +83,6 @@ class LayerSampler:
     leaves = [gates[i] if i >= 0 else zero for i in self.leaf_layer]
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
-  def level(self, gates: jax.Array) -> Optional[jax.Array]:
-    if len(self.levels) <= 1:
-      return None
-    levels = jnp.asarray(self.layer_level, jnp.int32)
-    selected = jax.lax.stop_gradient(gates) > 0.5
-    return jnp.max(jnp.where(selected, levels, 0))
-
   def init(self, rng: jax.Array) -> PyTree:
     del rng
     return {}
@@ -100,7 +91,7 @@ class LayerSampler:
     return optax.identity()
 
   def selection(self, gates: jax.Array) -> Selection:
-    return Selection(gates, self.leaf_gates(gates), self.level(gates))
+    return Selection(gates, self.leaf_gates(gates), self.scopes.level(gates))
 
   def metrics(self, selection: Selection) -> dict:
     out = {'gates': jax.lax.stop_gradient(selection.gates),
@@ -121,30 +112,21 @@ class LayerSampler:
     """One-line notes on settings that make a config field ineffective."""
     return ()
 
-  # Gates drawn one meta iteration ahead (`dispatch='ahead'`): the state keeps
-  # the pending draw {'gates': (L,), 'level': int32, 'valid': bool, + inputs}.
-  @property
-  def draws_ahead(self) -> bool:
-    return self.dispatch == 'ahead' and len(self.levels) > 1
-
+  # Gates drawn one meta iteration ahead (`meta.dispatch='ahead'`): the state
+  # keeps the pending draw (`dispatch.init_pending`): 'gates', 'level',
+  # 'valid' and the sampler's own `pending_fields`.
   def init_pending(self) -> dict:
-    """No pending gates yet (`valid` False, level = the full scope); {} unless
-    the sampler draws ahead."""
-    if not self.draws_ahead:
-      return {}
-    return {'gates': jnp.zeros((self.num_layers,), jnp.float32),
-            'level': jnp.asarray(len(self.levels) - 1, jnp.int32),
-            'valid': jnp.asarray(False)}
+    """The state's `sampler_state` before any draw ({} unless drawing ahead)."""
+    return dispatch_lib.init_pending(self)
 
-  def gate_inputs(self, grads: PyTree) -> dict:
-    """What a draw reads of the Virtual-Train gradient (nothing here)."""
-    del grads
+  def pending_fields(self) -> dict:
+    """What a pending draw keeps besides its gates (nothing here), as zeros."""
     return {}
 
-  def draw(self, params, inputs: dict, rng) -> dict:
-    """A pending draw made now: hard gates, their scope level, valid=True."""
-    gates = jax.lax.stop_gradient(self.select(params, None, rng).gates)
-    return {'gates': gates, 'level': self.level(gates), 'valid': jnp.asarray(True)}
+  def draw(self, params, grads, rng) -> dict:
+    """Hard gates drawn now from the Virtual-Train gradient `grads`, and the
+    sampler's pending fields: {'gates': (L,), ...}."""
+    return {'gates': jax.lax.stop_gradient(self.select(params, grads, rng).gates)}
 
   def begin_pending(self, params, pending: dict):
     """(Selection, `finish`'s begin state) of the stored gates."""
@@ -221,27 +203,20 @@ class FamusSampler(LayerSampler):
   def select(self, params, grads, rng) -> Selection:
     return self.selection(self.gates(params, self.features(grads), rng))
 
-  def init_pending(self) -> dict:
-    """Adds the draw's inputs: features (L, max D_l) and Gumbel noise (L, 2)."""
-    pending = super().init_pending()
-    if pending:
-      pending.update(features=jnp.zeros((self.num_layers, max(self.feature_dims)),
-                                        jnp.float32),
-                     noise=jnp.zeros((self.num_layers, 2), jnp.float32))
-    return pending
+  def pending_fields(self) -> dict:
+    """The draw's inputs: features (L, max D_l) and Gumbel noise (L, 2)."""
+    return {'features': jnp.zeros((self.num_layers, max(self.feature_dims)), jnp.float32),
+            'noise': jnp.zeros((self.num_layers, 2), jnp.float32)}
 
-  def gate_inputs(self, grads: PyTree) -> dict:
-    return {'features': self.padded_features(self.features(grads))}
-
-  def draw(self, params, inputs: dict, rng) -> dict:
+  def draw(self, params, grads, rng) -> dict:
     """Hard gates from Γ(features; η) and fresh Gumbel noise, kept with the
     features and the noise so that a later `begin_pending` recomputes the soft
     probabilities under a newer η."""
+    features = self.padded_features(self.features(grads))
     noise = jax.random.gumbel(rng, (self.num_layers, 2), jnp.float32)
     gates = jax.lax.stop_gradient(gumbel.straight_through(
-        self.gate_logits(params, inputs['features']), noise, self.tau)[:, 1])
-    return {'gates': gates, 'level': self.level(gates), 'valid': jnp.asarray(True),
-            'features': inputs['features'], 'noise': noise}
+        self.gate_logits(params, features), noise, self.tau)[:, 1])
+    return {'gates': gates, 'features': features, 'noise': noise}
 
   def select_probability(self, params, pending: dict) -> jax.Array:
     """(L,) soft select-probabilities s(η) of the stored features and noise."""
@@ -309,16 +284,6 @@ class FamusSampler(LayerSampler):
     return theta_grad, params, opt_state, metrics
 
 
-DISPATCHES = {  # config `meta.dispatch`: how the program of a scope is chosen
-    'host': 'the host reads the scope index after the gates and runs that '
-            "scope's precompiled program (no XLA control flow; default)",
-    'switch': 'one program, lax.switch between the scopes (for accelerators; on '
-              'XLA:CPU a convolution inside a switch branch runs 20-30x slower)',
-    'none': 'one program over every candidate layer (gates as data: no saving)',
-    'ahead': 'one program per meta iteration on the scope of gates drawn in the '
-             'previous meta iteration (kept in the state; the selection is one '
-             'meta iteration late)',
-}
 GATE_GRADS = meta_gradient.GATE_GRADS  # config `meta.gate_grad`
 # config `meta.sampler_depth`: dense layers of Γ_l
 SAMPLER_DEPTHS = {3: 'the official FaMUS code (FC-PReLU-FC-PReLU-FC)',
@@ -334,77 +299,55 @@ GATE_SURROGATES = {
 }
 
 
-def _count_weights(sampler, model, params, sample_images) -> dict:
-  """L_r counts every selected layer as 1."""
-  del sampler, model, params, sample_images
+def scope_work(sampler, block_flops: dict) -> list[float]:
+  """The meta work of each nested scope: the forward FLOPs from its lowest
+  block to the output (what its validation backward and tangent pass scale
+  with)."""
+  levels = np.asarray(sampler.scopes.layer_level)
+  blocks = np.asarray([layer.block for layer in sampler.layers])
+  starts = [int(blocks[levels <= j].min()) for j in range(len(sampler.scopes))]
+  return [sum(f for b, f in block_flops.items() if b >= start) for start in starts]
+
+
+def _count_weights(sampler, block_flops) -> dict:
+  """L_r counts every selected layer as 1 (the paper's L_r)."""
+  del sampler, block_flops
   return {}
 
 
-def _flops_weights(sampler, model, params, sample_images) -> dict:
-  """c_l = XLA's FLOP count of the meta work of the smallest scope holding layer
-  l (validation backward to the scope and tangent pass from it), divided by
-  its mean over the candidate layers (so K keeps its scale)."""
-  flops = _scope_flops(sampler, model, params, sample_images)
-  if not flops:
+def _flops_weights(sampler, block_flops) -> dict:
+  """c_l = the meta work of the smallest scope holding layer l (`scope_work`),
+  divided by its mean over the candidate layers (so K keeps its scale)."""
+  if len(sampler.scopes) <= 1:
     return {}
-  per_layer = np.asarray([flops[j] for j in sampler.layer_level])
+  work = scope_work(sampler, block_flops)
+  per_layer = np.asarray([work[j] for j in sampler.scopes.layer_level])
   return {'rate_weights': tuple(float(c) for c in per_layer / per_layer.mean())}
 
 
-def _scope_costs(sampler, model, params, sample_images) -> dict:
+def _scope_costs(sampler, block_flops) -> dict:
   """L_r counts every layer as 1 and adds Σ_l m_l r_l, m_l = (F_j − F_0) /
-  (F_top − F_0) for the FLOPs F_j of the smallest scope j holding layer l: a
-  one-sided price, so no single costly layer can fill the budget K."""
-  flops = _scope_flops(sampler, model, params, sample_images)
-  if not flops or flops[-1] <= flops[0]:
+  (F_top − F_0) for the meta work F_j of the smallest scope j holding layer l:
+  a one-sided price, so no single costly layer can fill the budget K."""
+  if len(sampler.scopes) <= 1:
     return {}
-  marginal = [(flops[j] - flops[0]) / (flops[-1] - flops[0]) for j in sampler.layer_level]
+  work = scope_work(sampler, block_flops)
+  if work[-1] <= work[0]:
+    return {}
+  marginal = [(work[j] - work[0]) / (work[-1] - work[0]) for j in sampler.scopes.layer_level]
   return {'scope_costs': tuple(float(m) for m in marginal)}
 
 
-def _scope_flops(sampler, model, params, sample_images) -> list:
-  """XLA's FLOP count of the meta work of each nested scope ([] with one scope)."""
-  if len(sampler.levels) <= 1:
-    return []
-  variables = jax.eval_shape(lambda: model.init(
-      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
-      sample_images, train=False))
-  stats = variables.get('batch_stats', {})
-
-  def scope_work(scope, params, stats, images):
-    mask = lookahead_lib.scope_mask(params, scope)
-    inside, outside = lookahead_lib.split_by_mask(params, mask)
-    def logits(ins):
-      full = lookahead_lib.merge_by_mask(ins, outside, mask)
-      return forward_lib.apply_model(model.apply, full, stats, images, train=True)[0]
-    tangent = jax.jvp(logits, (inside,), (inside,))[1]
-    return jnp.sum(tangent) + lookahead_lib.tree_vdot(
-        jax.grad(lambda ins: jnp.sum(logits(ins)))(inside), inside)
-
-  return [float(jax.jit(functools.partial(scope_work, scope)).lower(
-      params, stats, sample_images).cost_analysis()['flops']) for scope in sampler.levels]
-
-
 RATE_COSTS = {  # config `meta.rate_cost`: how L_r prices a layer (sampler fields)
-    'count': _count_weights,   # (Σ_l r_l − K)²
-    'flops': _flops_weights,   # (Σ_l c_l r_l − K)², c_l ∝ FLOPs of l's scope
-    'scope': _scope_costs,     # (Σ_l r_l − K)² + Σ_l m_l r_l, m_l marginal scope cost
+    'count': _count_weights,   # (Σ_l r_l − K)², the paper's L_r
+    'flops': _flops_weights,   # (Σ_l c_l r_l − K)², c_l ∝ meta work of l's scope
+    'scope': _scope_costs,     # (Σ_l r_l − K)² + Σ_l m_l r_l, m_l marginal scope work (ours)
 }
 
 
 def _leaf_layer_index(params: PyTree, layers) -> tuple:
   index = {'/'.join(p): i for i, layer in enumerate(layers) for p in layer.paths}
   return tuple(index.get(name, -1) for name in lookahead_lib.leaf_paths(params))
-
-
-def _levels(layers, prune_levels: int) -> tuple[tuple, tuple]:
-  """Nested scopes (top ⌈pL/P⌉ layers, p = 1..P) and each layer's first level."""
-  n = len(layers)
-  sizes = sorted({max(1, math.ceil(p * n / prune_levels)) for p in range(1, prune_levels + 1)})
-  levels = tuple(layers_lib.leaf_names(layers[n - size:]) for size in sizes)
-  layer_level = tuple(next(j for j, size in enumerate(sizes) if i >= n - size)
-                      for i in range(n))
-  return levels, layer_level
 
 
 def _check_int(meta, field: str, lo: int, hi: int, what: str) -> int:
@@ -457,42 +400,46 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
   """
   check_sampler_name(meta.sampler)
   static_scope(meta, model, params, sample_images)  # validates b and the scope
-  _, cands = candidates(meta, model, params, sample_images)
-  sampler = SAMPLERS[meta.sampler](meta, params, cands)
+  all_layers, cands = candidates(meta, model, params, sample_images)
+  if SAMPLERS[meta.sampler] is _no_sampler:
+    return None
+  block_flops = dispatch_lib.module_block_flops(model, params, sample_images, all_layers)
+  sampler = SAMPLERS[meta.sampler](meta, params, cands, block_flops)
   if isinstance(sampler, FamusSampler):
     rate_cost = meta.get('rate_cost', 'count')
     if rate_cost not in RATE_COSTS:
       raise ValueError(f'meta.rate_cost={rate_cost!r} is unknown; known: '
                        f'{", ".join(RATE_COSTS)}.')
-    sampler = dataclasses.replace(sampler, **RATE_COSTS[rate_cost](
-        sampler, model, params, sample_images))
+    sampler = dataclasses.replace(sampler, **RATE_COSTS[rate_cost](sampler, block_flops))
   return sampler
 
 
-def _common_fields(meta, params, cands) -> dict:
+def _common_fields(meta, params, cands, block_flops, min_top_layers: int) -> dict:
   """The `LayerSampler` fields shared by the gated samplers."""
-  prune_levels = _check_int(meta, 'prune_levels', 1, len(cands), 'meta.prune_levels')
-  levels, layer_level = _levels(cands, prune_levels)
-  dispatch = meta.get('dispatch', 'switch' if prune_levels > 1 else 'none')
+  prune_levels = _check_int(meta, 'prune_levels', 0, len(cands),
+                            'meta.prune_levels (0: scopes at block boundaries by work)')
+  scopes = dispatch_lib.nested_scopes(cands, block_flops, prune_levels=prune_levels,
+                                      min_top_layers=min_top_layers)
+  dispatch = meta.get('dispatch', dispatch_lib.DEFAULT)
   gate_grad = meta.get('gate_grad', 'scope')
-  for field, value, known in (('dispatch', dispatch, DISPATCHES),
+  for field, value, known in (('dispatch', dispatch, dispatch_lib.DISPATCHERS),
                               ('gate_grad', gate_grad, GATE_GRADS)):
     if value not in known:
       raise ValueError(f'meta.{field}={value!r} is unknown; known: {", ".join(known)}.')
   return dict(layers=cands, leaf_layer=_leaf_layer_index(params, cands),
-              treedef=jax.tree_util.tree_structure(params), levels=levels,
-              layer_level=layer_level, dispatch=dispatch, gate_grad=gate_grad)
+              treedef=jax.tree_util.tree_structure(params), scopes=scopes,
+              dispatch=dispatch, gate_grad=gate_grad)
 
 
-def _no_sampler(meta, params, cands) -> None:
+def _no_sampler(meta, params, cands, block_flops) -> None:
   """'all' and 'block': every scope leaf carries the meta gradient (no gates)."""
-  del meta, params, cands
+  del meta, params, cands, block_flops
 
 
-def _random_sampler(meta, params, cands) -> RandomSampler:
+def _random_sampler(meta, params, cands, block_flops) -> RandomSampler:
   s = _check_int(meta, 's', 1, len(cands),
                  f'the number of random layers s (there are {len(cands)} candidate layers)')
-  return RandomSampler(s=s, **_common_fields(meta, params, cands))
+  return RandomSampler(s=s, **_common_fields(meta, params, cands, block_flops, s))
 
 
 # FaMUS's departures that can be switched: (config field of `meta`, FamusSampler
@@ -502,10 +449,10 @@ FAMUS_OPTIONS = (('sampler_depth', 'depth', SAMPLER_DEPTHS),
                  ('gate_surrogate', 'gate_surrogate', GATE_SURROGATES))
 
 
-def _famus_sampler(meta, params, cands) -> FamusSampler:
-  common = _common_fields(meta, params, cands)
+def _famus_sampler(meta, params, cands, block_flops) -> FamusSampler:
   k = _check_int(meta, 'k', 1, len(cands),
                  f'K (there are {len(cands)} candidate layers; see meta.candidate_layers)')
+  common = _common_fields(meta, params, cands, block_flops, k)
   if not meta.tau > 0:
     raise ValueError(f'meta.tau={meta.tau!r}: the Gumbel temperature must be > 0.')
   by_path = dict(zip(lookahead_lib.leaf_paths(params), jax.tree_util.tree_leaves(params)))

@@ -171,6 +171,43 @@ def module_call_order(model: nn.Module, params: Mapping[str, Any],
   return order
 
 
+def module_flops(model: nn.Module, params: Mapping[str, Any], sample_input: Any,
+                 apply_kwargs: Mapping[str, Any] | None = None
+                 ) -> dict[tuple[str, ...], int]:
+  """Forward FLOPs (2 × multiply-adds) of each module that owns a 'kernel'
+  (convolutions, dense layers) on `sample_input`, recorded abstractly.
+
+  A kernel of shape (..., O) maps each of the output's prod(shape) / O
+  positions through prod(kernel.shape) multiply-adds, so a module's FLOPs are
+  2 · prod(output.shape) · prod(kernel.shape[:-1]) (grouped convolutions
+  included). Other operations (normalisation, activations) are not counted.
+  """
+  flat = traverse_util.flatten_dict(_params_of(params))
+  kernels = {path[:-1]: value.shape for path, value in flat.items() if path[-1] == "kernel"}
+  if apply_kwargs is None:
+    apply_kwargs = _default_apply_kwargs(model)
+  flops: dict[tuple[str, ...], int] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    module = context.module
+    path = tuple(module.path) if module.scope is not None else None
+    if (context.method_name == "__call__" and path in kernels
+        and hasattr(out, "shape") and path not in flops):
+      flops[path] = 2 * math.prod(out.shape) * math.prod(kernels[path][:-1])
+    return out
+
+  kwargs = dict(apply_kwargs)
+  rngs = kwargs.pop("rngs", {"dropout": jax.random.key(0)})
+
+  def run(p, x):
+    with nn.intercept_methods(interceptor):
+      return model.apply({"params": p}, x, mutable=True, rngs=rngs, **kwargs)
+
+  jax.eval_shape(run, _params_of(params), sample_input)
+  return flops
+
+
 def model_layers(model: nn.Module, params: Mapping[str, Any], sample_input: Any,
                  granularity: str = "module", *,
                  apply_kwargs: Mapping[str, Any] | None = None

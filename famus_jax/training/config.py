@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from famus_jax.data import default_data_config
+from famus_jax.famus.dispatch import DEFAULT as DEFAULT_DISPATCH
 from famus_jax.training import config_file
 from famus_jax.training.config_file import ConfigFileError  # pylint: disable=unused-import
 
@@ -96,8 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.meta.delta = 0.1  # sampler learning rate
   c.meta.candidate_layers = 'all'  # all | top:N | comma-separated layer names
   c.meta.granularity = 'module'  # module | tensor
-  c.meta.prune_levels = 1  # P nested scopes (top ⌈pL/P⌉ candidate layers) for pruning
-  c.meta.dispatch = 'ahead'  # ahead | host | switch | none: how a scope's program is chosen
+  # Run-time meta scopes (README "FaMUS at run time"): nested scopes cut at block
+  # boundaries, 0 = by work (each twice the one below), 1 = one scope, P = P scopes.
+  c.meta.prune_levels = 0
+  c.meta.dispatch = DEFAULT_DISPATCH  # host | ahead | switch | none: how a scope's program is chosen
   c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
   c.meta.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
   # FaMUS sampler variants (README, "Fidelity to the paper and the official codes"):
@@ -277,6 +280,7 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   """`config.meta`: every choice read from the registry that holds it."""
   # pylint: disable=g-import-not-at-top
   from famus_jax.core import meta_gradient, train_state
+  from famus_jax.famus import dispatch as dispatch_lib
   from famus_jax.famus import layers as layers_lib
   from famus_jax.famus import samplers as samplers_lib
   from famus_jax.training import strategies
@@ -310,7 +314,7 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
   number(config, 'meta.delta', 0, lo_open=True)
   choice(config, 'meta.granularity', sorted(layers_lib.GRANULARITIES))
   number(config, 'meta.prune_levels', 0, integer=True)
-  choice(config, 'meta.dispatch', sorted(samplers_lib.DISPATCHES))
+  choice(config, 'meta.dispatch', sorted(dispatch_lib.DISPATCHERS))
   choice(config, 'meta.gate_grad', sorted(samplers_lib.GATE_GRADS))
   choice(config, 'meta.rate_cost', sorted(samplers_lib.RATE_COSTS))
   for field, _, known in samplers_lib.FAMUS_OPTIONS:

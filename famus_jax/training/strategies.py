@@ -15,16 +15,12 @@ host from the iteration number:
   `warmup_steps` iterations (a CE warm-up, as MLC's code and Alg. 2 use).
 
 The loop asks `needs_validation(step)` before drawing a validation batch and
-never looks at the method's name. The meta iteration itself runs through
-the dispatcher of the sampler's `meta.dispatch` (`DISPATCHERS`): one program,
-or `meta_begin` and then, chosen on the host from the gates, the precompiled
-program of the smallest scope that holds every selected layer, or (gates drawn
-one meta iteration ahead) the one program of the stored gates' scope.
+never looks at the method's name. The meta iteration itself runs through the
+dispatcher of the sampler's `meta.dispatch` (`famus_jax.famus.dispatch`).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any, Callable, Optional
 
@@ -57,84 +53,17 @@ def with_finite_flag(step_fn: Callable) -> Callable:
   return wrapped
 
 
+def compiler(mesh) -> famus.Compiler:
+  """How the loop jits its steps: the state replicated on `mesh` and donated,
+  the batches sharded along the batch axis, 'finite' in every step's metrics."""
+  return famus.Compiler(state_sharding=sharding_lib.replicated(mesh),
+                        batch_sharding=sharding_lib.batch_sharding(mesh),
+                        wrap=with_finite_flag)
+
+
 def _jit_step(step_fn: Callable, setup: core.StepSetup, mesh, num_batches: int):
-  """`step_fn` with `setup` bound, the state donated and replicated on `mesh`,
-  its `num_batches` batch arguments sharded along the batch axis."""
-  repl = sharding_lib.replicated(mesh)
-  data = sharding_lib.batch_sharding(mesh)
-  return jax.jit(functools.partial(with_finite_flag(step_fn), setup=setup),
-                 donate_argnums=(0,), in_shardings=(repl,) + (data,) * num_batches,
-                 out_shardings=(repl, repl))
-
-
-class SingleProgram:
-  """The meta iteration as one compiled program (`meta.dispatch` 'none' or
-  'switch', or a single scope)."""
-
-  def __init__(self, setup: core.StepSetup, mesh):
-    self.programs = {'meta': _jit_step(core.meta_train_step, setup, mesh, 2)}
-    self.counts = collections.Counter()
-
-  def __call__(self, state, batch: dict, val_batch: dict):
-    self.counts['meta'] += 1
-    return self.programs['meta'](state, batch, val_batch)
-
-
-class HostDispatch:
-  """`meta.dispatch='host'`: `meta_begin` (training forward, Virtual-Train
-  backward, gates), a read of the scope index on the host, then the program
-  `meta_scope<j>` of that static scope (`meta_finish`), compiled on first use.
-  No XLA control flow; the kept VJP passes between the two programs."""
-
-  def __init__(self, setup: core.StepSetup, mesh):
-    repl = sharding_lib.replicated(mesh)
-    data = sharding_lib.batch_sharding(mesh)
-    self.programs = {'meta_begin': jax.jit(functools.partial(core.meta_begin, setup=setup),
-                                           in_shardings=(repl, data))}
-    for j in range(len(setup.sampler.levels)):
-      finish = with_finite_flag(functools.partial(core.meta_finish, level=j))
-      self.programs[f'meta_scope{j}'] = jax.jit(
-          functools.partial(finish, setup=setup), donate_argnums=(0,),
-          out_shardings=(repl, repl))
-    self.counts = collections.Counter()
-
-  def __call__(self, state, batch: dict, val_batch: dict):
-    begin = self.programs['meta_begin'](state, batch)
-    name = f'meta_scope{int(jax.device_get(begin.selection.level))}'
-    self.counts[name] += 1
-    return self.programs[name](state, begin, batch, val_batch)
-
-
-class AheadDispatch:
-  """`meta.dispatch='ahead'`: one program per meta iteration, `meta_ahead<j>`,
-  j the scope of the gates the previous meta iteration drew (kept in
-  `state.sampler_state`; the full scope before the first draw), read on the
-  host (one scalar) before the call. Compiled on first use; nothing passes
-  between programs but the state."""
-
-  def __init__(self, setup: core.StepSetup, mesh):
-    self.programs = {f'meta_ahead{j}': _jit_step(functools.partial(core.meta_ahead, level=j),
-                                                 setup, mesh, 2)
-                     for j in range(len(setup.sampler.levels))}
-    self.counts = collections.Counter()
-
-  def __call__(self, state, batch: dict, val_batch: dict):
-    name = f'meta_ahead{int(jax.device_get(state.sampler_state["level"]))}'
-    self.counts[name] += 1
-    return self.programs[name](state, batch, val_batch)
-
-
-DISPATCHERS = {'host': HostDispatch, 'switch': SingleProgram, 'none': SingleProgram,
-               'ahead': AheadDispatch}
-assert set(DISPATCHERS) == set(famus.DISPATCHES)
-
-
-def make_dispatcher(setup: core.StepSetup, mesh):
-  """The dispatcher of the sampler's `dispatch` (one program without scopes)."""
-  sampler = setup.sampler
-  if sampler is None or len(sampler.levels) <= 1:
-    return SingleProgram(setup, mesh)
-  return DISPATCHERS[sampler.dispatch](setup, mesh)
+  """`step_fn` with `setup` bound, jitted by `compiler(mesh)`."""
+  return compiler(mesh).step(step_fn, setup, num_batches)
 
 
 class PlainStrategy:
@@ -187,7 +116,7 @@ class MetaStrategy(PlainStrategy):
   def __init__(self, setup: core.StepSetup, mesh, *, interval: int = 1,
                warmup_steps: int = 0):
     self.interval, self.warmup_steps = int(interval), int(warmup_steps)
-    self.meta_step = make_dispatcher(setup, mesh)
+    self.meta_step = famus.make_dispatcher(setup, compiler(mesh))
     self.programs = {**self.meta_step.programs,
                      'weighted': _jit_step(core.weighted_train_step, setup, mesh, 1)}
     if self.warmup_steps:
@@ -204,7 +133,7 @@ class MetaStrategy(PlainStrategy):
 
   @property
   def program_counts(self) -> dict[str, int]:
-    """How many iterations each meta program ran (host dispatch: per scope)."""
+    """How many meta iterations each meta program ran (per scope program)."""
     return dict(sorted(self.meta_step.counts.items()))
 
   def program_for(self, step: int) -> str:
