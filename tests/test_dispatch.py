@@ -109,27 +109,29 @@ def layer(name, block):
   return models.Layer(name, ((name, 'kernel'),), block, 'conv')
 
 
-def test_nested_scopes_double_the_work_from_the_last_block_up():
-  """prune_levels=0: the smallest scope is the last blocks with at least K
-  candidate layers, each next the smallest with twice the work (FLOPs from its
-  block to the output), the last all candidates; P >= 2: the blocks of the
+def test_nested_scopes_halve_the_work_from_all_layers_down():
+  """prune_levels=0: all candidates, then each next scope the largest with at
+  most half the previous one's work (FLOPs from its block to the output),
+  while it holds at least K candidate layers; P >= 2: the blocks of the
   lowest of the top ⌈pL/P⌉ layers; 1: one scope."""
-  blocks = [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]          # stem, 4 blocks of 2 layers, head
+  blocks = [0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5]        # stem, 4 blocks, head
   cands = tuple(layer(f'l{i}', b) for i, b in enumerate(blocks))
-  flops = {0: 1.0, 1: 8.0, 2: 8.0, 3: 8.0, 4: 8.0, 5: 0.5}
-  auto = dispatch_lib.nested_scopes(cands, flops, prune_levels=0, min_top_layers=3)
-  # top: blocks 4-5 (3 layers, work 8.5); twice: from block 3 (16.5) is not
-  # enough (< 17), block 2 (24.5); then block 0 (33.5 < 49): all candidates.
-  assert [len(s) for s in auto.scopes] == [3, 7, 10]
-  assert auto.layer_level == (2, 2, 2, 1, 1, 1, 1, 0, 0, 0)
-  assert auto.scopes[0] < auto.scopes[1] < auto.scopes[2]
+  flops = {0: 1.0, 1: 16.0, 2: 8.0, 3: 4.0, 4: 2.0, 5: 0.5}  # work from block b: 31.5,
+  # 30.5, 14.5, 6.5, 2.5, 0.5: halving from 31.5 picks 14.5, 6.5, 2.5; the head alone
+  # holds fewer than K layers
+  auto = dispatch_lib.nested_scopes(cands, flops, prune_levels=0, min_top_layers=2)
+  assert [len(s) for s in auto.scopes] == [4, 6, 8, 11]
+  assert auto.layer_level == (3, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0)
+  assert auto.scopes[0] < auto.scopes[1] < auto.scopes[2] < auto.scopes[3]
+  k5 = dispatch_lib.nested_scopes(cands, flops, prune_levels=0, min_top_layers=5)
+  assert [len(s) for s in k5.scopes] == [6, 8, 11]
   one = dispatch_lib.nested_scopes(cands, flops, prune_levels=1)
-  assert len(one) == 1 and one.level(jnp.ones(10)) is None
+  assert len(one) == 1 and one.level(jnp.ones(11)) is None
   counted = dispatch_lib.nested_scopes(cands, flops, prune_levels=4)
-  # top ⌈10p/4⌉ = 3, 5, 8, 10 layers: lowest in blocks 4, 3, 1, 0
-  assert [len(s) for s in counted.scopes] == [3, 5, 9, 10]
-  gates = jnp.zeros(10).at[6].set(1.0).at[9].set(1.0)
-  assert int(counted.level(gates)) == 1 and int(counted.level(jnp.zeros(10))) == 0
+  # top ⌈11p/4⌉ = 3, 6, 9, 11 layers: lowest in blocks 4, 3, 1, 0
+  assert [len(s) for s in counted.scopes] == [4, 6, 10, 11]
+  gates = jnp.zeros(11).at[6].set(1.0).at[10].set(1.0)
+  assert int(counted.level(gates)) == 1 and int(counted.level(jnp.zeros(11))) == 0
   assert int(counted.level(gates.at[0].set(1.0))) == 3
 
 
@@ -276,7 +278,8 @@ def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
   fewer FLOPs; 'host' (two programs, the tangent pass the transpose of the
   passed VJP) runs what 'ahead' (one program) runs for the same scope, and
   over the full scope what the one gated program runs, up to a fraction of
-  one forward pass (recomputing the forward would add a whole one)."""
+  one forward pass (recomputing the forward would add a whole one); its top
+  scope's program stays near the three forward passes' worth it needs."""
   model = models.get_model('digits_cnn', num_classes=NUM_CLASSES, width=4, depth=2)
   rng = np.random.default_rng(0)
   train = {'image': jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
@@ -307,6 +310,9 @@ def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
     host = flops['meta_begin'] + flops[f'meta_scope{j}']
     assert abs(host - flops[f'meta_ahead{j}']) < 0.25 * forward, j
   assert flops['meta_begin'] + flops[f'meta_scope{last}'] < flops['meta'] + 0.25 * forward
+  # the top scope's program: validation forward, Actual-Train backward (~3
+  # forwards) and a small tangent pass: no forward again, no tangent below it
+  assert flops['meta_scope0'] < 3.5 * forward
 
 
 # ------------------------------------------------ the gates' gradient, pruned
@@ -384,7 +390,8 @@ def test_flops_rate_cost_weights_lower_layers_more():
 
 def test_scope_rate_cost_prices_the_marginal_scope_one_sided():
   """rate_cost='scope': L_r = (Σ r − K)² + Σ m_l r_l, m_l = (F_j − F_0) / (F_top − F_0)
-  of the FLOPs F_j of layer l's smallest scope (checked against the flops weights)."""
+  of the meta work F_j of layer l's smallest scope (checked against the flops
+  weights), and the select logits' prior −ln(L)·m_l."""
   flops, scope = sampler_for(rate_cost='flops'), sampler_for(rate_cost='scope')
   assert scope.rate_weights == () and len(scope.scope_costs) == scope.num_layers
   c = np.asarray(flops.rate_weights)  # ∝ F_j per layer, so m_l follows from c
@@ -399,6 +406,15 @@ def test_scope_rate_cost_prices_the_marginal_scope_one_sided():
   # its gradient: 2 (Σ r − K) + m_l for every layer (the price pushes low layers off)
   np.testing.assert_allclose(jax.grad(scope.rate_loss)(gates),
                              2 * (2.0 - scope.k) + m, rtol=1e-6, atol=1e-7)
+  # the select prior: −ln(L)·m_l on each layer's select logit, nothing on skip
+  np.testing.assert_allclose(scope.select_prior, -np.log(scope.num_layers) * m, rtol=1e-6)
+  eta = scope.init(jax.random.PRNGKey(0))
+  features = [jnp.ones((d,)) for d in scope.feature_dims]
+  plain = sampler_for(rate_cost='count')
+  np.testing.assert_allclose(scope.gate_logits(eta, features),
+                             plain.gate_logits(eta, features)
+                             + np.stack([np.zeros_like(m), scope.select_prior], 1),
+                             rtol=1e-6, atol=1e-6)
 
 
 def test_dispatch_and_gate_grad_names_are_checked():

@@ -81,7 +81,6 @@ class LayerSampler(Protocol):
   """
 
   layers: tuple     # candidate layers (`models.Layer`), forward order
-  num_layers: int   # L
   scopes: Any       # `dispatch.NestedScopes`: nested static scopes, smallest first
   dispatch: str     # key of `dispatch.DISPATCHERS`: how a scope's program is chosen
   gate_grad: str    # where ∂L^val/∂r is formed under pruning ('scope' | 'all')
@@ -94,7 +93,8 @@ class LayerSampler(Protocol):
 
   def init_pending(self) -> PyTree:
     """The train state's `sampler_state` before any draw ({} unless the
-    dispatcher draws the gates one meta iteration ahead)."""
+    dispatcher draws the gates one meta iteration ahead; the base sampler's
+    is `dispatch.init_pending(self)`, the draw's fields zero)."""
 
   def begin(self, params: PyTree, grads: PyTree, rng: jax.Array) -> tuple[Any, Any]:
     """(selection, begin_state): the gates of this iteration from its
@@ -108,11 +108,9 @@ class LayerSampler(Protocol):
              ) -> tuple[PyTree, PyTree, PyTree, dict]:
     """(θ gradient, new η, new η optimizer state, metrics) after Meta-Train."""
 
-  def pending_fields(self) -> dict:
-    """What a pending draw keeps besides 'gates', 'level', 'valid', as zeros."""
-
   def draw(self, params: PyTree, grads: PyTree, rng: jax.Array) -> dict:
-    """A draw for a later meta iteration: {'gates': (L,) hard, **pending fields}."""
+    """A draw for a later meta iteration: {'gates': (L,) hard, ...}, the same
+    fields `init_pending` starts with besides 'level' and 'valid'."""
 
   def begin_pending(self, params: PyTree, pending: dict) -> tuple[Any, Any]:
     """(selection, begin_state) of a stored draw under the current η."""

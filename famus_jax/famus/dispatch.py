@@ -89,16 +89,20 @@ def _work_above(block_flops: Mapping[int, float]) -> Callable[[int], float]:
   return lambda b: sum(f for k, f in block_flops.items() if k >= b)
 
 
-def _doubling_boundaries(blocks, work, counts, min_top_layers: int) -> list[int]:
-  """Top block boundary with at least `min_top_layers` candidates, then each
-  larger scope the smallest one with at least twice the previous one's work,
-  the last one all candidates (smallest scope first)."""
-  full = blocks[0]
-  chosen = [max([b for b in blocks if counts[b] >= min_top_layers] or [full])]
-  while chosen[-1] != full:
-    bigger = [b for b in blocks if b < chosen[-1] and work(b) >= 2 * work(chosen[-1])]
-    chosen.append(max(bigger) if bigger else full)
-  return chosen
+HALF = 0.51  # "about half": two equal blocks and the head halve to one block and the head
+
+
+def _halving_boundaries(blocks, work, counts, min_top_layers: int) -> list[int]:
+  """All candidates, then each next smaller scope the largest with at most half
+  the previous one's work, while it holds at least `min_top_layers`
+  candidates (smallest scope first)."""
+  chosen = [blocks[0]]
+  while True:
+    smaller = [b for b in blocks if b > chosen[-1] and work(b) <= work(chosen[-1]) * HALF
+               and counts[b] >= min_top_layers]
+    if not smaller:
+      return chosen[::-1]
+    chosen.append(min(smaller))
 
 
 def _count_boundaries(candidates, prune_levels: int) -> list[int]:
@@ -116,13 +120,13 @@ def nested_scopes(candidates: Sequence, block_flops: Mapping[int, float], *,
 
   A scope is every candidate layer from a block boundary to the output.
   `prune_levels`: 0 picks the boundaries by their work (the FLOPs from the
-  boundary to the output, `block_flops`): the smallest scope is the last
-  blocks holding at least `min_top_layers` candidates (FaMUS: K, so that L_r
-  can be met inside it), each next one the smallest with at least twice the
-  work, the last all candidates — a selection then runs at most twice the
-  meta work it needs, with about log2(network / last block) programs. 1: one
-  scope. P >= 2: the blocks of the lowest of the top ⌈pL/P⌉ layers, p = 1..P
-  (fewer when blocks coincide).
+  boundary to the output, `block_flops`): all candidates, then each next
+  smaller scope the largest with at most half the previous one's work, down
+  to the smallest that holds at least `min_top_layers` candidates (FaMUS: K,
+  so that L_r can be met inside it) — a selection then runs at most about
+  twice the meta work it needs, with about log2(network / last block)
+  programs. 1: one scope. P >= 2: the blocks of the lowest of the top
+  ⌈pL/P⌉ layers, p = 1..P (fewer when blocks coincide).
   """
   candidates = tuple(candidates)
   if prune_levels == 1 or not candidates:
@@ -130,8 +134,8 @@ def nested_scopes(candidates: Sequence, block_flops: Mapping[int, float], *,
   blocks = sorted({layer.block for layer in candidates})
   counts = {b: sum(layer.block >= b for layer in candidates) for b in blocks}
   if prune_levels == 0:
-    starts = _doubling_boundaries(blocks, _work_above(block_flops), counts,
-                                  min_top_layers)
+    starts = _halving_boundaries(blocks, _work_above(block_flops), counts,
+                                 min_top_layers)
   else:
     starts = _count_boundaries(candidates, prune_levels)
   scopes = tuple(layers_lib.leaf_names([layer for layer in candidates if layer.block >= b])

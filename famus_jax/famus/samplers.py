@@ -161,6 +161,7 @@ class FamusSampler(LayerSampler):
   feature_dims: tuple = ()
   rate_weights: tuple = ()  # c_l of L_r per candidate layer (empty: all 1)
   scope_costs: tuple = ()   # m_l of L_r's one-sided cost term (empty: none)
+  select_prior: tuple = ()  # fixed log-odds added to each layer's select logit (empty: 0)
 
   def init(self, rng):
     """η of every layer's Γ (initialised layer by layer with its own key and
@@ -194,7 +195,10 @@ class FamusSampler(LayerSampler):
     a list of (D_l,) or already padded."""
     net = gumbel.GradientSampler(self.hidden, self.depth)
     padded = features if isinstance(features, jax.Array) else self.padded_features(features)
-    return jax.vmap(lambda p, f: net.apply({'params': p}, f))(params, padded)
+    logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(params, padded)
+    if self.select_prior:
+      logits = logits.at[:, 1].add(jnp.asarray(self.select_prior, logits.dtype))
+    return logits
 
   def gates(self, params, features, rng) -> jax.Array:
     """(L,) hard gates r_l, straight-through in η."""
@@ -326,22 +330,28 @@ def _flops_weights(sampler, block_flops) -> dict:
 
 
 def _scope_costs(sampler, block_flops) -> dict:
-  """L_r counts every layer as 1 and adds Σ_l m_l r_l, m_l = (F_j − F_0) /
-  (F_top − F_0) for the meta work F_j of the smallest scope j holding layer l:
-  a one-sided price, so no single costly layer can fill the budget K."""
+  """Ours: L_r counts every layer as 1 and adds Σ_l m_l r_l, m_l = (F_j − F_0) /
+  (F_top − F_0) for the meta work F_j of the smallest scope j holding layer l
+  (a one-sided price, so no single costly layer can fill the budget K), and
+  every select logit gets the fixed prior −ln(L)·m_l: a layer whose scope
+  costs the whole meta work starts L times less likely than a top layer
+  (odds), so low layers are rare from the first iterations on, and Γ can
+  still learn to raise a layer the meta gradient needs."""
   if len(sampler.scopes) <= 1:
     return {}
   work = scope_work(sampler, block_flops)
   if work[-1] <= work[0]:
     return {}
   marginal = [(work[j] - work[0]) / (work[-1] - work[0]) for j in sampler.scopes.layer_level]
-  return {'scope_costs': tuple(float(m) for m in marginal)}
+  log_layers = float(np.log(sampler.num_layers))
+  return {'scope_costs': tuple(float(m) for m in marginal),
+          'select_prior': tuple(-log_layers * float(m) for m in marginal)}
 
 
 RATE_COSTS = {  # config `meta.rate_cost`: how L_r prices a layer (sampler fields)
     'count': _count_weights,   # (Σ_l r_l − K)², the paper's L_r
     'flops': _flops_weights,   # (Σ_l c_l r_l − K)², c_l ∝ meta work of l's scope
-    'scope': _scope_costs,     # (Σ_l r_l − K)² + Σ_l m_l r_l, m_l marginal scope work (ours)
+    'scope': _scope_costs,     # (Σ_l r_l − K)² + Σ_l m_l r_l and a select prior −ln(L) m_l (ours)
 }
 
 
