@@ -7,11 +7,13 @@ gates), each row changing only what it names:
   exact           MW-Net, exact meta gradient over every layer (meta.sampler=all)
   famus           the shipped config
   famus_ahead     gates drawn one meta iteration ahead (meta.dispatch='ahead')
+  famus_gate_grad_all  L_c's gate gradient on every layer, as Algorithm 1
+                  (meta.gate_grad='all'; default 'scope': 0 below the running scope)
   famus_paper_lr  the paper's L_r (meta.rate_cost='count'): Table 3 "L_c + L_r + L_g"
   lc              L_c only (λ1 = λ2 = 0): Table 3 "L_c"
   lc_lr           L_c + the paper's L_r (λ2 = 0): Table 3 "+ L_r"
 
-at 40 % symmetric and 40 % asymmetric noise, seeds 0-2. Columns: final clean
+at 40 % symmetric and 40 % asymmetric noise, seeds 0-2 (42 runs). Columns: final clean
 test accuracy, test accuracy at the best clean meta-set accuracy (model
 selection without the test set), ms per iteration (median of the training
 log's rows without a compilation) and ratio to exact, the fraction of meta
@@ -20,7 +22,7 @@ iterations that ran each scope's program.
 Rows are written after every run; the same command continues an interrupted
 study (runs already in the JSON are kept, `--fresh` starts over).
 
-  python -m experiments.dispatch_study            # full: 59,000 images × 4 epochs, 36 runs
+  python -m experiments.dispatch_study            # full: 59,000 images × 4 epochs, 42 runs
   python -m experiments.dispatch_study --quick    # 1,000 images/class × 3 epochs, seed 0
   python -m experiments.dispatch_study --smoke    # 40 images/class, tiny model (tests)
 
@@ -48,6 +50,8 @@ ROWS = {
     'exact': ('MW-Net (exact, every layer)', {'meta.sampler': 'all'}),
     'famus': ('+ FaMUS (shipped: scope price, Algorithm 1 gates)', {}),
     'famus_ahead': ('+ FaMUS, gates drawn ahead', {'meta.dispatch': 'ahead'}),
+    'famus_gate_grad_all': ("+ FaMUS, Algorithm 1's gate gradient on every layer",
+                            {'meta.gate_grad': 'all'}),
     'famus_paper_lr': ("+ FaMUS, the paper's L_r (L_c + L_r + L_g)",
                        {'meta.rate_cost': 'count'}),
     'lc': ('+ FaMUS, L_c only', {'meta.lambda1': 0.0, 'meta.lambda2': 0.0}),

@@ -48,7 +48,7 @@ from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
 
-# The exact meta gradient over every layer (the config's candidate scope is FaMUS's).
+# The exact meta gradient over every layer (FaMUS's candidates are every layer too).
 EXACT = {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}
 METHODS = {
     'ce': ('CE (noisy labels)', {'meta.method': 'ce', 'meta.sampler': 'all'}),

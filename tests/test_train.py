@@ -38,8 +38,11 @@ def test_variants_in_process(tmp_path, method, sampler, interval):
   summary = train.train_and_evaluate(c, str(tmp_path))
   _, rows = check_run_files(str(tmp_path), 6, method)
   if interval == 2:  # meta steps at iterations 0, 2, 4; weighted steps between
-    assert summary['compiled'] == {'meta': 1, 'weighted': 1, 'eval': 1, 'record': 1,
-                                   'record_visit': 0}
+    # random gates on the MLP's 2 scopes: the begin program and the scope programs run
+    compiled = summary['compiled']
+    assert {k: v for k, v in compiled.items() if not k.startswith('meta_scope')} == {
+        'meta_begin': 1, 'weighted': 1, 'eval': 1, 'record': 1, 'record_visit': 0}
+    assert sum(compiled[k] for k in ('meta_scope0', 'meta_scope1')) >= 1
     assert [r['meta_steps'] for r in rows] == [1, 1, 1]
   else:
     assert summary['compiled']['weighted'] == 0
