@@ -135,27 +135,6 @@ def test_nested_scopes_halve_the_work_from_all_layers_down():
   assert int(counted.level(gates.at[0].set(1.0))) == 3
 
 
-def test_every_backbone_gets_block_boundary_scopes():
-  """Each backbone of the paper's configs, abstractly: at least 2 nested
-  scopes, the smallest its last blocks and the head, every scope ending at a
-  block boundary (a block is in a scope whole or not at all)."""
-  for name, shape in (('resnet32', (32, 32, 3)), ('wrn28_10', (32, 32, 3)),
-                      ('fashion_resnet', (28, 28, 1))):
-    model = models.get_model(name, num_classes=10)
-    images = jnp.zeros((1, *shape))
-    params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images,
-                                                   train=False))['params']
-    sampler = famus.build_sampler(meta_config(prune_levels=0, k=4), model, params, images)
-    scopes = sampler.scopes
-    assert len(scopes) >= 2, name
-    assert sampler.layers[-1].block in {l.block for l, j in zip(sampler.layers,
-                                                                 scopes.layer_level) if j == 0}
-    for j in range(len(scopes)):
-      inside = {l.block for l, lv in zip(sampler.layers, scopes.layer_level) if lv <= j}
-      outside = {l.block for l, lv in zip(sampler.layers, scopes.layer_level) if lv > j}
-      assert not inside & outside, (name, j)
-
-
 # ------------------------------------------------------------ the dispatchers
 
 @functools.lru_cache(maxsize=None)
@@ -470,24 +449,43 @@ def test_every_famus_config_runs_scoped_famus_over_every_layer():
   """Every config whose sampler is FaMUS runs the paper's full FaMUS (λ1 = λ2
   = 0.1) with every layer a candidate, run-time scopes at block boundaries,
   the scope price on L_r and the default dispatcher; on its own backbone
-  (abstractly, nothing compiled) that is at least two nested scopes, priced."""
+  (abstractly, nothing compiled) that is at least two nested scopes, priced,
+  each ending at a block boundary, the smallest holding the head."""
   names = sorted(p.stem for p in CONFIGS.glob('*.py'))
   famus_configs = [n for n in names if load(n).meta.sampler == 'famus']
   assert {'cifar10', 'cifar100', 'cifar10_lt', 'cifar100_lt', 'clothing1m', 'cnwl',
           'digits', 'fashion_mnist', 'cifar10_alg2', 'webvision_alg2'} <= set(famus_configs)
+  built = {}  # configs sharing a backbone, image shape and meta fields share a build
   for name in famus_configs:
     config = load(name)
     meta = config.meta
     assert (meta.lambda1, meta.lambda2) == (0.1, 0.1), name
     assert meta.candidate_layers == 'all' and meta.prune_levels == 0, name
     assert meta.rate_cost == 'scope' and meta.dispatch == famus.DEFAULT_DISPATCH, name
-    model = build_lib.build_model(config, 10)
-    images = jnp.zeros((1, *IMAGE_SHAPES.get(config.data.name, (32, 32, 3))))
-    sampler, scope = build_lib.build_sampler_and_scope(config, model, images)
-    assert scope is None and len(sampler.layers) == len(
-        models.model_layers(model, jax.eval_shape(lambda m=model: m.init(
-            jax.random.PRNGKey(0), images, train=False))['params'], images)), name
+    shape = IMAGE_SHAPES.get(config.data.name, (32, 32, 3))
+    key = (config.model.name, config.model.kwargs.to_json(), shape, meta.to_json())
+    if key not in built:
+      model = build_lib.build_model(config, 10)
+      images = jnp.zeros((1, *shape))
+      params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images,
+                                                     train=False))['params']
+      built[key] = (build_lib.build_sampler_and_scope(config, model, images),
+                    len(models.model_layers(model, params, images)))
+    (sampler, scope), num_layers = built[key]
+    assert scope is None and len(sampler.layers) == num_layers, name
     assert len(sampler.scopes) >= 2 and max(sampler.scope_costs) == 1.0, name
+    assert_block_boundary_scopes(sampler, name)
+  assert len(built) < len(famus_configs)
+
+
+def assert_block_boundary_scopes(sampler, name):
+  """The smallest scope holds the head; a block is in a scope whole or not at all."""
+  layers, level = sampler.layers, sampler.scopes.layer_level
+  assert level[-1] == 0, name
+  for j in range(len(sampler.scopes)):
+    inside = {l.block for l, lv in zip(layers, level) if lv <= j}
+    outside = {l.block for l, lv in zip(layers, level) if lv > j}
+    assert not inside & outside, (name, j)
 
 
 @pytest.mark.parametrize('lambda1,warned', [(0.0, True), (0.1, False)])

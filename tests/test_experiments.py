@@ -235,26 +235,31 @@ def write_fashion_idx(folder, per_train=140, per_test=20):
 
 
 def test_dispatch_study_smoke_and_resume(argv, tmp_path):
-  """Three rows on IDX files written here; a second call with one more row
-  keeps the runs it finds and adds the new one."""
+  """FaMUS on IDX files written here; a second call with the exact row keeps
+  the run it finds and adds the new one; the table's ratio to exact and the
+  scope fractions are the runs' own numbers."""
   from experiments import dispatch_study
   folder = tmp_path / 'fashion'
   write_fashion_idx(folder)
   data = ['--settings', 'sym40', '--set', f'data.data_dir="{folder}"']
-  dispatch_study.main(argv + ['--rows', 'exact,famus'] + data)
+  dispatch_study.main(argv + ['--rows', 'famus'] + data)
   first = check_outputs(str(tmp_path), 'dispatch_study_smoke')
-  dispatch_study.main(argv + ['--rows', 'exact,famus,famus_ahead'] + data)
+  dispatch_study.main(argv + ['--rows', 'famus,exact'] + data)
   payload = check_outputs(str(tmp_path), 'dispatch_study_smoke')
-  assert payload['runs'][:2] == first['runs']
-  assert [r['row'] for r in payload['runs']] == ['exact', 'famus', 'famus_ahead']
+  assert payload['runs'][:1] == first['runs']
+  assert [r['row'] for r in payload['runs']] == ['famus', 'exact']
+  famus_run, exact_run = payload['runs']
   table = payload['table']
   assert table['exact']['sym40']['x_exact'] == 1.0
-  assert set(table['famus']['sym40']['scope_fractions']) <= {'meta_scope0', 'meta_scope1'}
-  assert set(table['famus_ahead']['sym40']['scope_fractions']) <= {'meta_ahead0',
-                                                                   'meta_ahead1'}
+  assert table['famus']['sym40']['x_exact'] == pytest.approx(
+      famus_run['steady_ms'] / exact_run['steady_ms'])
+  counts = famus_run['program_counts']
+  assert set(counts) <= {'meta_scope0', 'meta_scope1'}
+  assert table['famus']['sym40']['scope_fractions'] == pytest.approx(
+      {k: v / sum(counts.values()) for k, v in counts.items()})
+  assert table['exact']['sym40']['scope_fractions'] == {'meta': 1.0}
   for row in table.values():
     assert 0.0 <= row['sym40']['accuracy'] <= 1.0
-    assert abs(sum(row['sym40']['scope_fractions'].values()) - 1.0) < 1e-9
   assert os.path.exists(os.path.join(str(tmp_path), 'dispatch_study_smoke.md'))
 
 
