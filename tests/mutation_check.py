@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMUS, CORE, NOISE = 'tests/test_famus.py', 'tests/test_core.py', 'tests/test_data_noise.py'
+DISPATCH, AHEAD = 'tests/test_dispatch.py', 'tests/test_dispatch_ahead.py'
 
 
 class Mutation(NamedTuple):
@@ -41,7 +42,7 @@ MUTATIONS = (
     Mutation('lambda2_sign', 'famus_jax/famus/samplers.py',
              r'a \+ self\.lambda2 \* b', 'a - self.lambda2 * b', (FAMUS,)),
     Mutation('gumbel_no_tau', 'famus_jax/famus/gumbel.py',
-             r'\(logits \+ gumbel\) / tau', '(logits + gumbel)', (FAMUS,)),
+             r'softmax\(\(logits \+ noise\) / tau, axis', 'softmax((logits + noise), axis', (FAMUS,)),
     Mutation('gate_value_leaks_into_lookahead', 'famus_jax/core/lookahead.py',
              r'return r \* g \+ jax\.lax\.stop_gradient\(\(1\.0 - r\) \* g\)',
              'return r * g', (FAMUS, CORE)),
@@ -59,8 +60,31 @@ MUTATIONS = (
              r'\{i: \(i \+ 1\) % num_classes', '{i: (i + 2) % num_classes', (NOISE,)),
     Mutation('cifar100_map_off_by_one', 'famus_jax/data/noise.py',
              r'np\.roll\(members, -1\)', 'np.roll(members, -2)', (NOISE,)),
-    Mutation('pruning_level_off_by_one', 'famus_jax/famus/samplers.py',
-             r'if i >= n - size\)', 'if i > n - size)', (FAMUS,)),
+    Mutation('scope_level_off_by_one', 'famus_jax/famus/dispatch.py',
+             r'next\(j for j, b in enumerate\(starts\) if layer\.block >= b\)',
+             'next(j for j, b in enumerate(starts) if layer.block > b or j == len(starts) - 1)',
+             (DISPATCH,)),
+    # each dispatcher (tests/test_dispatch.py: every dispatcher equals the one-program step)
+    Mutation('one_program_validates_on_the_training_batch', 'famus_jax/famus/dispatch.py',
+             r"(?<=core\.meta_train_step, self\.setup\)\}\n\n  def __call__\(self, state, batch, "
+             r"val_batch\):\n    return self\.run\('meta', state, batch, )val_batch",
+             'batch', (DISPATCH,)),
+    Mutation('switch_one_scope_too_small', 'famus_jax/famus/dispatch.py',
+             r'jax\.lax\.switch\(begin\.selection\.level,',
+             'jax.lax.switch(jnp.maximum(begin.selection.level - 1, 0),', (DISPATCH,)),
+    Mutation('host_runs_a_larger_scope', 'famus_jax/famus/dispatch.py',
+             r"return f'meta_scope\{int\(jax\.device_get\(begin\.selection\.level\)\)\}'",
+             "return f'meta_scope{min(int(jax.device_get(begin.selection.level)) + 1, "
+             "len(self.scopes) - 1)}'", (DISPATCH,)),
+    Mutation('host_gates_from_other_noise', 'famus_jax/core/train_step.py',
+             r'begin\.virtual\.grads, sampler_rng\)',
+             'begin.virtual.grads, jax.random.fold_in(sampler_rng, 1))', (DISPATCH,)),
+    Mutation('ahead_runs_the_full_scope', 'famus_jax/famus/dispatch.py',
+             r'return f\'meta_ahead\{int\(jax\.device_get\(state\.sampler_state\["level"\]\)\)\}\'',
+             "return f'meta_ahead{len(self.scopes) - 1}'", (DISPATCH,)),
+    Mutation('ahead_next_draw_with_the_old_eta', 'famus_jax/famus/dispatch.py',
+             r'upcoming = _draw\(sampler, new_state\.sampler_params,',
+             'upcoming = _draw(sampler, state.sampler_params,', (AHEAD,)),
 )
 
 IGNORE = shutil.ignore_patterns('.git', '__pycache__', '*.egg-info', '.pytest_cache',
