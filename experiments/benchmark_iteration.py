@@ -150,6 +150,9 @@ def main(argv=None):
   parser.add_argument('--warm', type=int, default=150,
                       help='dispatch rows: iterations of the learned-gates rows before '
                       'timing (the gates learn)')
+  parser.add_argument('--learned-per-round', type=int, default=5,
+                      help='dispatch rows: consecutive learned-gates iterations timed per '
+                      'round (their mean per iteration is the round\'s time)')
   parser.add_argument('--with-switch', action='store_true',
                       help='dispatch rows: also the one-program lax.switch step (slow on CPU)')
   args = parser.parse_args(argv)

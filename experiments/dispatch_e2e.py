@@ -9,16 +9,17 @@ counted separately.
 
   python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/d_exact \\
       --config.meta.sampler=all
-  python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/d_famus \\
-      --config.meta.prune_levels=4
+  python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/d_famus
   python -m experiments.dispatch_e2e --run exact=/tmp/d_exact --run famus=/tmp/d_famus \\
       --out=dispatch_e2e_digits.json
 
 Or let it run a plan itself, in one process, seeds interleaved (exact, the
-config's FaMUS, and the paper's Table 3 loss ablation over every layer):
+config's FaMUS, its gates drawn ahead, one scope instead of the run-time
+scopes, and the paper's Table 3 loss ablation over every layer with 4 scopes):
 
   python -m experiments.dispatch_e2e --plan=fashion_mnist --seeds=0,1
-  python -m experiments.dispatch_e2e --plan=digits --seeds=0,1
+  python -m experiments.dispatch_e2e --plan=digits --seeds=0,1,2 \
+      --variants=exact,famus,famus_one_scope
 """
 
 import argparse
@@ -100,7 +101,8 @@ PLANS = {
         'train.checkpoint_every': 0, 'train.log_every': 10}),
 }
 VARIANTS = {'exact': {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}, 'famus': {},
-            'famus_host': {'meta.dispatch': 'host'}, **ABLATION}
+            'famus_ahead': {'meta.dispatch': 'ahead'},
+            'famus_one_scope': {'meta.prune_levels': 1}, **ABLATION}
 
 
 def run_plan(plan: str, seeds, variants, overrides: dict) -> dict:

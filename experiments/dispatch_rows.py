@@ -11,13 +11,15 @@
   with the shipped configs' settings** (K = 4, λ1 = λ2 = 0.1, the scope price
   on L_r, scopes at block boundaries by work): `<dispatcher>_learned_all`,
   consecutive iterations from the state the previous one left, after `--warm`
-  iterations so that the gates have learned.
+  iterations so that the gates have learned; each round times
+  `--learned-per-round` of them and counts their mean.
 
 The scopes are the shipped ones (`--levels=0`) unless `--levels=P`. Every
 program is compiled ahead of time through the dispatcher's own API
 (`Dispatcher.compile`) without donation, so a row can run on one state again
-and again; a row's time is one iteration's compute, a learned row's the mean
-over the scopes its gates chose.
+and again; a row's time is the median over the rounds of one iteration's
+compute, a learned row's of the mean over the consecutive iterations of a
+round (the scopes its gates chose in them).
 """
 
 import collections
@@ -47,7 +49,8 @@ DISPATCHERS = ('host', 'ahead')
 @dataclasses.dataclass
 class Row:
   name: str
-  run: Callable[[], object]       # one iteration, returns something to block on
+  run: Callable[[], object]       # `iterations` iterations, returns something to block on
+  iterations: int = 1
 
 
 def program_info(compiled) -> dict:
@@ -168,8 +171,10 @@ class Counted:
     return out
 
 
-def dispatcher_rows(b: Bench, name: str, selections, warm: int, seed: int = 0) -> list[Row]:
-  """One dispatcher: each program alone, forced selections, learned gates."""
+def dispatcher_rows(b: Bench, name: str, selections, warm: int, learned_per_round: int,
+                    seed: int = 0) -> list[Row]:
+  """One dispatcher: each program alone, forced selections, learned gates
+  (`learned_per_round` consecutive iterations per timed round)."""
   setup = b.setup(sampler='famus', dispatch=name)
   sampler = setup.sampler
   state = b.state(setup)
@@ -201,6 +206,11 @@ def dispatcher_rows(b: Bench, name: str, selections, warm: int, seed: int = 0) -
     carry['state'], metrics = learned(carry['state'])
     return metrics
 
+  def iterations():
+    for _ in range(learned_per_round - 1):
+      jax.block_until_ready(iteration())
+    return iteration()
+
   warm_counts = collections.Counter()
   start = time.perf_counter()
   for _ in range(warm):
@@ -209,7 +219,7 @@ def dispatcher_rows(b: Bench, name: str, selections, warm: int, seed: int = 0) -
   learned.counts.clear()
   print(f'  {name}: {warm} warm learned iterations in {time.perf_counter() - start:.0f} s, '
         f'programs {dict(sorted(warm_counts.items()))}', file=sys.stderr, flush=True)
-  rows.append(Row(f'{name}_learned_all', iteration))
+  rows.append(Row(f'{name}_learned_all', iterations, learned_per_round))
   b.info[f'{name}_programs'] = {'selections': {k: c.counts for k, c in runs.items()},
                                 'learned_warm': warm_counts, 'learned': learned.counts}
   b.info['level_sizes'] = [len(s) for s in sampler.scopes.scopes]
@@ -227,7 +237,7 @@ def switch_rows(b: Bench) -> list[Row]:
 
 
 def time_rows(rows, rounds: int, warmup: int = 1) -> dict:
-  """Median ms of each row over `rounds` interleaved rounds."""
+  """Median ms per iteration of each row over `rounds` interleaved rounds."""
   for row in rows:
     for _ in range(warmup):
       jax.block_until_ready(row.run())
@@ -236,7 +246,7 @@ def time_rows(rows, rounds: int, warmup: int = 1) -> dict:
     for row in rows:
       start = time.perf_counter()
       jax.block_until_ready(row.run())
-      times[row.name].append((time.perf_counter() - start) * 1e3)
+      times[row.name].append((time.perf_counter() - start) * 1e3 / row.iterations)
     print(f'  round {r + 1}/{rounds}: ' + ', '.join(
         f'{k} {v[-1]:.0f}' for k, v in times.items()), file=sys.stderr, flush=True)
   return {k: {'ms': statistics.median(v), 'all_ms': v} for k, v in times.items()}
@@ -268,7 +278,7 @@ def run(args, model, train, val) -> dict:
     raise SystemExit(f'--selection: unknown {sorted(unknown)}; use {",".join(SELECTIONS)}')
   rows = single_rows(b)
   for name in DISPATCHERS:
-    rows += dispatcher_rows(b, name, selections, args.warm)
+    rows += dispatcher_rows(b, name, selections, args.warm, args.learned_per_round)
   if args.with_switch:
     rows += switch_rows(b)
   load_before = os.getloadavg()
@@ -285,6 +295,7 @@ def run(args, model, train, val) -> dict:
           f'{b.compile_s.get(name, float("nan")):10.1f}')
   return {'rows': table, 'programs': programs, 'compile_s': b.compile_s,
           'levels': args.levels, 'warm_learned_iterations': args.warm,
+          'learned_iterations_per_round': args.learned_per_round,
           'dispatch_programs': {n: _counts(b.info[f'{n}_programs']) for n in DISPATCHERS},
           'level_sizes': b.info['level_sizes'], 'layer_level': b.info['layer_level'],
           'rounds': args.repeats, 'load_average_before': load_before,
