@@ -1,7 +1,9 @@
 """Where a meta iteration's FLOPs go: XLA's optimized HLO, stage by stage.
 
 Compiles the plain step, the exact MW-Net step and, for FaMUS with the shipped
-settings, every program of the 'host' and 'ahead' dispatchers, then counts
+settings, every program of the 'host' and 'ahead' dispatchers (and host's
+smallest scope with a forward-mode tangent pass, `meta_scope0_jvp`, beside the
+shipped transpose of the kept VJP), then counts
 the FLOPs of every convolution and matrix product of the optimized HLO (2 ×
 multiply-adds; they make ~all of XLA's `cost_analysis()` count) and groups
 them by the stage that issued them (the core's `jax.named_scope`s:
@@ -23,6 +25,7 @@ Writes experiments/results/meta_flops_<model>.json.
 import argparse
 import collections
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -133,6 +136,10 @@ def programs(args, model, train, val):
       out[name] = (fn, example)
       if name == 'meta_begin':
         begin = jax.jit(fn)(st, train)
+    if dispatch == 'host':  # the smallest scope with a forward-mode tangent pass
+      out['meta_scope0_jvp'] = (jax.jit(functools.partial(
+          fj.meta_finish, setup=setup, scope=setup.sampler.scopes.scopes[0],
+          tangent_pass='jvp')), (st, begin, train, val))
   return out
 
 
