@@ -13,6 +13,7 @@ import statistics
 import sys
 
 import pytest
+from test_robustness import _write_fashion_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `experiments` is not an installed package
@@ -222,25 +223,13 @@ def test_fashion_mnist_study_meta_scopes():
     assert (c.meta.method, c.meta.sampler, c.meta.candidate_layers) == (method, 'all', 'all')
 
 
-def write_fashion_idx(folder, per_train=140, per_test=20):
-  """The four Fashion-MNIST IDX files with random images, `per_*` per class."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from famus_jax.data import idx
-  rng = np.random.default_rng(0)
-  for split, per in (('train', per_train), ('t10k', per_test)):
-    labels = np.tile(np.arange(10, dtype=np.uint8), per)
-    idx.write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
-    idx.write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'),
-                  rng.integers(0, 256, (labels.size, 28, 28)).astype(np.uint8))
-
-
 def test_dispatch_study_smoke_and_resume(argv, tmp_path):
   """FaMUS on IDX files written here; a second call with the exact row keeps
   the run it finds and adds the new one; the table's ratio to exact and the
   scope fractions are the runs' own numbers."""
   from experiments import dispatch_study
   folder = tmp_path / 'fashion'
-  write_fashion_idx(folder)
+  _write_fashion_idx(folder, train_per_class=140)
   data = ['--settings', 'sym40', '--set', f'data.data_dir="{folder}"']
   dispatch_study.main(argv + ['--rows', 'famus'] + data)
   first = check_outputs(str(tmp_path), 'dispatch_study_smoke')

@@ -39,6 +39,48 @@ class ConfigError(ValueError):
     super().__init__(' '.join(str(message).split()))
 
 
+def _meta_config() -> ml_collections.ConfigDict:
+  """`config.meta`: the method, its meta model and optimiser, FaMUS's sampler."""
+  m = ml_collections.ConfigDict()
+  m.method = 'mwnet'  # ce | mwnet | l2r | mlc | mlc_transition
+  m.model_kwargs = ml_collections.ConfigDict()  # meta model fields (mlc: step_size, inner_lr)
+  m.mode = 'jvp'  # jvp | reverse (meta-gradient path)
+  m.lookahead = 'sgd'  # sgd | optimizer
+  m.optimizer = 'adam'  # adam | sgd (meta model optimizer)
+  m.lr = 1e-3  # β
+  m.weight_decay = 1e-4
+  m.momentum = 0.9  # meta.optimizer='sgd' only
+  m.nesterov = False  # meta.optimizer='sgd' only
+  m.interval = 1  # meta step every `interval` iterations
+  m.warmup_epochs = 0.0  # plain cross-entropy for the first epochs (meta methods)
+  # The official MLC code's restart after the warm-up (famus_jax/training/warmup.py):
+  # the best warm-up network on the clean meta set, momentum zeroed.
+  m.warmup_restart = False
+  m.warmup_select_every = 100  # iterations between the warm-up's evaluations
+  m.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
+  m.k = 4  # FaMUS: target number of sampled layers
+  m.s = 4  # random: layers drawn per iteration
+  m.b = 1  # block: the residual block
+  m.lambda1 = 0.0  # weight of L_r
+  m.lambda2 = 0.0  # weight of L_g
+  m.tau = 5.0  # Gumbel-softmax temperature
+  m.delta = 0.1  # sampler learning rate
+  m.candidate_layers = 'all'  # all | top:N | comma-separated layer names
+  m.granularity = 'module'  # module | tensor
+  # Run-time meta scopes (README "FaMUS at run time"): nested scopes cut at block
+  # boundaries, 0 = by work (each at most half the next larger one's), 1 = one
+  # scope, P = P scopes by layer count.
+  m.prune_levels = 0
+  m.dispatch = DEFAULT_DISPATCH  # host | ahead | switch | none: how a scope's program is chosen
+  m.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
+  m.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
+  # FaMUS sampler variants (README, "Fidelity to the paper and the official codes"):
+  m.sampler_depth = 3  # dense layers of Γ: 3 (official code) | 2 (paper)
+  m.sampler_input = 'standardized'  # standardized (official code) | pooled (paper)
+  m.gate_surrogate = 'straight'  # straight (ours) | official: ∂L_c/∂r of off layers
+  return m
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The full schema with defaults (the digits quickstart's model and data)."""
   c = ml_collections.ConfigDict()
@@ -71,42 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.num_steps = 1000
   c.optim.num_epochs = 0
 
-  c.meta = ml_collections.ConfigDict()
-  c.meta.method = 'mwnet'  # ce | mwnet | l2r | mlc | mlc_transition
-  c.meta.model_kwargs = ml_collections.ConfigDict()  # meta model fields (mlc: step_size, inner_lr)
-  c.meta.mode = 'jvp'  # jvp | reverse (meta-gradient path)
-  c.meta.lookahead = 'sgd'  # sgd | optimizer
-  c.meta.optimizer = 'adam'  # adam | sgd (meta model optimizer)
-  c.meta.lr = 1e-3  # β
-  c.meta.weight_decay = 1e-4
-  c.meta.momentum = 0.9  # meta.optimizer='sgd' only
-  c.meta.nesterov = False  # meta.optimizer='sgd' only
-  c.meta.interval = 1  # meta step every `interval` iterations
-  c.meta.warmup_epochs = 0.0  # plain cross-entropy for the first epochs (meta methods)
-  # The official MLC code's restart after the warm-up (famus_jax/training/warmup.py):
-  # the best warm-up network on the clean meta set, momentum zeroed.
-  c.meta.warmup_restart = False
-  c.meta.warmup_select_every = 100  # iterations between the warm-up's evaluations
-  c.meta.sampler = 'all'  # all (exact) | famus | random | block; unused by ce
-  c.meta.k = 4  # FaMUS: target number of sampled layers
-  c.meta.s = 4  # random: layers drawn per iteration
-  c.meta.b = 1  # block: the residual block
-  c.meta.lambda1 = 0.0  # weight of L_r
-  c.meta.lambda2 = 0.0  # weight of L_g
-  c.meta.tau = 5.0  # Gumbel-softmax temperature
-  c.meta.delta = 0.1  # sampler learning rate
-  c.meta.candidate_layers = 'all'  # all | top:N | comma-separated layer names
-  c.meta.granularity = 'module'  # module | tensor
-  # Run-time meta scopes (README "FaMUS at run time"): nested scopes cut at block
-  # boundaries, 0 = by work (each twice the one below), 1 = one scope, P = P scopes.
-  c.meta.prune_levels = 0
-  c.meta.dispatch = DEFAULT_DISPATCH  # host | ahead | switch | none: how a scope's program is chosen
-  c.meta.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
-  c.meta.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
-  # FaMUS sampler variants (README, "Fidelity to the paper and the official codes"):
-  c.meta.sampler_depth = 3  # dense layers of Γ: 3 (official code) | 2 (paper)
-  c.meta.sampler_input = 'standardized'  # standardized (official code) | pooled (paper)
-  c.meta.gate_surrogate = 'straight'  # straight (ours) | official: ∂L_c/∂r of off layers
+  c.meta = _meta_config()
 
   c.train = ml_collections.ConfigDict()
   c.train.log_every = 50
