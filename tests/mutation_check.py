@@ -76,6 +76,9 @@ MUTATIONS = (
              r"return f'meta_scope\{int\(jax\.device_get\(begin\.selection\.level\)\)\}'",
              "return f'meta_scope{min(int(jax.device_get(begin.selection.level)) + 1, "
              "len(self.scopes) - 1)}'", (DISPATCH,)),
+    Mutation('host_tangent_pass_runs_the_forward_again', 'famus_jax/famus/dispatch.py',
+             r"scope=scope, tangent_pass='transpose'\)", "scope=scope, tangent_pass='jvp')",
+             (DISPATCH,)),
     Mutation('host_gates_from_other_noise', 'famus_jax/core/train_step.py',
              r'begin\.virtual\.grads, sampler_rng\)',
              'begin.virtual.grads, jax.random.fold_in(sampler_rng, 1))', (DISPATCH,)),
