@@ -14,7 +14,10 @@ through pure functions:
   whose θ is not persistent (`persistent=False`; persistent θ follows the
   meta optimizer instead);
 - `idle_params(meta_params, n)`: θ for an iteration without a meta step
-  (`meta.interval > 1`).
+  (`meta.interval > 1`);
+- `zero_lookahead`: the look-ahead weights are identically zero (L2R's ε = 0),
+  so Virtual-Train skips its backward (ŵ = U(w, 0)) and a layer sampler reads
+  the gradient at `idle_params` (`famus_jax.core.virtual`).
 
 Models live in `META_MODELS`, keyed by the config string `meta.method`.
 """
@@ -70,6 +73,7 @@ class MWNet:
   normalize: bool = True
   name: str = 'mwnet'
   persistent: bool = True   # θ is kept and updated across iterations
+  zero_lookahead = False    # V(θ) is not identically zero
 
   def init(self, rng: jax.Array, num_classes: int) -> PyTree:
     del num_classes
@@ -104,7 +108,19 @@ class MWNet:
 
 @dataclasses.dataclass(frozen=True)
 class L2R:
-  """Learning to Reweight (Ren et al. 2018): ε = 0 per example, w = max(−∂/∂ε, 0)."""
+  """Learning to Reweight (Ren et al. 2018): ε = 0 per example, w = max(−∂/∂ε, 0).
+
+  At ε = 0 the look-ahead gradient Σ_i 0·∇ℓ_i is zero and ŵ = U(w, 0), so
+  dL^val(ŵ(ε))/dε_i = ⟨u, ∇_w ℓ_i(w)⟩ with u = (∂U/∂g)ᵀ ∇L^val(ŵ) (plain SGD:
+  −α ⟨∇L^val(w), ∇_w ℓ_i(w)⟩): one validation forward and backward and one
+  forward-mode product of the per-example losses, no Virtual-Train backward
+  (`zero_lookahead`). A layer sampler then reads the gradient of the mean loss
+  (1/n) Σ_i ∇_w ℓ_i (`idle_params`), the look-ahead direction of uniform
+  weights, instead of the zero look-ahead gradient. `zero_lookahead=False`
+  runs the general Virtual-Train backward at ε = 0 and gives the sampler that
+  zero gradient (the reference for tests and timings).
+  """
+  zero_lookahead: bool = True
   name: str = 'l2r'
   persistent: bool = False  # ε is drawn anew (zeros) for every batch
 
@@ -175,6 +191,7 @@ class MLC:
   inner_lr: float = 1e-3
   name: str = 'mlc'
   persistent: bool = False  # T restarts at the identity every iteration
+  zero_lookahead = False    # V = 1
 
   def init(self, rng, num_classes):
     del rng
@@ -223,6 +240,7 @@ class MLCTransition:
   init_diagonal: float = 0.9
   name: str = 'mlc_transition'
   persistent: bool = True
+  zero_lookahead = False    # V = 1/n
 
   def init(self, rng, num_classes):
     del rng

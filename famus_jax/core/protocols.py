@@ -23,6 +23,9 @@ class MetaModel(Protocol):
 
   name: str
   persistent: bool  # θ is kept and stepped by the meta optimizer across iterations
+  # V ≡ 0 at the look-ahead θ (L2R's ε = 0): Virtual-Train skips its backward
+  # and a layer sampler reads the gradient at `idle_params`
+  zero_lookahead: bool
 
   def init(self, rng: jax.Array, num_classes: int) -> PyTree:
     """The stored meta parameters (when θ is not persistent, only what

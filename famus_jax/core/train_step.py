@@ -99,6 +99,8 @@ class MetaBegin(NamedTuple):
     vjp: the training forward's VJP (a pytree of its residuals).
     batch_stats: running statistics after the training forward.
     virtual: the ungated Virtual-Train `VirtualStep` (None without a sampler).
+    sampler_input: the training gradient the sampler reads (None without a
+      sampler; `virtual_lib.sampler_input`).
     selection: the sampler's gates (`.level`: int32 scope index), or None.
     begin_state: the sampler's `begin` state (e.g. the gates' VJP), or None.
     rng, fwd_rng, val_rng: the next state key and this iteration's keys.
@@ -107,6 +109,7 @@ class MetaBegin(NamedTuple):
   vjp: Any
   batch_stats: Any
   virtual: Optional[virtual_lib.VirtualStep]
+  sampler_input: Any
   selection: Any
   begin_state: Any
   rng: jax.Array
@@ -124,16 +127,17 @@ def forward_and_virtual(state: TrainState, train_batch: dict, setup: StepSetup
   with jax.named_scope('train_forward'):
     fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                     train_batch['image'], fwd_rng)
-  virtual = None
+  virtual = sampler_input = None
   if setup.sampler is not None:
-    theta = setup.meta_model.lookahead_params(state.meta_params, labels.shape[0])
     with jax.named_scope('virtual_train'):
-      virtual = virtual_lib.virtual_from_forward(
-          fwd, theta, state.params, labels, meta_model=setup.meta_model,
+      virtual = virtual_lib.lookahead_virtual(
+          fwd, state.meta_params, state.params, labels, meta_model=setup.meta_model,
           lookahead=make_lookahead(setup, state),
           mask=lookahead_lib.scope_mask(state.params, setup.scope))
-  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, None, None,
-                   rng, fwd_rng, val_rng), sampler_rng
+      sampler_input = virtual_lib.sampler_input(fwd, virtual, state.meta_params, labels,
+                                                meta_model=setup.meta_model)
+  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, sampler_input, None,
+                   None, rng, fwd_rng, val_rng), sampler_rng
 
 
 def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> MetaBegin:
@@ -145,7 +149,7 @@ def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> Met
     return begin
   with jax.named_scope('sampler'):
     selection, begin_state = setup.sampler.begin(state.sampler_params,
-                                                 begin.virtual.grads, sampler_rng)
+                                                 begin.sampler_input, sampler_rng)
   return begin._replace(selection=selection, begin_state=begin_state)
 
 
@@ -166,6 +170,13 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
           setup.apply_fn, state.batch_stats, train_batch['image'], begin.fwd_rng))
   theta = setup.meta_model.lookahead_params(state.meta_params, n)
   sampler, selection = setup.sampler, begin.selection
+  virtual = begin.virtual
+  if virtual is None and setup.mode == 'jvp':
+    with jax.named_scope('virtual_train'):
+      virtual = virtual_lib.lookahead_virtual(
+          fwd, state.meta_params, state.params, labels, meta_model=setup.meta_model,
+          lookahead=make_lookahead(setup, state),
+          mask=lookahead_lib.scope_mask(state.params, setup.scope))
   with jax.named_scope('meta_train'):
     mg = meta_grad_lib.meta_grad_from_forward(
         fwd, theta, state.params, labels, val_batch,
@@ -173,7 +184,7 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
         lookahead=make_lookahead(setup, state), batch_stats=state.batch_stats,
         mask=lookahead_lib.scope_mask(state.params, setup.scope),
         gate=None if selection is None else selection.leaf_gates, val_rng=begin.val_rng,
-        mode=setup.mode, tangent=scope, virtual=begin.virtual,
+        mode=setup.mode, tangent=scope, virtual=virtual,
         gate_grad='scope' if sampler is None else sampler.gate_grad,
         tangent_pass=tangent_pass)
   theta_grad = mg.theta

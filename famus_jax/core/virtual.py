@@ -1,8 +1,17 @@
-"""Virtual-Train: the differentiable look-ahead `ŵ(θ) = U(w, Σ_i V_i(θ) ∇_w ℓ_i(w))`."""
+"""Virtual-Train: the differentiable look-ahead `ŵ(θ) = U(w, Σ_i V_i(θ) ∇_w ℓ_i(w))`.
+
+A meta model whose look-ahead weights are identically zero (`zero_lookahead`:
+L2R's ε = 0) has a zero look-ahead gradient, so `ŵ = U(w, 0)` (`= w` for plain
+SGD) needs no backward pass (`lookahead_virtual`), and its layer sampler sees
+the gradient at the meta model's `idle_params` instead (`sampler_input`; L2R:
+the mean gradient (1/n) Σ_i ∇_w ℓ_i, the look-ahead direction of uniform
+weights, which MW-Net's sampler sees at uniform weights).
+"""
 
 from typing import Any, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 
 from famus_jax.core import checks
 from famus_jax.core import forward as forward_lib
@@ -80,3 +89,44 @@ def virtual_step(theta: PyTree, params: PyTree, batch: dict, *, apply_fn,
                               meta_model=meta_model, lookahead=look,
                               mask=lookahead_lib.scope_mask(params, scope),
                               gate=gate)
+
+
+def zero_virtual(fwd: forward_lib.TrainForward, theta: PyTree, params: PyTree,
+                 labels: jax.Array, *, meta_model,
+                 lookahead: lookahead_lib.Lookahead) -> VirtualStep:
+  """Virtual-Train at weights V(θ) ≡ 0: g = 0 and ŵ = U(w, 0), no backward pass.
+
+  Equal in value to `virtual_from_forward` there; the meta gradient follows
+  from the tangent pass alone, dL^val/dε_i = ⟨u, ∇_w ℓ_i(w)⟩ with
+  u = (∂U/∂g)ᵀ ∇L^val(ŵ) (plain SGD: −α ⟨∇L^val(w), ∇_w ℓ_i(w)⟩).
+  """
+  losses = jax.lax.stop_gradient(meta_model.loss(theta, fwd.logits, labels))
+  grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  return VirtualStep(lookahead(params, grads), grads,
+                     meta_model.weights(theta, losses), losses, fwd.logits)
+
+
+def lookahead_virtual(fwd: forward_lib.TrainForward, meta_params: PyTree,
+                      params: PyTree, labels: jax.Array, *, meta_model,
+                      lookahead: lookahead_lib.Lookahead,
+                      mask: Optional[PyTree] = None) -> VirtualStep:
+  """The ungated Virtual-Train of a training step, at the meta model's
+  look-ahead θ (`zero_virtual` when its weights are identically zero)."""
+  theta = meta_model.lookahead_params(meta_params, labels.shape[0])
+  if meta_model.zero_lookahead:
+    return zero_virtual(fwd, theta, params, labels, meta_model=meta_model,
+                        lookahead=lookahead)
+  return virtual_from_forward(fwd, theta, params, labels, meta_model=meta_model,
+                              lookahead=lookahead, mask=mask)
+
+
+def sampler_input(fwd: forward_lib.TrainForward, virtual: VirtualStep,
+                  meta_params: PyTree, labels: jax.Array, *, meta_model) -> PyTree:
+  """The training gradient a layer sampler reads (params-shaped): the look-ahead
+  gradient, or with `zero_lookahead` the gradient at `idle_params` (one
+  backward pass; L2R: (1/n) Σ_i ∇_w ℓ_i)."""
+  if not meta_model.zero_lookahead:
+    return virtual.grads
+  theta = meta_model.idle_params(meta_params, labels.shape[0])
+  weights = meta_model.weights(theta, virtual.losses)
+  return forward_lib.weighted_gradient(fwd, meta_model, theta, weights, labels)
