@@ -6,6 +6,9 @@ the same model and batch, after warm-up (median of repeats), and reports the
 ratios to the plain step and XLA's FLOP count of each compiled program.
 
   python -m experiments.benchmark_iteration --quick
+  python -m experiments.benchmark_iteration --model=resnet32 --batch=100 --variants=core \
+      --only=l2r_exact,l2r_exact_general,l2r_reverse --repeats=20
+                      # L2R at ε = 0 without / with the Virtual-Train backward
   python -m experiments.benchmark_iteration --model=preact_resnet18 --batch=64
   python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
   python -m experiments.benchmark_iteration --model=resnet32 --batch=100 \
@@ -40,6 +43,7 @@ class Variant:
   mode: str = 'jvp'
   lookahead: str = 'sgd'
   meta: tuple = ()               # overrides of the sampler config (key, value)
+  model_kwargs: tuple = ()       # meta model fields (key, value)
 
 
 SAMPLER_DEFAULTS = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.0, lambda2=0.0,
@@ -76,7 +80,9 @@ def core_variants() -> list[Variant]:
       Variant('plain', None),
       Variant('mwnet_reverse', 'mwnet', 'reverse'),
       Variant('mwnet_jvp', 'mwnet', 'jvp'),
-      Variant('l2r_jvp', 'l2r', 'jvp'),
+      Variant('l2r_exact', 'l2r', 'jvp'),  # ε = 0: no Virtual-Train backward
+      Variant('l2r_exact_general', 'l2r', 'jvp', model_kwargs=(('zero_lookahead', False),)),
+      Variant('l2r_reverse', 'l2r', 'reverse'),
       Variant('mlc_reverse', 'mlc', 'reverse'),  # the official MLC step (T = I, fixed inner lr)
       Variant('mlc_jvp', 'mlc', 'jvp'),
       Variant('mlc_famus_k4', 'mlc', meta=(('sampler', 'famus'), ('lambda1', 0.1),
@@ -85,8 +91,8 @@ def core_variants() -> list[Variant]:
   ]
 
 
-QUICK_VARIANTS = ('mwnet_reverse', 'mwnet_jvp', 'famus_k4_all', 'famus_k4_all_top8',
-                  'random_s4', 'block_last')
+QUICK_VARIANTS = ('mwnet_reverse', 'mwnet_jvp', 'l2r_exact', 'l2r_exact_general',
+                  'famus_k4_all', 'famus_k4_all_top8', 'random_s4', 'block_last')
 VARIANT_SETS = {'core': core_variants, 'famus': famus_variants,
                 'dispatch': None}  # experiments/dispatch_rows.py
 
@@ -102,7 +108,7 @@ def one_program(setup):
 
 def build(args, variant: Variant, model, images):
   """(jitted step, state, step args) for a variant."""
-  meta_model = fj.get_meta_model(variant.method or 'mwnet')
+  meta_model = fj.get_meta_model(variant.method or 'mwnet', **dict(variant.model_kwargs))
   setup = fj.StepSetup(
       apply_fn=model.apply, meta_model=meta_model,
       tx=fj.sgd_with_weight_decay(0.05), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
