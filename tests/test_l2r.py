@@ -139,12 +139,12 @@ def test_sampler_input_is_the_mean_gradient_and_changes_the_gates():
   mean_grad = jax.grad(lambda p: losses_lib.mean_cross_entropy(
       model.apply({'params': p, 'batch_stats': state.batch_stats}, train['image'],
                   train=True, mutable=["batch_stats"])[0], train["label"]))(state.params)
-  chex.assert_trees_all_close(begin.sampler_input, mean_grad, rtol=1e-5, atol=1e-7)
-  zero = jax.tree_util.tree_map(jnp.zeros_like, begin.sampler_input)
+  chex.assert_trees_all_close(begin.sampler_grads, mean_grad, rtol=1e-5, atol=1e-7)
+  zero = jax.tree_util.tree_map(jnp.zeros_like, begin.sampler_grads)
   keys = jax.random.split(jax.random.PRNGKey(2), 16)
   drawn = lambda grads: jnp.stack([sampler.begin(state.sampler_params, grads, k)[0].gates
                                    for k in keys])
-  assert bool(jnp.any(drawn(begin.sampler_input) != drawn(zero)))
+  assert bool(jnp.any(drawn(begin.sampler_grads) != drawn(zero)))
   # the whole step runs with it (one program, gates as data)
   new_state, metrics = fj.jit_meta_train_step(setup, donate=False)(state, train, val)
   assert np.isfinite(float(metrics['val_loss']))

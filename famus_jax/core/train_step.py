@@ -99,8 +99,8 @@ class MetaBegin(NamedTuple):
     vjp: the training forward's VJP (a pytree of its residuals).
     batch_stats: running statistics after the training forward.
     virtual: the ungated Virtual-Train `VirtualStep` (None without a sampler).
-    sampler_input: the training gradient the sampler reads (None without a
-      sampler; `virtual_lib.sampler_input`).
+    sampler_grads: the training gradient the sampler reads (None without a
+      sampler; `virtual_lib.sampler_grads`).
     selection: the sampler's gates (`.level`: int32 scope index), or None.
     begin_state: the sampler's `begin` state (e.g. the gates' VJP), or None.
     rng, fwd_rng, val_rng: the next state key and this iteration's keys.
@@ -109,7 +109,7 @@ class MetaBegin(NamedTuple):
   vjp: Any
   batch_stats: Any
   virtual: Optional[virtual_lib.VirtualStep]
-  sampler_input: Any
+  sampler_grads: Any
   selection: Any
   begin_state: Any
   rng: jax.Array
@@ -127,16 +127,16 @@ def forward_and_virtual(state: TrainState, train_batch: dict, setup: StepSetup
   with jax.named_scope('train_forward'):
     fwd = forward_lib.train_forward(setup.apply_fn, state.params, state.batch_stats,
                                     train_batch['image'], fwd_rng)
-  virtual = sampler_input = None
+  virtual = sampler_grads = None
   if setup.sampler is not None:
     with jax.named_scope('virtual_train'):
       virtual = virtual_lib.lookahead_virtual(
           fwd, state.meta_params, state.params, labels, meta_model=setup.meta_model,
           lookahead=make_lookahead(setup, state),
           mask=lookahead_lib.scope_mask(state.params, setup.scope))
-      sampler_input = virtual_lib.sampler_input(fwd, virtual, state.meta_params, labels,
+      sampler_grads = virtual_lib.sampler_grads(fwd, virtual, state.meta_params, labels,
                                                 meta_model=setup.meta_model)
-  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, sampler_input, None,
+  return MetaBegin(fwd.logits, fwd.vjp, fwd.batch_stats, virtual, sampler_grads, None,
                    None, rng, fwd_rng, val_rng), sampler_rng
 
 
@@ -149,7 +149,7 @@ def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> Met
     return begin
   with jax.named_scope('sampler'):
     selection, begin_state = setup.sampler.begin(state.sampler_params,
-                                                 begin.sampler_input, sampler_rng)
+                                                 begin.sampler_grads, sampler_rng)
   return begin._replace(selection=selection, begin_state=begin_state)
 
 

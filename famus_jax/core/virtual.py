@@ -3,7 +3,7 @@
 A meta model whose look-ahead weights are identically zero (`zero_lookahead`:
 L2R's ε = 0) has a zero look-ahead gradient, so `ŵ = U(w, 0)` (`= w` for plain
 SGD) needs no backward pass (`lookahead_virtual`), and its layer sampler sees
-the gradient at the meta model's `idle_params` instead (`sampler_input`; L2R:
+the gradient at the meta model's `idle_params` instead (`sampler_grads`; L2R:
 the mean gradient (1/n) Σ_i ∇_w ℓ_i, the look-ahead direction of uniform
 weights, which MW-Net's sampler sees at uniform weights).
 """
@@ -120,7 +120,7 @@ def lookahead_virtual(fwd: forward_lib.TrainForward, meta_params: PyTree,
                               lookahead=lookahead, mask=mask)
 
 
-def sampler_input(fwd: forward_lib.TrainForward, virtual: VirtualStep,
+def sampler_grads(fwd: forward_lib.TrainForward, virtual: VirtualStep,
                   meta_params: PyTree, labels: jax.Array, *, meta_model) -> PyTree:
   """The training gradient a layer sampler reads (params-shaped): the look-ahead
   gradient, or with `zero_lookahead` the gradient at `idle_params` (one

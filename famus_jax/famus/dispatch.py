@@ -374,13 +374,13 @@ def ahead_step(state, batch: dict, val_batch: dict, *, setup, level: int):
   sampler = setup.sampler
   begin, sampler_rng = core.forward_and_virtual(state, batch, setup)
   stored = state.sampler_state
-  now = _draw(sampler, state.sampler_params, begin.sampler_input, sampler_rng)
+  now = _draw(sampler, state.sampler_params, begin.sampler_grads, sampler_rng)
   pending = jax.tree_util.tree_map(lambda a, b: jnp.where(stored['valid'], a, b),
                                    stored, now)
   selection, begin_state = sampler.begin_pending(state.sampler_params, pending)
   new_state, metrics = core.meta_finish(
       state, begin._replace(selection=selection, begin_state=begin_state), batch,
       val_batch, setup=setup, scope=sampler.scopes.scopes[level])
-  upcoming = _draw(sampler, new_state.sampler_params, begin.sampler_input,
+  upcoming = _draw(sampler, new_state.sampler_params, begin.sampler_grads,
                    jax.random.fold_in(sampler_rng, 1))
   return new_state.replace(sampler_state=upcoming), metrics
