@@ -67,3 +67,17 @@ def compiled_flops(jitted, *args) -> float:
     return float(cost.get('flops', float('nan')))
   except Exception:  # pylint: disable=broad-except
     return float('nan')
+
+
+def load_runs(path: str) -> list[dict]:
+  """The `runs` of an existing results JSON (none if the file is absent)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)['runs']
+
+
+def replace_run(runs: list[dict], row: dict, keys=('method', 'setting', 'seed')) -> list[dict]:
+  """`runs` with `row` in place of any run that has the same `keys`."""
+  key = tuple(row[k] for k in keys)
+  return [r for r in runs if tuple(r[k] for k in keys) != key] + [row]

@@ -128,13 +128,17 @@ def make_config(method: str, setting: str, seed: int, epochs: int, smoke: bool,
   return c
 
 
-def run_one(method: str, config, collect=None) -> dict:
-  """One `train_and_evaluate` call in a temporary workdir (removed afterwards).
+def run_one(method: str, config, collect=None, workdir: str | None = None) -> dict:
+  """One `train_and_evaluate` call; its workdir is removed once it is read.
 
   `collect(workdir, summary) -> dict` adds what it reads from the workdir
-  (e.g. metrics.jsonl) to the result, before the workdir goes.
+  (e.g. metrics.jsonl) to the result, before the workdir goes. `workdir`:
+  default a temporary one, removed whatever happens; a given one is kept when
+  the run fails or is interrupted, so the same call resumes it from its last
+  checkpoint.
   """
-  workdir = tempfile.mkdtemp(prefix=f'study_{method}_')
+  keep_on_error = workdir is not None
+  workdir = workdir or tempfile.mkdtemp(prefix=f'study_{method}_')
   extra = {}
   try:
     start = time.perf_counter()
@@ -147,13 +151,19 @@ def run_one(method: str, config, collect=None) -> dict:
     wall = time.perf_counter() - start
     if collect is not None:
       extra = collect(workdir, summary)
-  finally:
-    shutil.rmtree(workdir, ignore_errors=True)
+  except BaseException:
+    if not keep_on_error:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  shutil.rmtree(workdir, ignore_errors=True)
   final = summary.get('final') or {}
   rate = summary.get('steps_per_s')
   return {'final_test_accuracy': float(summary['final_test_accuracy']),
           'ms_per_iteration': 1e3 / rate if rate else None,
           'best_test_accuracy': float(summary.get('best_test_accuracy') or float('nan')),
+          # at the evaluation with the best clean meta-set accuracy (None without one)
+          'selected_test_accuracy': (summary.get('selected_by_meta_set') or {}).get(
+              'test_accuracy'),
           'wall_s': wall, 'num_steps': int(summary.get('num_steps') or 0),
           'first_step_s': summary.get('first_step_s', summary.get('first_epoch_s')),
           'train_weight_auc': final.get('train_weight_auc'),

@@ -70,6 +70,8 @@ SETTINGS = {
     'sym60': ('symmetric', 0.6, 'sym. 60 %'),
     'asym40': ('asymmetric', 0.4, 'asym. 40 %'),
 }
+# The configs of the single-network rows and of Alg. 2.
+CONFIG_FILES = ('fashion_mnist.py', 'fashion_mnist_alg2.py')
 # (train images per class, epochs, seeds) of each mode.
 MODES = {'full': (2000, 3, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
 # configs/fashion_mnist.py's meta_per_class: Alg. 2 trains on these too.
@@ -86,11 +88,12 @@ def _epoch_schedule(c, epochs: float) -> None:
 
 
 def make_config(method: str, setting: str, seed: int, per_class: int, epochs: int,
-                smoke: bool, overrides: dict):
-  """One run's config: configs/fashion_mnist[_alg2].py, the setting, the budget."""
+                smoke: bool, overrides: dict, config_files=CONFIG_FILES):
+  """One run's config: `config_files` (configs/fashion_mnist[_alg2].py), the
+  setting, the budget (Alg. 2's warm-up and ramp-up scaled from the config's
+  run length to `epochs`)."""
   noise_type, noise_rate, _ = SETTINGS[setting]
-  c = study.load_config_file('fashion_mnist_alg2.py' if method == 'alg2'
-                             else 'fashion_mnist.py')
+  c = study.load_config_file(config_files[1] if method == 'alg2' else config_files[0])
   c.seed = int(seed)
   c.data.noise_type, c.data.noise_rate = noise_type, float(noise_rate)
   c.data.train_per_class = int(per_class)
@@ -100,7 +103,7 @@ def make_config(method: str, setting: str, seed: int, per_class: int, epochs: in
     # training images here (as in the paper, all of the training set)
     c.data.train_per_class = int(per_class) + ALG2_EXTRA_PER_CLASS
     epochs = max(int(epochs), 2)
-    full = 4  # configs/fashion_mnist_alg2.py: 1 warm-up epoch of 4
+    full = c.optim.num_epochs  # configs/fashion_mnist_alg2.py: 1 warm-up epoch of 4
     c.alg2.warmup_epochs = max(1, int(round(c.alg2.warmup_epochs * epochs / full)))
     c.alg2.ssl.rampup_epochs = max(1.0, float(c.alg2.ssl.rampup_epochs) * epochs / full)
     c.alg2.eval_every_epochs = c.alg2.checkpoint_every_epochs = 0
@@ -119,10 +122,15 @@ def make_config(method: str, setting: str, seed: int, per_class: int, epochs: in
     c.train.log_every = max(1, int(epochs * steps_per_epoch) // 20)
   if smoke:
     c.model.kwargs.width = 4
+  apply_overrides(c, method, overrides)
+  return c
+
+
+def apply_overrides(c, method: str, overrides: dict) -> None:
+  """The command line's `--set` fields (`alg2.*` only on Alg. 2's config)."""
   for k, v in overrides.items():
     if method == 'alg2' or not k.startswith('alg2.'):
       study.set_field(c, k, v)
-  return c
 
 
 def collect(workdir: str, summary: dict) -> dict:
@@ -307,8 +315,7 @@ def main(argv=None):
         row['cpu_s'] = time.process_time() - cpu0  # all threads of this process
         if row.get('alg2_ms_per_iteration'):
           row['ms_per_iteration'] = row['alg2_ms_per_iteration']
-        runs = [r for r in runs if (r['method'], r['setting'], r['seed'])
-                != (method, setting, seed)] + [row]
+        runs = common.replace_run(runs, row)
         print(f"{method:<12s} {setting:<7s} seed {seed}: accuracy "
               f"{row['final_test_accuracy']:.4f}  wall {row['wall_s']:.1f} s  "
               f"cpu {row['cpu_s']:.1f} s  ms/it {row.get('ms_per_iteration') or 0:.0f}  "
@@ -323,13 +330,8 @@ def main(argv=None):
 
 def previous_runs(args) -> list[dict]:
   """The runs of this mode's existing results JSON (none if it is absent)."""
-  import json  # pylint: disable=g-import-not-at-top
   stem = 'fashion_mnist_study' + ('_smoke' if args.smoke else '_quick' if args.quick else '')
-  path = os.path.join(args.results_dir or common.RESULTS_DIR, stem + '.json')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return json.load(f)['runs']
+  return common.load_runs(os.path.join(args.results_dir or common.RESULTS_DIR, stem + '.json'))
 
 
 def write_results(args, runs, start, cache, complete: bool) -> dict:

@@ -178,18 +178,23 @@ def test_digits_study_smoke(argv, tmp_path):
     assert 0.0 <= r['final_test_accuracy'] <= 1.0 and r['wall_s'] > 0
 
 
-def test_fashion_mnist_study_smoke(argv, tmp_path):
-  """On IDX files written here (130 training, 20 test images per class)."""
+def fake_fashion_mnist(folder) -> str:
+  """Fashion-MNIST IDX files of random images: 130 training, 20 test per class."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import fashion_mnist_study
   from famus_jax.data import idx
   rng = np.random.default_rng(0)
-  folder = tmp_path / 'fashion'
   for split, per in (('train', 130), ('t10k', 20)):
     labels = np.tile(np.arange(10, dtype=np.uint8), per)
     idx.write_idx(str(folder / f'{split}-labels-idx1-ubyte.gz'), labels)
     idx.write_idx(str(folder / f'{split}-images-idx3-ubyte.gz'),
                   rng.integers(0, 256, (labels.size, 28, 28)).astype(np.uint8))
+  return str(folder)
+
+
+def test_fashion_mnist_study_smoke(argv, tmp_path):
+  """On IDX files written here (130 training, 20 test images per class)."""
+  from experiments import fashion_mnist_study
+  folder = fake_fashion_mnist(tmp_path / 'fashion')
   # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the other paths.
   fashion_mnist_study.main(argv + ['--methods', 'ce_meta,mwnet', '--set',
                                    f'data.data_dir="{folder}"'])
@@ -250,6 +255,92 @@ def test_dispatch_study_smoke_and_resume(argv, tmp_path):
   for row in table.values():
     assert 0.0 <= row['sym40']['accuracy'] <= 1.0
   assert os.path.exists(os.path.join(str(tmp_path), 'dispatch_study_smoke.md'))
+ROW_KEYS = {'method', 'setting', 'seed', 'final', 'selected', 'best', 'ms_per_iteration'}
+
+
+def test_fashion_mnist_long_rows_merge_and_resume(argv, tmp_path, monkeypatch):
+  """Row schema; the noise-free rows run once and fill every column; a study
+  stopped in a run continues where it stopped (finished rows kept, the stopped
+  run resumed from its workdir); later calls add rows; another budget refuses."""
+  from experiments import fashion_mnist_long as long
+  from famus_jax import train
+  flags = argv + ['--set', f'data.data_dir="{fake_fashion_mnist(tmp_path / "fashion")}"',
+                  '--workdirs', str(tmp_path / 'runs')]
+  real, calls = train.train_and_evaluate, []
+
+  def counted(config, workdir, stop_at=None):
+    calls.append(os.path.basename(workdir).rsplit('_', 2)[0])  # method_setting
+    summary = real(config, workdir)
+    if len(calls) == stop_at:
+      raise KeyboardInterrupt  # killed before its row was written
+    return summary
+
+  monkeypatch.setattr(train, 'train_and_evaluate', lambda c, w: counted(c, w, stop_at=2))
+  with pytest.raises(KeyboardInterrupt):
+    long.main(flags + ['--methods', 'ce,ce_true'])
+  first = check_outputs(str(tmp_path), 'fashion_mnist_long_smoke')
+  assert [r['method'] for r in first['runs']] == ['ce'] and not first['complete']
+  assert len(os.listdir(tmp_path / 'runs')) == 1  # the stopped run's workdir is kept
+
+  calls.clear()
+  monkeypatch.setattr(train, 'train_and_evaluate', counted)
+  payload = long.main(flags + ['--methods', 'ce,ce_true,clean_only'])
+  assert calls == ['ce_true_none', 'clean_only_none']
+  rows = {r['method']: r for r in payload['runs']}
+  assert rows['ce'] == first['runs'][0]  # not run again
+  assert rows['ce_true']['resumed_from'] == rows['ce_true']['num_steps'] == 4
+  assert os.listdir(tmp_path / 'runs') == []
+  for r in payload['runs']:
+    assert ROW_KEYS <= set(r) and 0 <= r['selected'] <= 1 and r['best'] >= r['final']
+    assert r['curve']['epoch'] == [1, 2] and r['curve']['test'][-1] == r['final']
+    assert r['setting'] == ('sym60' if r['method'] == 'ce' else 'none')
+  assert payload['complete'] and payload['table']['ce_true']['sym60']['seeds'] == [0]
+
+  calls.clear()  # another setting: only CE runs, the noise-free rows fill its column
+  merged = long.main(flags + ['--methods', 'ce,ce_true', '--settings', 'sym40'])
+  assert calls == ['ce_sym40'] and len(merged['runs']) == 4
+  assert merged['settings'] == ['sym60', 'sym40']
+  assert merged['table']['ce_true']['sym40'] == merged['table']['ce_true']['sym60']
+  with pytest.raises(SystemExit, match='another budget'):
+    long.main(flags + ['--set', 'optim.lr=0.1'])
+
+
+def test_fashion_mnist_long_configs():
+  """Exact rows differentiate through every layer, FaMUS keeps the config's
+  scope; evaluation every epoch; Alg. 2 gets the meta images as noisy data."""
+  from experiments import fashion_mnist_long as long
+  b = long.budget(smoke=False)
+  config = lambda m, s='sym60': long.make_config(m, s, 0, b, False, {})
+  famus = config('mwnet_famus')
+  assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers != 'all'
+  assert famus.train.eval_every == b['steps_per_epoch'] == 50
+  for method in ('mwnet_exact', 'l2r', 'mlc'):
+    assert (config(method).meta.sampler, config(method).meta.candidate_layers) == ('all',
+                                                                                   'all')
+  assert config('ce_true', 'none').data.noise_type == 'none'
+  assert config('clean_only', 'none').optim.num_steps == 20 * 50
+  assert config('ce', 'asym40').data.noise_type == 'asymmetric'
+  alg2 = config('alg2')
+  assert (alg2.data.train_per_class, alg2.data.meta_per_class,
+          alg2.alg2.eval_every_epochs) == (600, 0, 1)
+  assert long.plan(['ce', 'ce_true', 'alg2'], ['sym60', 'sym40'], None) == [
+      ('ce', 'sym60', 0), ('ce_true', 'none', 0), ('alg2', 'sym60', 0),
+      ('ce', 'sym60', 1), ('ce_true', 'none', 1), ('ce', 'sym60', 2),
+      ('ce_true', 'none', 2), ('ce', 'sym40', 0), ('alg2', 'sym40', 0),
+      ('ce', 'sym40', 1), ('ce', 'sym40', 2)]
+
+
+def test_fashion_mnist_long_timing(argv, tmp_path):
+  """`--timing`: rounds of whole runs in one process, medians, ratio to exact."""
+  from experiments import fashion_mnist_long as long
+  folder = fake_fashion_mnist(tmp_path / 'fashion')
+  payload = long.main(argv + ['--timing', '--methods', 'ce', '--rounds', '2', '--set',
+                              f'data.data_dir="{folder}"'])
+  assert [(r['round'], r['method']) for r in payload['runs']] == [(0, 'ce'), (1, 'ce')]
+  assert payload['ms_per_iteration']['ce'] == statistics.median(
+      r['ms_per_iteration'] for r in payload['runs'])
+  assert payload['vs_exact'] is None  # no exact row to compare with
+  assert os.path.exists(os.path.join(str(tmp_path), 'fashion_mnist_long_smoke_timing.md'))
 
 
 @pytest.mark.slow
