@@ -288,11 +288,7 @@ def plot(path, payload, setting: str = 'sym60'):
     series = [r['weights_over_training'] for r in cell_runs(runs, m, setting)
               if m in WEIGHTED and r.get('weights_over_training')]
     if series:
-      n = min(len(w['step']) for w in series)
-      epoch = np.asarray(series[0]['step'][:n]) / spe
-      for kind, style in (('clean', '-'), ('noisy', '--')):
-        wts.plot(epoch, np.mean([w[kind][:n] for w in series], 0), style, color=f'C{i}',
-                 label=f'{METHODS[m][0]}: {kind} labels')
+      short.plot_weights(wts, series, f'C{i}', METHODS[m][0], per=spe)
   acc.set(xlabel='epoch', ylabel='clean test accuracy (%)',
           title=f'test accuracy over training, {short.SETTINGS[setting][2]} (mean of seeds)')
   wts.set(xlabel='epoch', ylabel='mean weight (× uniform)',

@@ -219,13 +219,8 @@ def plot(path, payload):
   for i, m in enumerate(payload['methods']):
     series = [r['weights_over_training'] for r in runs if r['method'] == m in WEIGHTED
               and r['setting'] == s0 and r.get('weights_over_training')]
-    if not series:
-      continue
-    n = min(len(w['step']) for w in series)
-    steps = series[0]['step'][:n]
-    for kind, style in (('clean', '-'), ('noisy', '--')):
-      ax.plot(steps, np.mean([w[kind][:n] for w in series], 0), style, color=f'C{i}',
-              label=f'{METHODS[m][0]}: {kind} labels')
+    if series:
+      plot_weights(ax, series, f'C{i}', METHODS[m][0])
   ax.set(xlabel='iteration', ylabel='mean weight (× uniform)',
          title=f'meta-weights over training, {SETTINGS[s0][2]}')
   ax.grid(alpha=0.3)
@@ -238,6 +233,16 @@ def plot(path, payload):
   fig.tight_layout(rect=(0, 0.1, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_weights(ax, series: list[dict], color: str, label: str, per: int = 1) -> None:
+  """Mean over runs of the clean- and of the noisy-label meta-weights
+  (`weights_over_training`), against iteration / `per`."""
+  n = min(len(w['step']) for w in series)
+  x = np.asarray(series[0]['step'][:n]) / per
+  for kind, style in (('clean', '-'), ('noisy', '--')):
+    ax.plot(x, np.mean([w[kind][:n] for w in series], 0), style, color=color,
+            label=f'{label}: {kind} labels')
 
 
 def replot(json_path: str) -> str:
