@@ -8,7 +8,7 @@ with only the method and the noise changed (as in experiments/
 fashion_mnist_study.py, whose method definitions they reuse):
   ce           CE on the noisy labels
   ce_true      CE on the true labels of the same images (upper bound)
-  clean_only   CE on the 1,000 clean meta images only, as many iterations
+  clean_only   CE on the clean meta images only, as many iterations
   mwnet_exact  MW-Net, exact meta gradient over every layer
   mwnet_famus  MW-Net + FaMUS, the config's FaMUS as shipped
   l2r, mlc     L2R and official MLC, exact
@@ -63,7 +63,7 @@ CONFIG_FILES = ('fashion_mnist_long.py', 'fashion_mnist_long_alg2.py')
 METHODS = {
     'ce': ('CE (noisy labels)', 'ce', 3),
     'ce_true': ('CE (true labels, upper bound)', 'ce_true', 3),
-    'clean_only': ('CE (1,000 clean meta images only)', 'ce_meta', 2),
+    'clean_only': ('CE (the clean meta images only)', 'ce_meta', 2),
     'mwnet_exact': ('MW-Net (exact)', 'mwnet', 3),
     'mwnet_famus': ('MW-Net + FaMUS', 'mwnet_famus', 3),
     'l2r': ('L2R (exact)', 'l2r', 2),

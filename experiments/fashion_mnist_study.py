@@ -74,8 +74,6 @@ SETTINGS = {
 CONFIG_FILES = ('fashion_mnist.py', 'fashion_mnist_alg2.py')
 # (train images per class, epochs, seeds) of each mode.
 MODES = {'full': (2000, 3, (0, 1)), 'quick': (500, 4, (0, 1)), 'smoke': (20, 1, (0,))}
-# configs/fashion_mnist.py's meta_per_class: Alg. 2 trains on these too.
-ALG2_EXTRA_PER_CLASS = 100
 # Methods whose per-example weights are meta-learned (the weights panel); MLC
 # corrects labels instead, its logged weights are constant.
 WEIGHTED = ('mwnet', 'mwnet_famus', 'l2r')
@@ -101,7 +99,8 @@ def make_config(method: str, setting: str, seed: int, per_class: int, epochs: in
   if method == 'alg2':
     # no clean meta set: the images that are the others' meta set are noisy
     # training images here (as in the paper, all of the training set)
-    c.data.train_per_class = int(per_class) + ALG2_EXTRA_PER_CLASS
+    others = study.load_config_file(config_files[0])
+    c.data.train_per_class = int(per_class) + int(others.data.meta_per_class)
     epochs = max(int(epochs), 2)
     full = c.optim.num_epochs  # configs/fashion_mnist_alg2.py: 1 warm-up epoch of 4
     c.alg2.warmup_epochs = max(1, int(round(c.alg2.warmup_epochs * epochs / full)))

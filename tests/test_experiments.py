@@ -322,7 +322,7 @@ def test_fashion_mnist_long_configs():
   assert config('ce', 'asym40').data.noise_type == 'asymmetric'
   alg2 = config('alg2')
   assert (alg2.data.train_per_class, alg2.data.meta_per_class,
-          alg2.alg2.eval_every_epochs) == (600, 0, 1)
+          alg2.alg2.eval_every_epochs) == (510, 0, 1)
   assert long.plan(['ce', 'ce_true', 'alg2'], ['sym60', 'sym40'], None) == [
       ('ce', 'sym60', 0), ('ce_true', 'none', 0), ('alg2', 'sym60', 0),
       ('ce', 'sym60', 1), ('ce_true', 'none', 1), ('ce', 'sym60', 2),
