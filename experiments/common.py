@@ -4,11 +4,22 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
 
+from famus_jax.training import run as run_lib
+
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
+
+
+def run_study(main) -> None:
+  """Runs a study's main; SIGTERM / SIGINT (the run's checkpoint saved) ends in one line."""
+  try:
+    main()
+  except run_lib.Preempted as e:
+    sys.exit(f'{e}. Finished rows are kept in the results file; the same command continues.')
 
 
 def machine() -> dict:

@@ -288,4 +288,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  common.run_study(main)

@@ -457,4 +457,4 @@ def timing(args) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  common.run_study(main)

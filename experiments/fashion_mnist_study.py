@@ -373,4 +373,4 @@ def write_results(args, runs, start, cache, complete: bool) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  common.run_study(main)

@@ -305,6 +305,29 @@ def test_fashion_mnist_long_rows_merge_and_resume(argv, tmp_path, monkeypatch):
     long.main(flags + ['--set', 'optim.lr=0.1'])
 
 
+def test_a_stopped_study_ends_in_one_line():
+  """SIGTERM / SIGINT inside a study (the run saved its checkpoint) exits with
+  the resume message, not a traceback; other errors still propagate."""
+  import signal
+  from experiments import common
+  from famus_jax.training import run as run_lib
+
+  def stopped():
+    raise run_lib.Preempted(step=7, signum=signal.SIGTERM)
+
+  with pytest.raises(SystemExit) as e:
+    common.run_study(stopped)
+  message = str(e.value.code)
+  assert '\n' not in message
+  assert 'SIGTERM at step 7' in message and 'same command continues' in message
+
+  def broken():
+    raise ValueError('not a preemption')
+
+  with pytest.raises(ValueError):
+    common.run_study(broken)
+
+
 def test_fashion_mnist_long_configs():
   """Exact rows differentiate through every layer, FaMUS keeps the config's
   scope; evaluation every epoch; Alg. 2 gets the meta images as noisy data."""
