@@ -56,7 +56,16 @@ VARIANTS = {
     'granularity_tensor': ({'meta.granularity': 'tensor'},
                            "one sampler per parameter tensor, as the official code's"),
     'exact': ({'meta.sampler': 'all'}, 'exact MW-Net (every layer), for reference'),
+    'l2r_famus': ({'meta.method': 'l2r'},
+                  'L2R + FaMUS, the sampler reading the mean training gradient (ours)'),
+    'l2r_famus_zero_input': ({'meta.method': 'l2r',
+                              'meta.model_kwargs': ml_collections.ConfigDict(
+                                  {'zero_lookahead': False})},
+                             "L2R + FaMUS, the sampler reading Eq. 8's look-ahead gradient "
+                             '(zero at ε = 0)'),
 }
+# variant -> the variant its paired difference is taken to (default `ours`)
+REFERENCE = {'l2r_famus_zero_input': 'l2r_famus'}
 QUICK = {'optim.num_epochs': 2, 'optim.boundaries': (), 'train.eval_every': 0,
          'train.checkpoint_every': 0}
 SMOKE = {'model.name': 'digits_mlp', 'model.kwargs': ml_collections.ConfigDict(
@@ -91,15 +100,17 @@ def summarize(runs: list[dict]) -> dict:
   by = {}
   for r in runs:
     by.setdefault(r['variant'], {})[r['seed']] = r['final_test_accuracy']
-  base = by.get('ours', {})
   table = {}
   for name, accs in by.items():
+    reference = REFERENCE.get(name, 'ours')
+    base = by.get(reference, {})
     vals = [accs[s] for s in sorted(accs)]
     row = {'seeds': sorted(accs), 'mean': statistics.mean(vals),
            'std': statistics.stdev(vals) if len(vals) > 1 else 0.0,
            'description': VARIANTS[name][1]}
     diffs = [accs[s] - base[s] for s in sorted(accs) if s in base]
-    if name != 'ours' and diffs:
+    if name != reference and diffs:
+      row['paired_to'] = reference
       row['paired_diff_mean'] = statistics.mean(diffs)
       row['paired_diff_std'] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     table[name] = row
@@ -136,8 +147,8 @@ def main(argv=None):
       runs = [r for r in runs if (r['variant'], r['seed']) != (name, seed)] + [row]
   table = summarize(runs)
   for name, row in table.items():
-    diff = (f"  {row['paired_diff_mean']:+.4f} ± {row['paired_diff_std']:.4f}"
-            if 'paired_diff_mean' in row else '')
+    diff = (f"  {row['paired_diff_mean']:+.4f} ± {row['paired_diff_std']:.4f} "
+            f"vs {row['paired_to']}" if 'paired_diff_mean' in row else '')
     print(f"{name:26s} {row['mean']:.4f} ± {row['std']:.4f}{diff}")
   common.write_json(out_name + '.json', {'config': 'configs/digits.py', 'mode': mode,
                                          'machine': common.machine(), 'runs': runs,

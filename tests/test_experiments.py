@@ -81,6 +81,20 @@ def test_fidelity_digits_smoke_pairs_each_variant_with_ours(tmp_path):
   assert 'paired_diff_mean' not in result['table']['ours']
 
 
+def test_fidelity_digits_pairs_the_l2r_input_with_l2r():
+  """The L2R sampler-input variant is paired with L2R + FaMUS, the others with ours."""
+  from experiments import fidelity_digits  # pylint: disable=g-import-not-at-top
+  accuracy = {('ours', 0): .90, ('l2r_famus', 0): .80, ('l2r_famus_zero_input', 0): .70,
+              ('ours', 1): .91, ('l2r_famus', 1): .82, ('l2r_famus_zero_input', 1): .75}
+  table = fidelity_digits.summarize([
+      {'variant': v, 'seed': s, 'final_test_accuracy': a} for (v, s), a in accuracy.items()])
+  zero = table['l2r_famus_zero_input']
+  assert zero['paired_to'] == 'l2r_famus'
+  assert zero['paired_diff_mean'] == pytest.approx(-0.085)
+  assert table['l2r_famus']['paired_to'] == 'ours'
+  assert table['l2r_famus']['paired_diff_mean'] == pytest.approx(-0.095)
+
+
 def test_meta_grad_fidelity_smoke(argv, tmp_path):
   from experiments import meta_grad_fidelity
   meta_grad_fidelity.main(argv)
