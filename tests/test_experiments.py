@@ -349,7 +349,11 @@ def test_fashion_mnist_long_configs():
   b = long.budget(smoke=False)
   config = lambda m, s='sym60': long.make_config(m, s, 0, b, False, {})
   famus = config('mwnet_famus')
-  assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers != 'all'
+  from famus_jax.training.config import load_config  # pylint: disable=g-import-not-at-top
+  shipped = load_config(os.path.join(ROOT, 'configs', 'fashion_mnist.py')).meta
+  fields = ('sampler', 'candidate_layers', 'prune_levels', 'rate_cost', 'dispatch')
+  assert [famus.meta[f] for f in fields] == [shipped[f] for f in fields]
+  assert famus.meta.sampler == 'famus'
   assert famus.train.eval_every == b['steps_per_epoch'] == 50
   for method in ('mwnet_exact', 'l2r', 'mlc'):
     assert (config(method).meta.sampler, config(method).meta.candidate_layers) == ('all',
