@@ -28,6 +28,7 @@ Public: `DEFAULT`, `DISPATCHERS`, `NestedScopes`, `nested_scopes`,
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
 import functools
@@ -197,7 +198,7 @@ class Compiler:
 
 # --------------------------------------------------------------- dispatchers
 
-class Dispatcher:
+class Dispatcher(abc.ABC):
   """Runs meta iterations of `setup` through its compiled programs.
 
   Attributes:
@@ -216,9 +217,9 @@ class Dispatcher:
     self.programs = self.build()
     self.counts = collections.Counter()
 
+  @abc.abstractmethod
   def build(self) -> dict:
     """Program name -> jitted function."""
-    raise NotImplementedError
 
   def program_names(self) -> tuple[str, ...]:
     return tuple(self.programs)
@@ -234,9 +235,9 @@ class Dispatcher:
     self.counts[name] += 1
     return self.programs[name](*args)
 
+  @abc.abstractmethod
   def __call__(self, state, batch: dict, val_batch: dict):
     """One meta iteration: (new state, metrics)."""
-    raise NotImplementedError
 
 
 class OneProgram(Dispatcher):
