@@ -1,5 +1,7 @@
 """Shared helpers for experiment scripts: machine description, result files, timing."""
 
+from __future__ import annotations
+
 import json
 import os
 import platform
@@ -20,6 +22,18 @@ def run_study(main) -> None:
     main()
   except run_lib.Preempted as e:
     sys.exit(f'{e}. Finished rows are kept in the results file; the same command continues.')
+
+
+def save_figure(fig, path: str, title: str, machine: dict | None = None,
+                rect=(0, 0, 1, 1)) -> None:
+  """A study's figure: its title (with the machine when given), laid out, saved, closed."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if machine:
+    title += f" ({machine['device_kind']}, {machine['cpu_count']} cores)"
+  fig.suptitle(title)
+  fig.tight_layout(rect=rect)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def machine() -> dict:

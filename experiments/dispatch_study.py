@@ -193,11 +193,8 @@ def plot(path: str, payload: dict) -> None:
                 fontsize=7)
   ax.set(ylabel='fraction of meta iterations', title='scope programs run (0: smallest)')
   ax.legend(fontsize=7)
-  fig.suptitle(f"FaMUS over every layer, Fashion-MNIST ({payload['mode']} mode), "
-               f"seeds {payload['seeds']}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, f"FaMUS over every layer, Fashion-MNIST ({payload['mode']} "
+                     f"mode), seeds {payload['seeds']}")
 
 
 def _parse(argv):

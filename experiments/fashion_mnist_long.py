@@ -297,13 +297,9 @@ def plot(path, payload, setting: str = 'sym60'):
     ax.grid(alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
-  mach = payload['machine']
-  fig.suptitle(f"Fashion-MNIST, memorisation regime: {payload['budget']['train_per_class']} "
-               f"noisy images/class × {payload['budget']['epochs']} epochs "
-               f"({mach['device_kind']}, {mach['cpu_count']} cores)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, f"Fashion-MNIST, memorisation regime: "
+                     f"{payload['budget']['train_per_class']} noisy images/class × "
+                     f"{payload['budget']['epochs']} epochs", payload['machine'])
 
 
 # -- the study -------------------------------------------------------------------------

@@ -225,13 +225,10 @@ def plot(path, payload):
   ax.grid(alpha=0.3)
   if ax.lines:
     ax.legend(fontsize=6)
-  mach = payload['machine']
-  fig.suptitle(f"Fashion-MNIST: accuracy vs cost, {payload['budget']['train_per_class']} "
-               f"images/class × {payload['epochs']} epochs, seeds {payload['seeds']} "
-               f"({mach['device_kind']}, {mach['cpu_count']} cores)")
-  fig.tight_layout(rect=(0, 0.1, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  common.save_figure(fig, path, f"Fashion-MNIST: accuracy vs cost, "
+                     f"{payload['budget']['train_per_class']} images/class × "
+                     f"{payload['epochs']} epochs, seeds {payload['seeds']}",
+                     payload['machine'], rect=(0, 0.1, 1, 1))
 
 
 def plot_weights(ax, series: list[dict], color: str, label: str, per: int = 1) -> None:
