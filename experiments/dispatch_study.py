@@ -102,19 +102,36 @@ def scope_fractions(counts: dict) -> dict:
   return {k: v / total for k, v in sorted(counts.items())} if total else {}
 
 
+QUIET_LOAD = 3.0  # a 2-thread run alone keeps the 1-minute load average near 2
+
+
+def timed_runs(runs: list[dict]) -> list[dict]:
+  """The runs whose ms per iteration count: those that ended with the load
+  average below QUIET_LOAD (all runs when none did)."""
+  quiet = [r for r in runs if r.get('load_average', QUIET_LOAD) < QUIET_LOAD]
+  return quiet or runs
+
+
+def _timed_note(runs: list[dict]) -> str:
+  quiet = [r for r in runs if r.get('load_average', QUIET_LOAD) < QUIET_LOAD]
+  return (f'from the {len(quiet)} runs that ended with the load average below {QUIET_LOAD}'
+          if quiet else f'from all runs (none ended with the load average below {QUIET_LOAD})')
+
+
 def aggregate(runs: list[dict]) -> dict:
-  """(row, setting) -> means over seeds, ms ratio to exact of the same seeds."""
+  """(row, setting) -> means over seeds; ms per iteration and its ratio to
+  exact (same seed) from the quiet runs only."""
   table = {}
   for row in ROWS:
     for setting in SETTINGS:
       rs = [r for r in runs if r['row'] == row and r['setting'] == setting]
       if not rs:
         continue
-      exact = {r['seed']: r['steady_ms'] for r in runs
-               if r['row'] == 'exact' and r['setting'] == setting}
-      ratios = [r['steady_ms'] / exact[r['seed']] for r in rs
-                if r['steady_ms'] and exact.get(r['seed'])]
-      ms = [r['steady_ms'] for r in rs if r['steady_ms']]
+      timed = timed_runs([r for r in runs if r['setting'] == setting])
+      exact = {r['seed']: r['steady_ms'] for r in timed if r['row'] == 'exact'}
+      ratios = [r['steady_ms'] / exact[r['seed']] for r in timed
+                if r['row'] == row and r['steady_ms'] and exact.get(r['seed'])]
+      ms = [r['steady_ms'] for r in timed if r['row'] == row and r['steady_ms']]
       fractions = [scope_fractions(r['program_counts']) for r in rs]
       names = sorted({k for f in fractions for k in f})
       selected = [r['selected_test_accuracy'] for r in rs
@@ -151,7 +168,8 @@ def markdown(payload: dict) -> str:
   m = payload['machine']
   lines += ['', (f"configs/fashion_mnist.py ({payload['mode']} mode: "
                  f"{payload['budget']}), means over seeds {payload['seeds']}; ms per "
-                 f"iteration: median of the training log's rows without a compilation; "
+                 f"iteration: median of the training log's rows without a compilation, "
+                 f"{_timed_note(payload['runs'])}; "
                  f"{m['device_kind']} ({m['cpu_count']} cores), load average "
                  f"{payload['load_average'][0]:.1f} at the end. "
                  + ('' if payload['complete'] else
@@ -270,7 +288,8 @@ def main(argv=None):
           continue
         config = make_config(row, setting, seed, args.mode, args.overrides)
         result = {'row': row, 'setting': setting, 'seed': seed,
-                  **study.run_one(row, config, collect)}
+                  **study.run_one(row, config, collect),
+                  'load_average': os.getloadavg()[0]}
         runs.append(result)
         print(f"{row:<15s} {setting:<7s} seed {seed}: accuracy "
               f"{result['final_test_accuracy']:.4f} (meta-selected "
