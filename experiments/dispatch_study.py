@@ -195,7 +195,7 @@ def plot(path: str, payload: dict) -> None:
     ax.set(xlabel='ms per iteration', ylabel='final clean test accuracy (%)',
            title=SETTINGS[setting][2])
     ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7)
+  fig.legend(*axes[0, 0].get_legend_handles_labels(), loc='lower center', ncol=3, fontsize=8)
   ax = axes[0, -1]
   rows = [r for r in table if r != 'exact']
   bottom = np.zeros(len(rows))
@@ -207,12 +207,11 @@ def plot(path: str, payload: dict) -> None:
         for c in table[r].values()) for r in rows])
     ax.bar(range(len(rows)), heights, bottom=bottom, label=f'scope {level}')
     bottom += heights
-  ax.set_xticks(range(len(rows)), [ROWS[r][0] for r in rows], rotation=30, ha='right',
-                fontsize=7)
+  ax.set_xticks(range(len(rows)), rows, rotation=30, ha='right', fontsize=8)
   ax.set(ylabel='fraction of meta iterations', title='scope programs run (0: smallest)')
   ax.legend(fontsize=7)
   common.save_figure(fig, path, f"FaMUS over every layer, Fashion-MNIST ({payload['mode']} "
-                     f"mode), seeds {payload['seeds']}")
+                     f"mode), seeds {payload['seeds']}", rect=(0, 0.14, 1, 1))
 
 
 def _parse(argv):
