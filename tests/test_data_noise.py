@@ -1,4 +1,4 @@
-"""Label noise, long tail, meta split and config validation (issue #5)."""
+"""Label noise, long tail, meta split and config validation."""
 
 import numpy as np
 import pytest
