@@ -58,7 +58,8 @@ def get_config():
   c.meta.lambda2 = 0.1  # L_g: the paper's full FaMUS
   c.meta.delta = 0.1  # supplement §E; official FaMUS code go_lr 0.1
   # FaMUS over every layer (the paper's candidates) on run-time scopes cut at
-  # block boundaries (meta.prune_levels=0, meta.dispatch='host': the defaults).
+  # block boundaries (meta.prune_levels=0, meta.dispatch='ahead': the defaults;
+  # Algorithm 1's gates of the current iteration: meta.dispatch='host').
   # Ours: L_r gains a one-sided price per layer, the marginal meta work of
   # extending the scope down to it, so the gates reach low layers only where it
   # pays (README "FaMUS at run time"); the paper's L_r: meta.rate_cost='count'.

@@ -53,7 +53,8 @@ def get_config():
   c.meta.lr = 1e-3
   c.meta.weight_decay = 1e-4
   # FaMUS over every layer (the paper's candidates) on run-time scopes cut at
-  # block boundaries (meta.prune_levels=0, meta.dispatch='host': the defaults).
+  # block boundaries (meta.prune_levels=0, meta.dispatch='ahead': the defaults;
+  # Algorithm 1's gates of the current iteration: meta.dispatch='host').
   # Ours: L_r gains a one-sided price per layer, the marginal meta work of
   # extending the scope down to it, so the gates reach low layers only where it
   # pays (README "FaMUS at run time"); the paper's L_r: meta.rate_cost='count'.

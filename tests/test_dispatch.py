@@ -218,10 +218,9 @@ def own_eta(stacked, i, dim):
 
 
 def test_faithful_gates_are_algorithm_1s_bit_for_bit():
-  """'host' (the default): the gates of an iteration are Γ(standardised pooled
+  """'host' (Algorithm 1's gates, `meta.dispatch='host'`): the gates of an iteration are Γ(standardised pooled
   Virtual-Train gradient of THIS iteration; η) + Gumbel noise of the
   iteration's sampler key, exactly (Algorithm 1, Eq. 8), written out here."""
-  assert famus.DEFAULT_DISPATCH == 'host'
   d, setup = dispatcher('host', 'famus')
   sampler = setup.sampler
   model, _, _, train, _ = problem()
@@ -398,7 +397,7 @@ def test_dispatch_and_gate_grad_names_are_checked():
   with pytest.raises(ValueError, match='meta.gate_grad'):
     sampler_for(gate_grad='some')
   config = config_lib.base_config()
-  assert config.meta.dispatch == famus.DEFAULT_DISPATCH == 'host'
+  assert config.meta.dispatch == famus.DEFAULT_DISPATCH == 'ahead'
   config.meta.dispatch = 'threads'
   with pytest.raises(config_lib.ConfigError, match='meta.dispatch'):
     config_lib.validate_config(config)
