@@ -7,9 +7,8 @@
 A finished run also ranks its training labels by how likely each is wrong
 (`label_issues.csv`; `python -m famus_jax.inspect --workdir=...` shows them).
 
-Configs with an enabled `alg2` section (configs/*_alg2.py) run Algorithm 2
-(`famus_jax.alg2.train_and_evaluate`), all others the standard loop
-(`famus_jax.train.train_and_evaluate`). Any config field can be overridden
+`config.algorithm` picks the training algorithm (`famus_jax.train.ALGORITHMS`:
+'standard', or 'alg2' in configs/*_alg2.py). Any config field can be overridden
 (`--config.meta.k=8`); `--config=FILE.py:PARAM` calls `get_config('PARAM')`.
 The same command on the same `--workdir` resumes from its latest checkpoint.
 Exit codes: 0 done; 1 with one line `famus_jax: error: ...` for what a user
@@ -25,7 +24,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from famus_jax.training import config_file
+from famus_jax import train
+from famus_jax.analysis import label_issues
+from famus_jax.data import DataFileError, DatasetMissingError
+from famus_jax.training import checkpoint, config, config_file, lock, logfile, writes
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/digits.py.', lock_config=True)
@@ -49,22 +51,12 @@ def parse_flags(argv):
 
 def main(argv):
   del argv  # `parse_flags` refused any extra argument
-  # Imported here so that `--help` and flag errors stay fast.
-  # pylint: disable=g-import-not-at-top
-  from famus_jax import train
-  from famus_jax.alg2 import config as alg2_config
-  from famus_jax.data import DataFileError, DatasetMissingError
-  from famus_jax.training import checkpoint, config, lock, logfile, writes
-  # pylint: enable=g-import-not-at-top
   logfile.set_console_levels(verbose=flags.FLAGS['verbosity'].present)
-  workdir, run = _WORKDIR.value, train.train_and_evaluate
-  if alg2_config.is_enabled(_CONFIG.value):  # Algorithm 2 (pseudo-clean co-training)
-    from famus_jax import alg2  # pylint: disable=g-import-not-at-top
-    run = alg2.train_and_evaluate
+  workdir = _WORKDIR.value
   checkpoints = os.path.join(os.path.abspath(workdir), 'checkpoints')
   try:
     lock.check_workdir(workdir)
-    summary = run(_CONFIG.value, workdir)
+    summary = train.train_and_evaluate(_CONFIG.value, workdir)
   except (config.ConfigError, DatasetMissingError, DataFileError, train.NonFiniteLossError,
           lock.WorkdirError, checkpoint.CheckpointError) as e:
     if isinstance(e, writes.WriteError) and e.checkpoints is None:
@@ -98,7 +90,6 @@ def done_lines(summary: dict, workdir: str) -> list[str]:
                f"summary in {workdir}/summary.json")
   issues = summary.get('label_issues')
   if issues:
-    from famus_jax.analysis import label_issues  # pylint: disable=g-import-not-at-top
     lines.append(f"famus_jax: {label_issues.describe(issues)}; ranked in "
                  f"{os.path.join(workdir, issues['file'])} (see them: python -m "
                  f"famus_jax.inspect --workdir={workdir})")

@@ -2,7 +2,7 @@
 
 The Alg. 2 schema (`alg2_schema()`) is the experiment schema
 (`famus_jax.training.config.base_config()`) plus an `alg2` sub-config;
-`config.alg2.enabled = True` selects `famus_jax.alg2.train_and_evaluate`. The
+`config.algorithm = 'alg2'` selects it (`famus_jax.train.ALGORITHMS`). The
 run length is in epochs (`optim.unit='epoch'`); `data.meta_per_class` must be
 0 (no clean meta set: the pseudo-clean sets replace it). `meta.method` /
 `meta.sampler` choose the meta step (MW-Net + FaMUS by default; `meta.method=ce`
@@ -60,7 +60,6 @@ def alg2_defaults() -> ml_collections.ConfigDict:
   """The `config.alg2` sub-config with its defaults (DivideMix's where the paper
   is silent: warm-up, λ_u, ramp-up 16 epochs, T 0.5, α 4, threshold 0.5)."""
   a = ml_collections.ConfigDict()
-  a.enabled = True
   a.warmup_epochs = 10  # cross-entropy on all data, both networks
   a.eval_every_epochs = 1  # test evaluation (0: only at the end)
   a.checkpoint_every_epochs = 1  # (0: only at the end)
@@ -93,6 +92,7 @@ def alg2_defaults() -> ml_collections.ConfigDict:
 def alg2_schema() -> ml_collections.ConfigDict:
   """Every field of an Alg. 2 config with its default: `base_config()` + `alg2`."""
   c = config_lib.base_config()
+  c.algorithm = 'alg2'
   c.alg2 = alg2_defaults()
   return c
 
@@ -102,6 +102,7 @@ def with_alg2(config: ml_collections.ConfigDict, **alg2_overrides
   """`config` switched to the Alg. 2 path: adds `alg2`, no clean meta set, and
   the fields Algorithm 2 does not read (`IGNORED`) back at their defaults."""
   c = copy.deepcopy(config)
+  c.algorithm = 'alg2'
   with c.unlocked():
     c.alg2 = alg2_defaults()
   c.data.meta_per_class = 0
@@ -133,11 +134,6 @@ def load_sibling(name: str, relative_to: str):
   return config_lib.load_config(name, relative_to=relative_to)
 
 
-def is_enabled(config) -> bool:
-  """True when `config` selects the Alg. 2 path (`config.alg2.enabled`)."""
-  return 'alg2' in config and bool(config.alg2.get('enabled', False))
-
-
 def validate(config) -> None:
   """The Alg. 2 schema's checks; raises `ConfigError` (one line)."""
   if 'alg2' not in config:
@@ -153,14 +149,13 @@ def validate(config) -> None:
                         f'Algorithm 2 ({instead}); leave it at {_get(base, dotted)!r}')
   if config.data.meta_per_class != 0:
     raise ConfigError(f'config.data.meta_per_class={config.data.meta_per_class!r}: '
-                      'must be 0 with alg2.enabled (the pseudo-clean sets are the meta '
+                      'must be 0 with algorithm=\'alg2\' (the pseudo-clean sets are the meta '
                       'sets; Algorithm 2 uses no clean labels)')
   if config.optim.unit != 'epoch' or float(config.optim.num_epochs) != int(
       config.optim.num_epochs):
     raise ConfigError(f'config.optim.unit={config.optim.unit!r}: Algorithm 2 runs whole '
                       "epochs; must be 'epoch' with an integer optim.num_epochs")
   a = config.alg2
-  config_lib.boolean(config, 'alg2.enabled')
   config_lib.number(config, 'alg2.warmup_epochs', 0, integer=True)
   if a.warmup_epochs >= config.optim.num_epochs:
     raise ConfigError(f'config.alg2.warmup_epochs={a.warmup_epochs}: must be < '

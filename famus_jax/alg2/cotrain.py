@@ -1,7 +1,8 @@
-"""Algorithm 2 (supplement): FaMUS with pseudo-clean validation sets, co-trained.
+"""Algorithm 2 (supplement) as the trainer's algorithm `config.algorithm='alg2'`:
+FaMUS with pseudo-clean validation sets, two networks co-trained.
 
-Per epoch e (after `alg2.warmup_epochs` epochs of plain cross-entropy on all
-data for both networks):
+Per epoch e (one block of the trainer; after `alg2.warmup_epochs` epochs of
+plain cross-entropy on all data for both networks):
 
 1. each network k in {net1, net2} scores every training example (eval mode,
    observed labels), and its GMM splits the training set into a pseudo-clean
@@ -19,187 +20,212 @@ data for both networks):
 The pseudo-clean sets change every epoch; the batches drawn from them have
 fixed shapes (`famus_jax.alg2.sampling`), so nothing recompiles. Test accuracy
 is reported for each network and for their ensemble (mean softmax), the
-headline number as in DivideMix. The epoch's pieces are in
-`famus_jax.alg2.epoch`; the workdir, device mesh, checkpoints, signals and
-checks are the harness's (`famus_jax.training.run`).
+headline number as in DivideMix.
 
-Files in the workdir: `config.json`, `alg2_epochs.jsonl` (one row per epoch,
-see `famus_jax.alg2.analysis`), `gmm_precision_recall.png`, `checkpoints/`
-(both networks, every `alg2.checkpoint_every_epochs`; re-running the command
-resumes at the last saved epoch), `noisy_labels.npz` / `noise_report.json`
-(the data module's), and at the end `summary.json` and `label_issues.csv`
-(the training labels ranked by how likely each is wrong, with both networks'
-GMM clean probabilities in the score: `famus_jax.analysis`, hooked in through
-`CoTrainer.label_tracking`). SIGTERM / Ctrl-C stops
-at the next iteration (`Preempted`, exit 143 from main): the epoch in progress
-is dropped and the re-run resumes exactly from the last saved epoch.
+Files in the workdir besides the trainer's: `alg2_epochs.jsonl` (one row per
+epoch, see `famus_jax.alg2.analysis`) and `gmm_precision_recall.png`;
+checkpoints every `alg2.checkpoint_every_epochs` epochs hold both networks and
+their SSL momentum. SIGTERM / Ctrl-C stops at the next iteration: the epoch in
+progress is dropped and the re-run resumes exactly from the last saved epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import time
-from typing import Any
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from famus_jax.alg2 import analysis
 from famus_jax.alg2 import config as alg2_config
-from famus_jax.alg2.epoch import (NETS, CoTrainer, EpochPlan, Network,  # pylint: disable=unused-import
-                                  StopRequested, plan_cotraining, plan_epoch)
-from famus_jax.training.run import Preempted, Run
+from famus_jax.alg2 import epoch as epoch_lib
+from famus_jax.alg2 import ssl as ssl_lib
+from famus_jax.alg2 import steps as steps_lib
+from famus_jax.alg2.epoch import NETS
+from famus_jax.training.algorithm import Algorithm, Cadence, SizeLimit
 
 log = logging.getLogger('famus_jax.alg2')
-# Fields that may change when a run resumes (evaluation and checkpoint cadence).
-RESUMABLE = ('alg2.eval_every_epochs', 'alg2.checkpoint_every_epochs')
+# Per-network training-row fields left out of the epoch rows (timing is per epoch).
+_TIMING = ('step', 'step_time_s', 'steps_per_s', 'compiled', 'net')
 
 
-def _snapshot(nets: dict) -> dict:
-  return {n: {'state': nets[n].state, 'ssl': nets[n].ssl_opt} for n in NETS}
+class CoTraining(Algorithm):
+  """Algorithm 2: two networks, each trained against the other's GMM split."""
 
+  members = NETS
+  # Fields that may change when a run resumes (evaluation and checkpoint cadence).
+  resumable = ('alg2.eval_every_epochs', 'alg2.checkpoint_every_epochs')
+  clean_probabilities = True
 
-def _restore(run: Run, ct: CoTrainer, nets: dict) -> int:
-  """Replaces the fresh networks by the latest checkpoint's; the start epoch."""
-  restored, extra, data_state, epoch = run.ckpt.restore_with_extra(
-      _snapshot(nets), ct.label_tracking.checkpoint_extra())
-  if restored is None:
-    return 0
-  for name in NETS:
-    nets[name] = Network(restored[name]['state'], restored[name]['ssl'])
-  ct.label_tracking.restore(extra, epoch)
-  ct.train_it.set_state(data_state['train'])
-  log.info('resumed Alg. 2 at epoch %d from %s', epoch, run.ckpt.directory)
-  return epoch
+  validate = staticmethod(alg2_config.validate)
 
+  def size_limits(self, splits) -> list[SizeLimit]:
+    d, a, n = self.config.data, self.config.alg2, len(splits.train)
+    train = 'the training split'
+    return [SizeLimit('data.batch_size', d.batch_size, n, train),
+            SizeLimit('data.meta_batch_size', d.meta_batch_size, n, train),
+            SizeLimit('alg2.ssl.batch_size', a.ssl.batch_size or d.batch_size, n, train),
+            SizeLimit('alg2.gmm.pool', a.gmm.pool, n, train, ' (0 = all)')]
 
-def _plans(ct: CoTrainer, nets: dict, epoch: int, row: dict):
-  """GMM splits of both networks (reported in `row`); the plans, or None while
-  warming up."""
-  a = ct.config.alg2
-  warm = epoch < int(a.warmup_epochs)
-  if warm and not a.gmm.during_warmup:
-    return None
-  pool = ct.pool(epoch)
-  splits = {}
-  for i, name in enumerate(NETS):
-    splits[name], report = ct.split(nets[name], pool, ct.seed * 1000 + 2 * epoch + i)
-    ct.label_tracking.set_gmm(name, pool, splits[name].prob)
-    row.setdefault(name, {})['gmm'] = report
+  def warmup_steps(self, steps_per_epoch: int) -> int:
+    return int(self.config.alg2.warmup_epochs) * steps_per_epoch
+
+  def cadence(self, trainer) -> Cadence:
+    a, epoch = self.config.alg2, trainer.steps_per_epoch
+    return Cadence(block=epoch, log=epoch, eval=int(a.eval_every_epochs) * epoch,
+                   checkpoint=int(a.checkpoint_every_epochs) * epoch)
+
+  # -- set-up ------------------------------------------------------------------------
+
+  def attach(self, trainer) -> list:
+    a, d = self.config.alg2, self.config.data
+    self.source = trainer.splits.train
+    self.labels = np.asarray(self.source.labels)
+    self.true_labels = np.asarray(self.source.true_labels)
+    self.ssl = epoch_lib.ssl_setup(self.config, trainer.num_classes)
+    ssl_batch = int(a.ssl.batch_size) or int(d.batch_size)
+    self.ssl_batch = ssl_batch if a.ssl.enabled else None
+    self.meta_batch = int(d.meta_batch_size) if trainer.parts.uses_meta_set else None
+    self.min_clean = int(a.min_set_size) or max(self.ssl_batch or 1, self.meta_batch or 1)
+    self.min_noisy = int(a.min_set_size) or ssl_batch
+    self.ssl_augment = d.augment if a.ssl.augment == 'data' else a.ssl.augment
+    self._programs = steps_lib.jit_steps(trainer.parts.setup, self.ssl)
+    self.plans = self.streams = self.epoch_log = None
+    return []
+
+  @property
+  def programs(self) -> dict:
+    return self._programs
+
+  def init_states(self, trainer) -> dict:
+    key = jax.random.PRNGKey(int(self.config.seed))
+    states = {name: trainer.run.replicate(trainer.parts.init_state(jax.random.fold_in(key, i)))
+              for i, name in enumerate(NETS)}
+    self.ssl_opt = {name: self.ssl.optimizer().init(states[name].params) for name in NETS}
+    return states
+
+  def extra_state(self) -> dict:
+    return {'ssl': self.ssl_opt}
+
+  def load_extra_state(self, tree: dict) -> None:
+    self.ssl_opt = dict(tree['ssl'])
+
+  def on_start(self, trainer) -> None:
+    start_epoch = trainer.start // trainer.steps_per_epoch
+    self.epoch_log = trainer.run.out.writer(
+        lambda: analysis.EpochLog(trainer.run.workdir, start_epoch or None))
+
+  # -- an epoch ------------------------------------------------------------------------
+
+  def begin_block(self, trainer, step: int) -> None:
+    """The epoch's GMM splits (reported in its row) and plans (None while
+    warming up)."""
+    epoch = step // trainer.steps_per_epoch
+    warm = epoch < int(self.config.alg2.warmup_epochs)
+    self.t0 = time.perf_counter()
+    self.row: dict[str, Any] = {'epoch': epoch, 'phase': 'warmup' if warm else 'cotrain'}
+    self.plans = None
+    if warm and not self.config.alg2.gmm.during_warmup:
+      return
+    pool = epoch_lib.pool(int(self.config.seed), epoch, int(self.config.alg2.gmm.pool),
+                          len(self.source))
+    splits = {name: self._split(trainer, name, pool, epoch, i)
+              for i, name in enumerate(NETS)}
+    if not warm:
+      self.plans = epoch_lib.plan_cotraining(splits, pool, len(self.source),
+                                             min_clean=self.min_clean,
+                                             min_noisy=self.min_noisy)
+
+  def _split(self, trainer, name: str, pool: np.ndarray, epoch: int, i: int):
+    source = self.source if pool.size == len(self.source) else self.source.subset(pool)
+    losses = epoch_lib.example_losses(self._programs['losses'], trainer.states[name],
+                                      source, int(self.config.data.eval_batch_size),
+                                      self.config.data)
+    split, report = epoch_lib.split_report(
+        losses, self.labels[pool], self.true_labels[pool], self.config.alg2.gmm,
+        int(self.config.seed) * 1000 + 2 * epoch + i)
+    for hook in trainer.hooks:
+      hook.on_clean_probability(name, pool, split.prob)
+    self.row.setdefault(name, {})['gmm'] = report
     if report['warning']:
       log.warning('epoch %d, %s: GMM split degenerate: %s', epoch, name, report['warning'])
-  if warm:
-    return None
-  return plan_cotraining(splits, pool, ct.num_train, min_clean=ct.min_clean,
-                         min_noisy=ct.min_noisy)
+    return split
 
-
-def run_epoch(ct: CoTrainer, nets: dict, epoch: int) -> dict:
-  """One epoch of both networks; its row for `alg2_epochs.jsonl` (no eval)."""
-  warm = epoch < int(ct.config.alg2.warmup_epochs)
-  row: dict[str, Any] = {'epoch': epoch, 'phase': 'warmup' if warm else 'cotrain'}
-  plans = _plans(ct, nets, epoch, row)
-  for name in NETS:
-    plan = None if plans is None else plans[name]
-    entry = row.setdefault(name, {})
-    entry['train'] = ct.train_epoch(nets, name, epoch, plan)
+  @contextlib.contextmanager
+  def sources(self, trainer, member: str, step: int):
+    """`member`'s epoch: validation batches from its plan (the other network's
+    pseudo-clean set), and the SSL batches for `after_iteration`."""
+    plan = None if self.plans is None else self.plans[member]
     if plan is not None:
-      entry['trained_on'] = {
+      self.row.setdefault(member, {})['trained_on'] = {
           'meta_set_from': plan.source, 'meta_set_size': int(plan.meta.size),
           'unlabeled_size': int(plan.unlabeled.size), 'fallback': plan.fallback}
-  row['iterations'] = int(nets['net1'].state.step)
-  return row
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs Algorithm 2 as `config` says, in `workdir`; returns the summary.
-
-  Raises:
-    ConfigError: a bad config value (one line naming the field).
-    famus_jax.data.DatasetMissingError: the data set is not where the config says.
-    NonFiniteLossError: the loss or the parameters became NaN/Inf.
-    Preempted: SIGTERM/SIGINT; the last finished epoch's checkpoint is kept.
-  """
-  alg2_config.validate(config)
-  a = config.alg2
-  with Run(config, workdir, resumable=RESUMABLE) as run:
-    ct = CoTrainer(run)
-    run.write_config()
-    nets = ct.init_networks()
-    start = saved = _restore(run, ct, nets)
-    epoch_log = run.writer(lambda: analysis.EpochLog(run.workdir, start or None))
-    pbar = run.progress(ct.num_epochs, start, 'alg2')
-    title = (f'{config.data.name}: Alg. 2 ('
-             + ct.strategy.describe(config.meta).replace('+', ' + ')
-             + (', SSL' if ct.ssl_on else '') + ')')
-    first_epoch_s = last_eval = None
-    due = lambda every, done: every and done % every == 0
+    self.streams = epoch_lib.EpochStreams(
+        self.source, self.config.data, seed=int(self.config.seed),
+        epoch=step // trainer.steps_per_epoch, net_index=NETS.index(member),
+        ssl_augment=self.ssl_augment).open(plan, meta_batch=self.meta_batch,
+                                           ssl_batch=self.ssl_batch)
     try:
-      for epoch in range(start, ct.num_epochs):
-        t0 = time.perf_counter()
-        row = run_epoch(ct, nets, epoch)
-        first_epoch_s = first_epoch_s or (time.perf_counter() - t0)
-        done, last = epoch + 1, epoch + 1 == ct.num_epochs
-        if last or due(int(a.eval_every_epochs), done):
-          last_eval = ct.eval_row(nets)
-          row.update(last_eval)
-        row['epoch_time_s'] = time.perf_counter() - t0
-        row['compiled'] = run.check_compiled_once(ct.programs)
-        _write_row(run, epoch_log, row, title)
-        if last or due(int(a.checkpoint_every_epochs), done) or run.stop_requested:
-          run.ckpt.save(done, _snapshot(nets), {'train': ct.train_it.get_state(),
-                                                'epoch': done},
-                        extra=ct.label_tracking.checkpoint_extra())
-          saved = done
-        if pbar is not None:
-          _progress(pbar, row)
-        if run.stop_requested is not None and not last:
-          raise StopRequested()
-    except StopRequested:  # the epoch in progress is dropped; re-run redoes it
-      raise Preempted(saved * ct.steps_per_epoch, run.stop_requested) from None
-  return _summarize(run, ct, nets, start, last_eval, first_epoch_s)
+      yield self.streams.validation_batches()
+    finally:
+      self.streams.close()
+      self.streams = None
 
+  def after_iteration(self, trainer, member: str, step: int, host: dict,
+                      metrics: dict) -> Optional[dict]:
+    """The semi-supervised step after the supervised one (co-training epochs)."""
+    if self.streams is None or self.streams.labeled is None:
+      return None
+    lab, unl = next(self.streams.labeled), next(self.streams.unlabeled)
+    a, steps = self.config.alg2, trainer.steps_per_epoch
+    epoch_fraction = step // steps + (step % steps) / steps
+    lam = float(a.ssl.lambda_u) * ssl_lib.linear_rampup(
+        epoch_fraction, float(a.warmup_epochs), float(a.ssl.rampup_epochs))
+    other = trainer.states[epoch_lib.OTHER[member]]
+    trainer.states[member], self.ssl_opt[member], out = self._programs['ssl'](
+        trainer.states[member], self.ssl_opt[member], other.params, other.batch_stats,
+        {k: lab[k] for k in ('image', 'image2', 'label', 'prob')},
+        {k: unl[k] for k in ('image', 'image2', 'true_label')}, jnp.float32(lam))
+    return out
 
+  def end_block(self, trainer, done: int, rows: Optional[dict],
+                evaluation: Optional[dict]) -> None:
+    """The epoch's row in `alg2_epochs.jsonl` and the precision/recall plot."""
+    row = self.row
+    for name in NETS:
+      row.setdefault(name, {})['train'] = {k: v for k, v in (rows or {})[name].items()
+                                           if k not in _TIMING}
+    row['iterations'] = int(trainer.states[NETS[0]].step)
+    row.update(evaluation or {})
+    row['epoch_time_s'] = time.perf_counter() - self.t0
+    row['compiled'] = rows[NETS[0]]['compiled']
+    if self.epoch_log is not None:
+      self.epoch_log.write(row)
+      analysis.plot_precision_recall(trainer.run.dir.file(analysis.PLOT_FILE),
+                                     self.epoch_log.rows, self.describe(trainer))
 
-def _write_row(run: Run, epoch_log, row: dict, title: str) -> None:
-  """The epoch's row and the precision/recall plot (process 0)."""
-  if epoch_log is not None:
-    epoch_log.write(row)
-    analysis.plot_precision_recall(os.path.join(run.workdir, analysis.PLOT_FILE),
-                                   epoch_log.rows, title)
+  # -- evaluation, summary -------------------------------------------------------------
 
+  def eval_args(self, trainer) -> tuple:
+    s1, s2 = (trainer.states[n] for n in NETS)
+    return s1.params, s1.batch_stats, s2.params, s2.batch_stats
 
-def _progress(pbar, row: dict) -> None:
-  post = {k: f'{v:.3f}' for k, v in (
-      ('acc', row.get('test_accuracy')),
-      ('prec', (row.get('net1') or {}).get('gmm', {}).get('precision')))
-          if isinstance(v, float)}
-  pbar.set_postfix(post, refresh=False)
-  pbar.update(1)
+  def summary(self, trainer) -> dict:
+    rows = analysis.EpochLog.read(trainer.run.workdir)
+    a = self.config.alg2
+    return {
+        'ssl': bool(a.ssl.enabled), 'epochs': int(self.config.optim.num_epochs),
+        'warmup_epochs': int(a.warmup_epochs),
+        'gmm': [{'epoch': h['epoch'],
+                 **{n: {k: h[n].get(k) for k in ('precision', 'recall', 'num_selected',
+                                                'clean_fraction', 'auc')}
+                    for n in NETS if n in h}} for h in analysis.gmm_history(rows)]}
 
-
-def _summarize(run: Run, ct: CoTrainer, nets: dict, start: int, last_eval, first_epoch_s
-               ) -> dict:
-  config = ct.config
-  rows = analysis.EpochLog.read(run.workdir)
-  if last_eval is None:  # a re-run of a finished run
-    last_eval = next((r for r in reversed(rows) if 'test_accuracy' in r), {})
-  accs = [r['test_accuracy'] for r in rows if 'test_accuracy' in r]
-  summary = {
-      'status': 'completed', 'algorithm': 'alg2', 'method': config.meta.method,
-      'sampler': config.meta.sampler if ct.strategy.uses_meta_set else None,
-      'ssl': ct.ssl_on, 'epochs': ct.num_epochs,
-      'warmup_epochs': int(config.alg2.warmup_epochs),
-      'steps_per_epoch': ct.steps_per_epoch, 'step': int(nets['net1'].state.step),
-      'num_steps': ct.num_epochs * ct.steps_per_epoch,
-      'final': last_eval, 'final_test_accuracy': last_eval.get('test_accuracy'),
-      'best_test_accuracy': max(accs) if accs else last_eval.get('test_accuracy'),
-      'gmm': [{'epoch': h['epoch'],
-               **{n: {k: h[n].get(k) for k in ('precision', 'recall', 'num_selected',
-                                              'clean_fraction', 'auc')}
-                  for n in NETS if n in h}} for h in analysis.gmm_history(rows)],
-      'resumed_from': start or None, 'first_epoch_s': first_epoch_s,
-      'compiled': run.check_compiled_once(ct.programs),
-      'label_issues': ct.label_tracking.report(run.workdir),
-      **run.common_summary(ct.splits.info),
-  }
-  run.write_summary(summary)
-  return summary
+  def describe(self, trainer) -> str:
+    return (f'{self.config.data.name}: Alg. 2 ('
+            + trainer.strategy.describe(self.config.meta).replace('+', ' + ')
+            + (', SSL' if self.config.alg2.ssl.enabled else '') + ')')

@@ -1,13 +1,14 @@
-"""Label tracking as a plug-in of a training loop, in four hooks:
+"""Label tracking as a plug-in (`Hook`) of the trainer:
 
-    tracking = LabelTracking(run, splits.train, config)      # init
-    tracking.after_iteration(host_batch, metrics)            # each iteration
-    run.ckpt.save(step, state, data, extra=tracking.checkpoint_extra())
-    tracking.restore(extra)                                  # after a restore
-    summary['label_issues'] = tracking.report(run.workdir)   # end of the run
+    tracking = LabelTracking(run, splits.train, config)   # with the trainer
+    after_iteration      the per-example record takes the iteration's losses,
+                         weights and predictions
+    on_clean_probability Algorithm 2's GMM clean probabilities of a network
+    checkpoint_extra     the record, saved with every checkpoint
+    restore              ... and read back on resume
+    summary              `label_issues.csv` and the summary's 'label_issues'
 
-The loop adds `tracking.programs` to the programs it checks for compile-once.
-Algorithm 2 also calls `tracking.set_gmm(net, pool, prob)` after each split.
+Its `programs` are checked for compile-once with the trainer's.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 
 from famus_jax.analysis import label_issues as issues_lib
 from famus_jax.analysis import record as record_lib
+from famus_jax.training.hooks import Hook
 
 log = logging.getLogger('famus_jax.labels')
 
 
-class LabelTracking:
+class LabelTracking(Hook):
   """The per-example record of a run and the label-issue report made from it."""
 
   def __init__(self, run, train_source, config, *, gmm: bool = False):
@@ -40,14 +42,17 @@ class LabelTracking:
   def programs(self) -> dict:
     return self.record.programs
 
-  def after_iteration(self, host_batch: dict, metrics: dict) -> None:
-    """`host_batch` the iteration's training batch (with 'index'), `metrics` the
+  def after_iteration(self, trainer, member: str, step: int, host: dict,
+                      metrics: dict) -> None:
+    """`host` the iteration's training batch (with 'index'), `metrics` the
     step's device metrics."""
-    batch = self.run.device_batch(host_batch, ('index', 'label'))
+    del trainer, member, step
+    batch = self.run.device_batch(host, ('index', 'label'))
     self.record.update(batch['index'], batch['label'], metrics)
 
-  def set_gmm(self, net: str, pool: np.ndarray, prob: np.ndarray) -> None:
-    self.record.set_gmm(net, pool, prob)
+  def on_clean_probability(self, member: str, indices: np.ndarray,
+                           prob: np.ndarray) -> None:
+    self.record.set_gmm(member, indices, prob)
 
   def checkpoint_extra(self) -> dict:
     return {record_lib.CHECKPOINT_ITEM: self.record.state}
@@ -62,12 +67,12 @@ class LabelTracking:
       return
     self.record.restore(state)
 
-  def report(self, workdir: str) -> dict:
+  def summary(self, trainer) -> dict:
     """Writes `label_issues.csv` (process 0); the summary entry (the score's
     definition and, with known true labels, its detection metrics)."""
+    del trainer
     table = issues_lib.rank_label_issues(self.record.host(), self.given, self.true,
                                          method=self.method)
     if self.run.is_main:
-      issues_lib.write_csv(os.path.join(workdir, issues_lib.CSV_FILE), table)
-    entry = issues_lib.summary_entry(table)
-    return entry
+      issues_lib.write_csv(os.path.join(self.run.workdir, issues_lib.CSV_FILE), table)
+    return {'label_issues': issues_lib.summary_entry(table)}

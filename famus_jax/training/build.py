@@ -1,24 +1,114 @@
-"""The pieces of a run built from its config: model, layer sampler and scope,
-`StepSetup`, method strategy. Shared by the standard loop and Alg. 2."""
+"""The one builder from config: every piece of a run that the config decides.
+
+    parts = build(config, num_classes=10, image_shape=(8, 8, 1), steps_per_epoch=19)
+    parts.setup                              # the core's static `StepSetup`
+    strategy = parts.strategy(mesh)          # the method's compiled programs
+    state = parts.init_state(jax.random.PRNGKey(0))
+
+`build` reads `config.model`, `config.optim` and `config.meta` (validated
+before, once, by `famus_jax.training.config.validate_config`): the base
+network, its parameters as shapes, the candidate layers and from them the
+layer sampler and static meta scope, the learning-rate schedule, the
+optimizers and the method's meta model. The trainer
+(`famus_jax.training.trainer`), the experiments and the tests build their
+steps here; `model=` replaces the registry's network (tests with tiny models).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Optional
+from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from famus_jax import core
+from famus_jax import famus
 from famus_jax import models as models_lib
 from famus_jax.models import weights as weights_lib
+from famus_jax.training import schedules
 from famus_jax.training import strategies as strategies_lib
 from famus_jax.training.config import ConfigError
 
 log = logging.getLogger('famus_jax.build')
 
 
-def build_model(config, num_classes: int):
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What `build` makes of a config.
+
+  Attributes:
+    config: the config it was built from.
+    model: the base network (Flax module).
+    sample_images: (1, *image_shape) zeros, for shapes.
+    num_classes: C.
+    sampler: the layer sampler of `meta.sampler` (None: exact or block).
+    scope: the static meta scope (None: every leaf).
+    setup: the core's `StepSetup`.
+    strategy_class: the method's strategy (`STRATEGIES[meta.method]`).
+    initial_arrays: the arrays of `model.init_from` (None without one).
+  """
+  config: Any
+  model: nn.Module
+  sample_images: jax.Array
+  num_classes: int
+  sampler: Any
+  scope: Optional[frozenset]
+  setup: core.StepSetup
+  strategy_class: type
+  initial_arrays: Optional[dict] = None
+
+  @property
+  def uses_meta_set(self) -> bool:
+    """Whether the method has a meta step (draws validation batches)."""
+    return self.strategy_class.uses_meta_set
+
+  @property
+  def layer_names(self) -> Optional[list[str]]:
+    """The sampler's layers in forward order (None without a sampler)."""
+    return None if self.sampler is None else [layer.name for layer in self.sampler.layers]
+
+  def strategy(self, mesh, warmup_steps: int = 0):
+    """The method's strategy: its programs jitted for `mesh` (the meta
+    iteration through the sampler's dispatcher)."""
+    return self.strategy_class(self.setup, mesh, interval=int(self.config.meta.interval),
+                               warmup_steps=warmup_steps)
+
+  def new_state(self, rng: jax.Array) -> core.TrainState:
+    """A freshly initialised train state (jit-compatible)."""
+    return core.create_train_state(rng, self.model, self.sample_images, self.num_classes,
+                                   self.setup)
+
+  def with_initial_weights(self, state: core.TrainState) -> core.TrainState:
+    """`state` whose base network is `model.init_from`'s (unchanged without one)."""
+    return with_initial_weights(self.config, state, self.initial_arrays)
+
+  def init_state(self, rng: jax.Array) -> core.TrainState:
+    """A fresh train state, its base network from `model.init_from` if set."""
+    return self.with_initial_weights(self.new_state(rng))
+
+
+def build(config, *, num_classes: int, image_shape, steps_per_epoch: int = 1,
+          model: Optional[nn.Module] = None) -> Parts:
+  """The `Parts` of `config` for data of `num_classes` classes and images of
+  `image_shape`; a value the model or the data cannot take raises
+  `ConfigError` (one line naming the field)."""
+  model = model if model is not None else build_model(config, num_classes)
+  sample = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params = abstract_params(config, model, sample)
+  cls = strategies_lib.get_strategy_class(config.meta.method)
+  sampler, scope = (meta_path(config, model, params, sample) if cls.uses_meta_set
+                    else (None, None))
+  lr_schedule = schedules.make_lr_schedule(config.optim, steps_per_epoch)
+  setup = step_setup(config, model, lr_schedule, sampler, scope)
+  return Parts(config=config, model=model, sample_images=sample, num_classes=num_classes,
+               sampler=sampler, scope=scope, setup=setup, strategy_class=cls,
+               initial_arrays=initial_weights(config, model, sample))
+
+
+def build_model(config, num_classes: int) -> nn.Module:
   """The base network of `config.model`; bad kwargs raise `ConfigError`."""
   try:
     return models_lib.get_model(config.model.name, num_classes=num_classes,
@@ -26,6 +116,54 @@ def build_model(config, num_classes: int):
   except (TypeError, ValueError) as e:
     raise ConfigError(f'config.model (name={config.model.name!r}, '
                       f'kwargs={config.model.kwargs.to_dict()}): {e}') from None
+
+
+def _init(model, sample_images):
+  return model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+                    sample_images, train=False)
+
+
+def abstract_params(config, model, sample_images):
+  """The model's parameters as shapes (nothing runs or compiles); a model that
+  cannot take the data's images raises `ConfigError`."""
+  try:
+    return jax.eval_shape(lambda: _init(model, sample_images))['params']
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConfigError(f'config.model.name={config.model.name!r} cannot take the images of '
+                      f'config.data.name={config.data.name!r} (shape '
+                      f'{tuple(sample_images.shape[1:])}): {reason}') from None
+
+
+def _field_error(e: Exception) -> ConfigError:
+  msg = str(e)
+  return ConfigError(msg if msg.startswith('config.') else
+                     ('config.' + msg if msg.startswith('meta.') else msg))
+
+
+def meta_path(config, model, params, sample_images) -> tuple[Any, Optional[frozenset]]:
+  """(layer sampler or None, static meta scope or None) of `config.meta`."""
+  try:
+    scope = famus.static_scope(config.meta, model, params, sample_images)
+    sampler = famus.build_sampler(config.meta, model, params, sample_images)
+  except ValueError as e:
+    raise _field_error(e) from None
+  for warning in (sampler.warnings() if sampler is not None else ()):
+    log.warning(warning)
+  return sampler, scope
+
+
+def step_setup(config, model, lr_schedule, sampler=None, scope=None) -> core.StepSetup:
+  """The static `StepSetup`: optimizers, the method's meta model, sampler, scope."""
+  o, m = config.optim, config.meta
+  tx = core.sgd_with_weight_decay(lr_schedule, momentum=o.momentum,
+                                  weight_decay=o.weight_decay, nesterov=o.nesterov)
+  meta_model = strategies_lib.get_strategy_class(m.method).meta_model(m)
+  meta_tx = core.make_meta_optimizer(m.optimizer, m.lr, m.weight_decay, m.momentum,
+                                     m.nesterov)
+  return core.StepSetup(apply_fn=model.apply, meta_model=meta_model, tx=tx,
+                        meta_tx=meta_tx, lr_schedule=lr_schedule, mode=m.mode,
+                        lookahead=m.lookahead, scope=scope, sampler=sampler)
 
 
 def _init_exclude(config) -> tuple[str, ...]:
@@ -38,9 +176,7 @@ def initial_weights(config, model, sample_images) -> Optional[dict]:
   path = config.model.init_from
   if not path:
     return None
-  abstract = jax.eval_shape(lambda: model.init(
-      {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
-      sample_images, train=False))
+  abstract = jax.eval_shape(lambda: _init(model, sample_images))
   try:
     arrays = weights_lib.read_weights(path)
     weights_lib.merge_weights(dict(abstract), arrays, source=path,
@@ -62,63 +198,3 @@ def with_initial_weights(config, state: core.TrainState, arrays: Optional[dict])
   as_jax = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)
   return state.replace(params=as_jax(merged['params']),
                        batch_stats=as_jax(merged.get('batch_stats', state.batch_stats)))
-
-
-def _field_error(e: Exception) -> ConfigError:
-  msg = str(e)
-  return ConfigError(msg if msg.startswith('config.') else
-                     ('config.' + msg if msg.startswith('meta.') else msg))
-
-
-def abstract_params(config, model, sample_images):
-  """The model's parameters as shapes (nothing runs or compiles); a model that
-  cannot take the data's images raises `ConfigError`."""
-  init = lambda: model.init({'params': jax.random.PRNGKey(0),
-                             'dropout': jax.random.PRNGKey(0)}, sample_images, train=False)
-  try:
-    return jax.eval_shape(init)['params']
-  except (TypeError, ValueError, ZeroDivisionError) as e:
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise ConfigError(f'config.model.name={config.model.name!r} cannot take the images of '
-                      f'config.data.name={config.data.name!r} (shape '
-                      f'{tuple(sample_images.shape[1:])}): {reason}') from None
-
-
-def build_sampler_and_scope(config, model, sample_images):
-  """FaMUS sampler (or None) and static meta scope (or None), validated.
-
-  Both None for a method without a meta step (its `meta.sampler` is ignored).
-  A model that cannot take the data's images raises `ConfigError`.
-  """
-  params = abstract_params(config, model, sample_images)
-  if not strategies_lib.get_strategy_class(config.meta.method).uses_meta_set:
-    return None, None
-  from famus_jax import famus  # pylint: disable=g-import-not-at-top
-  try:
-    scope = famus.static_scope(config.meta, model, params, sample_images)
-    sampler = famus.build_sampler(config.meta, model, params, sample_images)
-  except ValueError as e:
-    raise _field_error(e) from None
-  for warning in (sampler.warnings() if sampler is not None else ()):
-    log.warning(warning)
-  return sampler, scope
-
-
-def build_setup(config, model, lr_schedule, sampler=None, scope=None) -> core.StepSetup:
-  """The static `StepSetup`: optimizers, the method's meta model, sampler, scope."""
-  o, m = config.optim, config.meta
-  tx = core.sgd_with_weight_decay(lr_schedule, momentum=o.momentum,
-                                  weight_decay=o.weight_decay, nesterov=o.nesterov)
-  meta_model = strategies_lib.get_strategy_class(m.method).meta_model(m)
-  meta_tx = core.make_meta_optimizer(m.optimizer, m.lr, m.weight_decay, m.momentum,
-                                     m.nesterov)
-  kwargs = {} if sampler is None else {'sampler': sampler}
-  return core.StepSetup(apply_fn=model.apply, meta_model=meta_model, tx=tx,
-                        meta_tx=meta_tx, lr_schedule=lr_schedule, mode=m.mode,
-                        lookahead=m.lookahead, scope=scope, **kwargs)
-
-
-def build_strategy(config, setup: core.StepSetup, mesh, warmup_steps: int):
-  """The method strategy of `config.meta.method` with its compiled programs."""
-  cls = strategies_lib.get_strategy_class(config.meta.method)
-  return cls(setup, mesh, interval=int(config.meta.interval), warmup_steps=warmup_steps)

@@ -17,9 +17,14 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from famus_jax.data import default_data_config
-from famus_jax.famus.dispatch import DEFAULT as DEFAULT_DISPATCH
+from famus_jax.core import meta_gradient, train_state
+from famus_jax.data import default_data_config, validate_data_config
+from famus_jax.famus import dispatch as dispatch_lib
+from famus_jax.famus import layers as layers_lib
+from famus_jax.famus import samplers as samplers_lib
+from famus_jax.models import MODELS
 from famus_jax.training import config_file
+from famus_jax.training import strategies
 from famus_jax.training.config_file import ConfigFileError  # pylint: disable=unused-import
 
 # Names that no registry holds (the meta choices are read from their registries
@@ -71,7 +76,7 @@ def _meta_config() -> ml_collections.ConfigDict:
   # boundaries, 0 = by work (each at most half the next larger one's), 1 = one
   # scope, P = P scopes by layer count.
   m.prune_levels = 0
-  m.dispatch = DEFAULT_DISPATCH  # host | ahead | switch | none: how a scope's program is chosen
+  m.dispatch = dispatch_lib.DEFAULT  # host | ahead | switch | none: how a scope's program is chosen
   m.gate_grad = 'scope'  # scope | all: where the gates' gradient is formed
   m.rate_cost = 'count'  # count | flops | scope: how L_r prices a layer (README)
   # FaMUS sampler variants (README, "Fidelity to the paper and the official codes"):
@@ -84,6 +89,10 @@ def _meta_config() -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """The full schema with defaults (the digits quickstart's model and data)."""
   c = ml_collections.ConfigDict()
+  # The training algorithm (famus_jax.train.ALGORITHMS): standard (one network,
+  # a clean meta set or none) | alg2 (pseudo-clean co-training: configs/*_alg2.py,
+  # with the `alg2` section of famus_jax.alg2.config.with_alg2).
+  c.algorithm = 'standard'
   c.seed = 0
   c.workdir_hint = ''  # unused; a place to note where runs of this config live
 
@@ -215,7 +224,6 @@ def validate_config(config, *, schema=None,
   number(config, 'seed', 0, integer=True)  # numpy's seed sequences take no negatives
 
   # model
-  from famus_jax.models import MODELS  # pylint: disable=g-import-not-at-top
   choice(config, 'model.name', sorted(MODELS))
   if config.model.num_classes is not None:
     number(config, 'model.num_classes', 1, integer=True)
@@ -226,7 +234,6 @@ def validate_config(config, *, schema=None,
                         "(a path, a comma-separated module list, or '')")
 
   # data (the data module's own validation, re-raised as ConfigError)
-  from famus_jax.data import validate_data_config  # pylint: disable=g-import-not-at-top
   try:
     validate_data_config(config.data)
   except ValueError as e:
@@ -285,13 +292,6 @@ def _validate_optim(config) -> None:
 
 def _validate_meta(config, clean_meta_set: bool = True) -> None:
   """`config.meta`: every choice read from the registry that holds it."""
-  # pylint: disable=g-import-not-at-top
-  from famus_jax.core import meta_gradient, train_state
-  from famus_jax.famus import dispatch as dispatch_lib
-  from famus_jax.famus import layers as layers_lib
-  from famus_jax.famus import samplers as samplers_lib
-  from famus_jax.training import strategies
-  # pylint: enable=g-import-not-at-top
   method = choice(config, 'meta.method', sorted(strategies.STRATEGIES))
   strategy = strategies.STRATEGIES[method]
   try:
@@ -339,40 +339,30 @@ def _validate_meta(config, clean_meta_set: bool = True) -> None:
 
 def uses_meta_set(config) -> bool:
   """Whether `config.meta.method` draws validation batches (has a meta step)."""
-  from famus_jax.training import strategies  # pylint: disable=g-import-not-at-top
   return strategies.get_strategy_class(config.meta.method).uses_meta_set
 
 
-def validate_against_data(config, splits, num_devices: int,
-                          process_count: int = 1) -> None:
-  """Checks that need the data and the devices; raises `ConfigError`."""
+def validate_against_data(config, splits, num_devices: int, limits: Iterable) -> None:
+  """Checks that need the data and the devices; raises `ConfigError`.
+
+  `limits`: the algorithm's `SizeLimit`s (field, value, limit, what, note):
+  batch and set sizes that must not exceed the sizes of the data.
+  """
+  for field, value, limit, what, note in limits:
+    if value > limit:
+      raise ConfigError(f'config.{field}={value}: larger than {what} ({limit} examples); '
+                        f'must be <= {limit}{note}')
   d = config.data
-  n_train = len(splits.train)
-  if d.batch_size > n_train:
-    raise ConfigError(f'config.data.batch_size={d.batch_size}: larger than the '
-                      f'training split ({n_train} examples); must be <= {n_train}')
-  meta_step = uses_meta_set(config)
-  if meta_step and splits.meta is not None:
-    n_meta = len(splits.meta)
-    if d.meta_batch_size > n_meta:
-      raise ConfigError(f'config.data.meta_batch_size={d.meta_batch_size}: larger than '
-                        f'the meta set ({n_meta} examples); must be <= {n_meta}')
-  if meta_step and splits.meta is None:
-    raise ConfigError(f'config.data.meta_per_class={d.meta_per_class}: the data set '
-                      f'{d.name!r} gave no meta set, which meta.method='
-                      f'{config.meta.method!r} needs')
   if config.model.num_classes is not None and config.model.num_classes != splits.num_classes:
     raise ConfigError(f'config.model.num_classes={config.model.num_classes}: the data '
                       f'set {d.name!r} has {splits.num_classes} classes; must be None '
                       f'or {splits.num_classes}')
-  shards = num_devices
-  for field in ('batch_size', 'meta_batch_size', 'eval_batch_size'):
-    if field == 'meta_batch_size' and not meta_step:
-      continue
-    if d[field] % shards:
+  sharded = ('batch_size', 'eval_batch_size') + (
+      ('meta_batch_size',) if uses_meta_set(config) else ())
+  for field in sharded:
+    if d[field] % num_devices:
       raise ConfigError(f'config.data.{field}={d[field]}: must be a multiple of the '
-                        f'number of devices ({shards}) for data parallelism')
-  del process_count
+                        f'number of devices ({num_devices}) for data parallelism')
 
 
 def config_to_dict(config) -> dict[str, Any]:

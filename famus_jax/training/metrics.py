@@ -268,22 +268,26 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 # per-example or per-layer values, flags
 SCALAR_SKIP = PER_EXAMPLE_METRICS + ('gates', 'finite')
 RELATIVE = ('weight_mean', 'weight_std', 'weight_clean', 'weight_noisy')
+# Losses checked for NaN/Inf besides the 'finite' flag: the training loss, the
+# meta step's validation loss and Algorithm 2's semi-supervised loss.
+LOSS_KEYS = ('loss', 'val_loss', 'ssl_loss')
 
 
 class StepMetrics:
   """Per-step device metrics -> checked host rows, averaged into log rows.
 
   Weight statistics are reported relative to uniform (× batch size); the
-  recent weights go to a `WeightWindow` for the clean-vs-noisy histograms.
+  recent weights go to `window` (a `WeightWindow`, which several networks
+  may share) for the clean-vs-noisy histograms.
   """
 
   def __init__(self, batch_size: int, layer_names: Optional[list[str]],
-               weight_window: int):
+               window: WeightWindow):
     self.pending: list[tuple] = []  # (step, device metrics, labels, true labels)
     self.rows: list[dict] = []  # host scalars of the steps since the last row
     self.batch_size = batch_size
     self.layer_names = layer_names
-    self.window = WeightWindow(weight_window)
+    self.window = window
     self.row_start = time.perf_counter()
 
   def add(self, step: int, metrics: dict, labels, true_labels):
@@ -294,7 +298,7 @@ class StepMetrics:
     if not self.pending:
       return None
     fetched = jax.device_get([m for _, m, _, _ in self.pending])
-    bad = first_non_finite(fetched)
+    bad = first_non_finite(fetched, LOSS_KEYS)
     for (step, _, labels, true_labels), m in zip(self.pending[:bad], fetched[:bad]):
       if 'weights' in m:
         self.window.add(np.asarray(m['weights']), labels, true_labels)
@@ -332,9 +336,9 @@ class StepMetrics:
     self.row_start = now
     return out
 
-  def get_state(self) -> dict:
-    return {'rows': self.rows, 'window': self.window.get_state()}
+  def get_state(self) -> list[dict]:
+    """The host rows since the last log row (checkpointed; the window apart)."""
+    return self.rows
 
-  def set_state(self, state: dict) -> None:
-    self.rows = list(state.get('rows', []))
-    self.window.set_state(state.get('window', {}))
+  def set_state(self, rows: list[dict]) -> None:
+    self.rows = list(rows)

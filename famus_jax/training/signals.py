@@ -28,3 +28,12 @@ class StopFlag:
     for sig, old in self._old.items():
       signal.signal(sig, old)
     return False
+
+
+class Preempted(RuntimeError):
+  """SIGTERM / SIGINT: a checkpoint was saved; re-run the command to continue."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f'stopped by signal {signal.Signals(signum).name} at step {step}; '
+                     'checkpoint saved, re-run the same command to continue')

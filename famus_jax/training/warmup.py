@@ -30,8 +30,10 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import optax
 
+from famus_jax.training.hooks import Hook
 from famus_jax.training.writes import writing
 
 log = logging.getLogger('famus_jax.warmup')
@@ -47,8 +49,9 @@ def restart_momentum(opt_state: Any) -> Any:
       if is_trace(s) else s, opt_state, is_leaf=is_trace)
 
 
-class WarmupRestart:
-  """Keeps the best warm-up network and restarts the state from it."""
+class WarmupRestart(Hook):
+  """Keeps the best warm-up network and restarts the state from it (a plug-in
+  of the trainer: `before_iteration` restarts, `after_iteration` selects)."""
 
   def __init__(self, workdir: str, warmup_steps: int, every: int, is_main: bool = True):
     self.warmup_steps, self.every, self.is_main = int(warmup_steps), int(every), is_main
@@ -66,6 +69,16 @@ class WarmupRestart:
     if not config.meta.warmup_restart or warmup_steps <= 0:
       return None
     return cls(workdir, warmup_steps, int(config.meta.warmup_select_every), is_main)
+
+  def before_iteration(self, trainer, member: str, step: int) -> None:
+    trainer.states[member] = self.restart(step, trainer.states[member],
+                                          trainer.run.replicate)
+
+  def after_iteration(self, trainer, member: str, step: int, host: dict,
+                      metrics: dict) -> None:
+    del host, metrics
+    self.consider(step + 1, trainer.states[member],
+                  lambda: trainer.evaluate(trainer.splits.meta)['correct'])
 
   def due(self, done: int) -> bool:
     """Whether the network after iteration `done` is a candidate."""
@@ -92,7 +105,6 @@ class WarmupRestart:
     if step != self.warmup_steps:
       return state
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('famus_jax_warmup_best')
     if self.best is None or not os.path.exists(self.weights_path):
       log.warning('meta.warmup_restart: no %s in the workdir; the meta phase goes on '
