@@ -22,7 +22,7 @@ converted torchvision weights, `model.init_exclude='head'` keeps the fresh
   python -c "import numpy as np, torchvision; np.savez('resnet50_torchvision.npz', \\
       **{k: v.numpy() for k, v in torchvision.models.resnet50( \\
       weights='IMAGENET1K_V1').state_dict().items()})"
-  python -m famus_jax.models.torchvision_resnet resnet50_torchvision.npz resnet50_imagenet.npz
+  python -m famus_jax.models.weights resnet50_torchvision.npz resnet50_imagenet.npz
   python -m famus_jax.main --config=configs/clothing1m.py --workdir=runs/c1m \\
       --config.data.data_dir=/path/to/clothing1m
 

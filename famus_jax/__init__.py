@@ -9,6 +9,8 @@ Which training labels a finished run suspects, as arrays::
     table = famus_jax.label_issues('/tmp/famus_digits')   # .index, .score, ...
 """
 
+from etils import epy
+
 from famus_jax.core import (ActualStep, MetaGrad, StepSetup, TrainState, VirtualStep,
                             actual_step, create_train_state, jit_meta_train_step,
                             jit_plain_train_step, make_meta_optimizer, meta_begin,
@@ -20,11 +22,11 @@ from famus_jax.meta_models import META_MODELS, get_meta_model
 __version__ = '0.1.0'
 
 
-def __getattr__(name):
-  # `label_issues` reads checkpoints (orbax) and scores them (scikit-learn): both
-  # load on first use, so that `import famus_jax` and the command line's
-  # `--help` stay fast.
-  if name == 'label_issues':
-    from famus_jax.analysis.runs import label_issues  # pylint: disable=g-import-not-at-top
-    return label_issues
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+with epy.lazy_imports():  # orbax and scikit-learn: loaded when a run is read
+  from famus_jax.analysis import runs as _runs
+
+
+def label_issues(workdir: str, *, checkpoint=None):
+  """The label-issue table of the run in `workdir` at its newest (or the given)
+  checkpoint (`famus_jax.analysis.runs.label_issues`)."""
+  return _runs.label_issues(workdir, checkpoint=checkpoint)

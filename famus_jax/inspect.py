@@ -19,6 +19,9 @@ import argparse
 import os
 import sys
 
+from famus_jax.analysis import grid, label_issues, runs
+from famus_jax.training.writes import WriteError
+
 
 class _Parser(argparse.ArgumentParser):
   """argparse with the command line's one-line errors (exit 1)."""
@@ -44,7 +47,6 @@ def parse_args(argv):
 
 def output_paths(workdir: str, checkpoint) -> tuple[str, str]:
   """(csv, png) paths: the run's files, or per-checkpoint ones."""
-  from famus_jax.analysis import grid, label_issues  # pylint: disable=g-import-not-at-top
   csv_name, png_name = label_issues.CSV_FILE, grid.PNG_FILE
   if checkpoint is not None:
     suffix = f'_step{checkpoint}'
@@ -55,7 +57,6 @@ def output_paths(workdir: str, checkpoint) -> tuple[str, str]:
 
 def inspect_run(workdir: str, checkpoint=None, top: int = 32) -> list[str]:
   """Writes the table and the grid of a run; returns the lines to print."""
-  from famus_jax.analysis import grid, label_issues, runs  # pylint: disable=g-import-not-at-top
   config = runs.read_config(workdir)
   record, step = runs.read_record(workdir, checkpoint)
   splits = runs.load_training_split(config, workdir)
@@ -82,8 +83,6 @@ def inspect_run(workdir: str, checkpoint=None, top: int = 32) -> list[str]:
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from famus_jax.analysis import runs  # pylint: disable=g-import-not-at-top
-  from famus_jax.training.writes import WriteError  # pylint: disable=g-import-not-at-top
   try:
     lines = inspect_run(args.workdir, args.checkpoint, args.top)
   except (runs.RunError, WriteError) as e:  # WriteError: e.g. a read-only workdir

@@ -13,8 +13,14 @@ import json
 import os
 from typing import Optional
 
+from etils import epy
+
 from famus_jax.training import metrics as metrics_lib
 from famus_jax.training.writes import writing
+
+with epy.lazy_imports():  # imported when a run plots
+  import matplotlib
+  import matplotlib.pyplot as plt
 
 EPOCHS_FILE = 'alg2_epochs.jsonl'
 PLOT_FILE = 'gmm_precision_recall.png'
@@ -68,9 +74,7 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
            if isinstance(r.get('test_accuracy'), (int, float))]
   if not hist and not tests:
     return None
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4.5))
   styles = {'net1': '-', 'net2': '--'}
   for net in ('net1', 'net2'):

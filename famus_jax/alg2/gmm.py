@@ -19,7 +19,11 @@ import dataclasses
 import warnings
 from typing import Optional
 
+from etils import epy
 import numpy as np
+
+with epy.lazy_imports():  # imported at the first split
+  from sklearn import mixture
 
 
 class GmmWarning(UserWarning):
@@ -105,11 +109,10 @@ def split_by_loss(losses, *, threshold: float = 0.5, max_iter: int = 10,
   if n < 2 or reason in ('all losses are equal (nothing to separate)', 'no losses'):
     why = reason if n >= 2 else f'{n} example(s): cannot fit two components'
     return _warn(GmmSplit(np.ones(n), np.ones(n, bool), warning=why))
-  from sklearn.mixture import GaussianMixture  # pylint: disable=g-import-not-at-top
   try:
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # ConvergenceWarning at max_iter=10 is expected
-      gmm = GaussianMixture(n_components=2, max_iter=int(max_iter), tol=float(tol),
+      gmm = mixture.GaussianMixture(n_components=2, max_iter=int(max_iter), tol=float(tol),
                             reg_covar=float(reg_covar), random_state=int(seed))
       gmm.fit(x[:, None])
       post = gmm.predict_proba(x[:, None])

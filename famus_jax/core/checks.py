@@ -3,6 +3,8 @@
 import jax
 import numpy as np
 
+from famus_jax.core import forward
+
 
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
@@ -41,7 +43,6 @@ def check_labels(apply_fn, params, batch_stats, batch: dict, what: str) -> None:
   """
   if not _is_concrete(batch['label']):
     return
-  from famus_jax.core import forward  # local: forward imports nothing from here
   logits = jax.eval_shape(
       lambda p, s, x: forward.apply_model(apply_fn, p, s, x, train=False)[0],
       params, batch_stats, batch['image'])

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from famus_jax.core import meta_gradient as meta_grad
+
 PyTree = Any
 
 
@@ -72,7 +74,6 @@ class StepSetup:
   sampler: Any = None
 
   def __post_init__(self):
-    from famus_jax.core import meta_gradient as meta_grad  # local: avoid an import cycle
     meta_grad.check_mode(self.mode)
     if self.lookahead not in LOOKAHEADS:
       raise ValueError(f'Unknown look-ahead {self.lookahead!r} (config field '

@@ -10,6 +10,8 @@ import numbers
 
 import ml_collections
 
+from famus_jax.data.registry import DATASETS
+
 NOISE_TYPES = ("none", "symmetric", "asymmetric", "pairflip")
 AUGMENTS = ("none", "crop_flip", "resize_crop", "center_crop")
 LONG_TAIL_FACTORS = (100, 50, 20, 10)  # the paper's imbalance factors
@@ -86,11 +88,6 @@ def default_data_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _known_names():
-  from famus_jax.data.datasets import DATASETS  # pylint: disable=g-import-not-at-top
-  return sorted(DATASETS)
-
-
 def _number(cfg, field, lo=None, hi=None, integer=False):
   v = cfg[field]
   ok = isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -117,7 +114,7 @@ def _choice(cfg, field, allowed):
 
 def validate_data_config(cfg) -> None:
   """Raises DataConfigError naming the field and the allowed values on bad input."""
-  names = _known_names()
+  names = sorted(DATASETS)
   if cfg.name not in names:
     raise DataConfigError(
         f"config.data.name={cfg.name!r}: unknown data set; known: {', '.join(names)}")

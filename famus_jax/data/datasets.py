@@ -13,22 +13,24 @@ import functools
 import json
 import os
 
+from etils import epy
 import numpy as np
 
+from famus_jax.data import idx as idx_lib
 from famus_jax.data import noise as noise_lib
 from famus_jax.data import splits as splits_lib
 from famus_jax.data.config import validate_data_config
+from famus_jax.data.loader import NoiseBalancedSampler
+from famus_jax.data.registry import DATASETS, register
 from famus_jax.data.sources import (ArraySource, DataSplits, DatasetMissingError,
                                     ImageFileSource)
 
-DATASETS = {}
+with epy.lazy_imports():  # imported when a data set needs them
+  from PIL import Image
+  from sklearn import datasets as sk_datasets
+  from sklearn import model_selection
+  import tensorflow_datasets as tfds
 
-
-def register(name):
-  def wrap(fn):
-    DATASETS[name] = fn
-    return fn
-  return wrap
 
 
 def load_dataset(data_config, seed: int, workdir: str | None = None) -> DataSplits:
@@ -124,14 +126,13 @@ DIGITS_SPLIT_SEED = 0  # fixed: the test set never depends on config.seed
 
 @register("digits")
 def load_digits(cfg, seed, workdir=None):
-  from sklearn.datasets import load_digits as sk_digits  # pylint: disable=g-import-not-at-top
-  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
-  d = sk_digits()
+  d = sk_datasets.load_digits()
   images = (d.images.astype(np.float32) / 16.0)[..., None]  # (N, 8, 8, 1) in [0, 1]
   labels = d.target.astype(np.int32)
   idx = np.arange(labels.size)
-  tr, te = train_test_split(idx, test_size=int(cfg.digits_test_size), stratify=labels,
-                            random_state=DIGITS_SPLIT_SEED)
+  tr, te = model_selection.train_test_split(
+      idx, test_size=int(cfg.digits_test_size), stratify=labels,
+      random_state=DIGITS_SPLIT_SEED)
   tr, te = np.sort(tr), np.sort(te)
   test = ArraySource(images[te], labels[te], labels[te], source_index=te)
   # source_index: positions in load_digits().
@@ -177,13 +178,12 @@ def _read_fashion_idx(folder):
 @functools.lru_cache(maxsize=2)
 def _decode_fashion_idx(key, paths):
   del key  # the cache key: which files, as they are now
-  from famus_jax.data import idx  # pylint: disable=g-import-not-at-top
   out = {}
   for split, (im_path, lab_path) in paths:
-    images = idx.read_idx(im_path, idx.IMAGES_MAGIC)
-    labels = idx.read_idx(lab_path, idx.LABELS_MAGIC).astype(np.int32)
+    images = idx_lib.read_idx(im_path, idx_lib.IMAGES_MAGIC)
+    labels = idx_lib.read_idx(lab_path, idx_lib.LABELS_MAGIC).astype(np.int32)
     if images.shape[0] != labels.shape[0]:
-      raise idx.IdxFormatError(
+      raise idx_lib.IdxFormatError(
           f"{im_path} holds {images.shape[0]} images but {lab_path} {labels.shape[0]} "
           "labels; replace them with the original files")
     images = images[..., None]  # (N, 28, 28, 1) uint8
@@ -242,7 +242,6 @@ def _tfds_dir(data_dir):
 
 def _tfds_data_source(tfds_name, split, data_dir, how_to):
   """``tfds.data_source`` with download=False; missing data -> one-line error."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # pylint: disable=broad-except
@@ -269,7 +268,6 @@ def _cifar_how_to(tfds_name, title):
 
 def _read_tfds(ds, image_size=None, chunk=512):
   """All records of a tfds data source as arrays (image, label, is_clean)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   n = len(ds)
   images, labels, clean = [], [], []
   batched = hasattr(ds, "__getitems__")
@@ -438,7 +436,6 @@ def load_clothing1m(cfg, seed, workdir=None):
                         keys=np.asarray(train.paths, dtype=str))
     with open(os.path.join(workdir, "noise_report.json"), "w") as f:
       json.dump(report, f, indent=1)
-  from famus_jax.data.loader import NoiseBalancedSampler  # pylint: disable=g-import-not-at-top
   sampler = NoiseBalancedSampler(train.labels, num_classes,
                                  int(cfg.clothing1m_batches_per_epoch))
   info = dict(name="clothing1m", seed=seed, num_train=len(train),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 import threading
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -251,7 +252,6 @@ def make_loader(source, *, batch_size: int, seed: int, shuffle: bool = True,
   if num_workers > 0:
     # grain's worker processes read absl flags; outside an absl app (tests,
     # notebooks) they are unparsed and grain would raise: use the defaults.
-    from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(

@@ -14,7 +14,11 @@ import dataclasses
 import os
 from typing import Any
 
+from etils import epy
 import numpy as np
+
+with epy.lazy_imports():  # imported when an image file is read
+  from PIL import Image
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -78,7 +82,6 @@ class ArraySource:
 def load_image(path: str, resize: int) -> np.ndarray:
   """Decodes a JPEG/PNG, resizes its short side to ``resize`` and centre-crops
   it to ``resize x resize`` (uint8 RGB). Random crops are the loader's job."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as im:
     if im.format == "JPEG":
       im.draft("RGB", (resize, resize))  # decode at a reduced scale when possible

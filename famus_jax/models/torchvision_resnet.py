@@ -23,12 +23,11 @@ with torchvision, e.g.
 then convert it once (or pass it to `model.init_from` as it is: it is
 converted on load):
 
-  python -m famus_jax.models.torchvision_resnet resnet50_torchvision.npz resnet50_imagenet.npz
+  python -m famus_jax.models.weights resnet50_torchvision.npz resnet50_imagenet.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 
 import numpy as np
@@ -90,21 +89,3 @@ def to_flax(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     name, value = _convert(variable, np.asarray(array), ours)
     out[name] = value
   return out
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description='Convert a torchvision ResNet state dict (.npz or .safetensors) to '
-                  "famus_jax's names (the file model.init_from reads).")
-  parser.add_argument('source', help='torchvision state dict, .npz or .safetensors')
-  parser.add_argument('target', help='output .npz')
-  args = parser.parse_args(argv)
-  from famus_jax.models import weights  # pylint: disable=g-import-not-at-top
-  arrays = weights.read_weights(args.source)  # converted when torchvision-named
-  np.savez(args.target, **arrays)
-  print(f'{args.target}: {len(arrays)} arrays, '
-        f'{sum(a.size for a in arrays.values()):,} values')
-
-
-if __name__ == '__main__':
-  main()

@@ -6,8 +6,10 @@ collection and its Flax path joined with '/': `params/stem/conv/kernel`,
 `batch_stats/block1/bn1/mean`, `params/head/fc/bias`. A torchvision ResNet
 state dict saved in either format (keys `conv1.weight`,
 `layer1.0.bn1.running_mean`, ...) is recognised and converted on load
-(`famus_jax.models.torchvision_resnet`; its command line writes the converted
-file once).
+(`famus_jax.models.torchvision_resnet`). The command line writes the converted
+file once:
+
+  python -m famus_jax.models.weights resnet50_torchvision.npz resnet50_imagenet.npz
 
 `merge_weights` puts the file's arrays into the model's variables and checks
 them: every variable the model has must be in the file with the model's shape,
@@ -19,13 +21,18 @@ line naming the file, the first variable that does not match and both shapes.
 
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Any, Callable, Iterable
 
+from etils import epy
 import flax
 import numpy as np
 
 from famus_jax.models import torchvision_resnet
+
+with epy.lazy_imports():  # optional: only .safetensors files need it
+  from safetensors import numpy as safetensors_numpy
 
 COLLECTIONS = ('params', 'batch_stats')
 
@@ -41,11 +48,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return safetensors_numpy.load_file(path)
   except ImportError:
     raise WeightsError(f'{path}: reading .safetensors needs the safetensors package '
                        '(pip install safetensors), or save the weights as .npz') from None
-  return load_file(path)
 
 
 READERS: dict[str, Callable[[str], dict]] = {'.npz': _read_npz,
@@ -117,3 +123,20 @@ def _hint(arrays: dict) -> str:
 def load_weights(path: str, variables: dict, exclude: Iterable[str] = ()) -> dict[str, Any]:
   """`read_weights` + `merge_weights`: the model's variables from `path`."""
   return merge_weights(variables, read_weights(path), source=path, exclude=exclude)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description='Convert a torchvision ResNet state dict (.npz or .safetensors) to '
+                  "famus_jax's names (the file model.init_from reads).")
+  parser.add_argument('source', help='torchvision state dict, .npz or .safetensors')
+  parser.add_argument('target', help='output .npz')
+  args = parser.parse_args(argv)
+  arrays = read_weights(args.source)  # converted when torchvision-named
+  np.savez(args.target, **arrays)
+  print(f'{args.target}: {len(arrays)} arrays, '
+        f'{sum(a.size for a in arrays.values()):,} values')
+
+
+if __name__ == '__main__':
+  main()

@@ -19,12 +19,16 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
+from etils import epy
 import jax
 import numpy as np
 
 from famus_jax.core.train_step import PER_EXAMPLE_METRICS
 from famus_jax.training import logfile
 from famus_jax.training.writes import WriteError, writing
+
+with epy.lazy_imports():  # imported when a run writes TensorBoard events
+  import tensorboardX
 
 
 def jsonable(v: Any) -> Any:
@@ -127,9 +131,8 @@ class MetricWriter:
     self._tb = self._thread_error = None
     self._tb_dir = os.path.join(workdir, 'tensorboard')
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       with writing(self._tb_dir):
-        self._tb = SummaryWriter(self._tb_dir, purge_step=resume_step, flush_secs=30,
+        self._tb = tensorboardX.SummaryWriter(self._tb_dir, purge_step=resume_step, flush_secs=30,
                                  max_queue=1 << 30)
       self._previous_hook, threading.excepthook = threading.excepthook, self._thread_failed
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from etils import epy
 import numpy as np
+
+with epy.lazy_imports():  # imported when a run plots
+  import matplotlib
+  import matplotlib.pyplot as plt
 
 from famus_jax.training.writes import writing
 
@@ -20,9 +25,7 @@ def plot_run(path: str, train_rows: list[dict], eval_rows: list[dict],
              clean_weights: np.ndarray, noisy_weights: np.ndarray,
              title: str = '') -> str:
   """Writes a PNG with three panels: losses, test accuracy, weight histograms."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   ax = axes[0]
