@@ -49,7 +49,6 @@ IGNORED = {
     'train.log_every': 'it writes one row per epoch (alg2_epochs.jsonl)',
     'train.eval_every': 'it evaluates every alg2.eval_every_epochs',
     'train.checkpoint_every': 'it saves every alg2.checkpoint_every_epochs',
-    'train.weight_window': 'it keeps no weight histograms',
     'meta.warmup_epochs': 'its warm-up is alg2.warmup_epochs',
     'meta.warmup_restart': 'its warm-up is alg2.warmup_epochs, without a restart',
     'meta.warmup_select_every': 'its warm-up is alg2.warmup_epochs, without a restart',

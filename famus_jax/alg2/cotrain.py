@@ -47,6 +47,7 @@ from famus_jax.alg2 import ssl as ssl_lib
 from famus_jax.alg2 import steps as steps_lib
 from famus_jax.alg2.epoch import NETS
 from famus_jax.training.algorithm import Algorithm, Cadence, SizeLimit
+from famus_jax.training.checks import check_compiled_once
 
 log = logging.getLogger('famus_jax.alg2')
 # Per-network training-row fields left out of the epoch rows (timing is per epoch).
@@ -202,7 +203,7 @@ class CoTraining(Algorithm):
     row['iterations'] = int(trainer.states[NETS[0]].step)
     row.update(evaluation or {})
     row['epoch_time_s'] = time.perf_counter() - self.t0
-    row['compiled'] = rows[NETS[0]]['compiled']
+    row['compiled'] = check_compiled_once(trainer.programs)
     if self.epoch_log is not None:
       self.epoch_log.write(row)
       analysis.plot_precision_recall(trainer.run.dir.file(analysis.PLOT_FILE),

@@ -179,7 +179,7 @@ def eval_pair(params1, stats1, params2, stats2, batch, *, apply_fn):
   top5 = lambda p: jnp.sum(jnp.any(jnp.argsort(-p, -1)[:, :5] == labels[:, None], -1)
                            .astype(jnp.float32) * mask)
   nll = -jnp.sum(jnp.log(jnp.take_along_axis(pe, labels[:, None], 1)[:, 0] + 1e-12) * mask)
-  return {'correct1': hit(p1), 'correct2': hit(p2), 'correct': hit(pe),
+  return {'correct_net1': hit(p1), 'correct_net2': hit(p2), 'correct': hit(pe),
           'correct5': top5(pe), 'loss': nll, 'count': jnp.sum(mask)}
 
 

@@ -131,7 +131,13 @@ def validate_data_config(cfg) -> None:
   _choice(cfg, "augment", AUGMENTS)
   _number(cfg, "num_workers", 0, None, integer=True)
   _number(cfg, "prefetch", 0, None, integer=True)
+  _choice(cfg, "train_split", TRAIN_SPLITS)
+  _validate_combinations(cfg, names)
+  _validate_set_fields(cfg)
 
+
+def _validate_combinations(cfg, names) -> None:
+  """Values that the chosen data set does not allow."""
   name = cfg.name
   # Any IF >= 1 works for the *_lt sets (the paper's: LONG_TAIL_FACTORS).
   if not name.endswith("_lt") and cfg.imbalance_factor != 1:
@@ -151,7 +157,6 @@ def validate_data_config(cfg) -> None:
     raise DataConfigError(
         f"config.data.train_per_class={cfg.train_per_class!r}: {name} has real label "
         "noise (true labels mostly unknown); it must be 0 (all) for this data set")
-  _choice(cfg, "train_split", TRAIN_SPLITS)
   if cfg.train_split == "meta" and (
       name in REAL_NOISE_SETS or cfg.meta_per_class < 1):
     raise DataConfigError(
@@ -166,6 +171,11 @@ def validate_data_config(cfg) -> None:
     raise DataConfigError(
         f"config.data.meta_per_class={cfg.meta_per_class!r}: webvision has no clean "
         "training labels to draw a meta set from; it must be 0 (pseudo-clean path)")
+
+
+def _validate_set_fields(cfg) -> None:
+  """The fields that only one data set reads, and the optional image sizes."""
+  name = cfg.name
   if name == "cnwl":
     _choice(cfg, "cnwl_noise", CNWL_NOISE_LEVELS)
     _choice(cfg, "cnwl_color", CNWL_COLORS)

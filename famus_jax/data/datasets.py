@@ -384,6 +384,20 @@ def _clothing1m_missing(what):
       f"--config.data.data_dir=DIR.")
 
 
+def _clothing1m_annotations(root) -> str:
+  """The folder of Clothing1M's annotation lists; one-line error if absent."""
+  if not root or not os.path.isdir(root):
+    raise _clothing1m_missing(f"directory not found ({root!r})" if root
+                              else "needs --config.data.data_dir")
+  ann = os.path.join(root, "annotations")
+  if not os.path.isdir(ann):
+    ann = root  # some copies keep the lists next to images/
+  missing = [f for f in CLOTHING1M_FILES if not os.path.isfile(os.path.join(ann, f))]
+  if missing:
+    raise _clothing1m_missing(f"annotation files missing in {ann} ({', '.join(missing)})")
+  return ann
+
+
 @register("clothing1m")
 def load_clothing1m(cfg, seed, workdir=None):
   """Clothing1M: 14 classes; train = noisy_train_key_list with noisy labels
@@ -394,15 +408,7 @@ def load_clothing1m(cfg, seed, workdir=None):
   noise-balanced sampler (``clothing1m_batches_per_epoch`` batches per epoch).
   """
   root = cfg.data_dir
-  if not root or not os.path.isdir(root):
-    raise _clothing1m_missing(f"directory not found ({root!r})" if root
-                              else "needs --config.data.data_dir")
-  ann = os.path.join(root, "annotations")
-  if not os.path.isdir(ann):
-    ann = root  # some copies keep the lists next to images/
-  missing = [f for f in CLOTHING1M_FILES if not os.path.isfile(os.path.join(ann, f))]
-  if missing:
-    raise _clothing1m_missing(f"annotation files missing in {ann} ({', '.join(missing)})")
+  ann = _clothing1m_annotations(root)
   noisy_kv = _read_kv(os.path.join(ann, "noisy_label_kv.txt"))
   clean_kv = _read_kv(os.path.join(ann, "clean_label_kv.txt"))
   resize = int(cfg.resize_size or 256)

@@ -249,23 +249,11 @@ def model_layers(model: nn.Module, params: Mapping[str, Any], sample_input: Any,
     by_module.setdefault(tuple(path[:-1]), []).append(tuple(path))
 
   order = module_call_order(model, params, sample_input, apply_kwargs)
-  n_seen = len(order)
   unused = sorted(m for m in by_module if m not in order)
   modules = sorted((m for m in by_module if m in order),
                    key=lambda m: order[m][0]) + unused
 
-  # Block assignment.
-  top_names = {m[0] if m else "" for m in by_module}
-  if follows_block_convention(top_names):
-    nb = num_blocks(params)
-    block_of = lambda m: block_index(m + ("_",), nb)  # noqa: E731
-  else:
-    # Fallback: index of the top-level submodule in call order.
-    tops = sorted({m[:1] for m in by_module},
-                  key=lambda t: order.get(t, (n_seen + 1,))[0])
-    rank = {t: i for i, t in enumerate(tops)}
-    block_of = lambda m: rank[m[:1]]  # noqa: E731
-
+  block_of = _block_of(params, by_module, order)
   layers = []
   for m in modules:
     kind = order[m][1] if m in order else "other"
@@ -276,6 +264,19 @@ def model_layers(model: nn.Module, params: Mapping[str, Any], sample_input: Any,
       for p in paths:
         layers.append(Layer("/".join(p), (p,), block_of(m), kind))
   return tuple(layers)
+
+
+def _block_of(params, by_module, order):
+  """module path -> block index: the stem/block<b>/head convention when the
+  model follows it, else the call-order rank of its top-level submodule."""
+  top_names = {m[0] if m else "" for m in by_module}
+  if follows_block_convention(top_names):
+    nb = num_blocks(params)
+    return lambda m: block_index(m + ("_",), nb)
+  tops = sorted({m[:1] for m in by_module},
+                key=lambda t: order.get(t, (len(order) + 1,))[0])
+  rank = {t: i for i, t in enumerate(tops)}
+  return lambda m: rank[m[:1]]
 
 
 def param_count(tree) -> int:
