@@ -20,6 +20,9 @@ import os
 import tempfile
 import time
 
+import ml_collections
+
+from famus_jax import train
 from famus_jax.alg2 import config as alg2_config
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
@@ -38,10 +41,10 @@ def alg2_digits_config(noise: float, seed: int, overrides: dict | None = None):
 
 def ce_config(alg2_cfg):
   """The same run without Algorithm 2: one network, plain cross-entropy."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   d = copy.deepcopy(alg2_cfg.to_dict())
   d.pop('alg2')
   c = ml_collections.ConfigDict(d)
+  c.algorithm = 'standard'
   c.meta.method = 'ce'  # (its meta.sampler is ignored)
   c.train.eval_every = 0
   c.train.checkpoint_every = 0
@@ -51,13 +54,12 @@ def ce_config(alg2_cfg):
 
 
 def run_pair(noise: float, seed: int, workdir: str, overrides=None) -> dict:
-  from famus_jax import alg2, train  # pylint: disable=g-import-not-at-top
   a_cfg = alg2_digits_config(noise, seed, overrides)
   t = time.perf_counter()
   ce = train.train_and_evaluate(ce_config(a_cfg), os.path.join(workdir, f'ce_{noise}_{seed}'))
   ce_s = time.perf_counter() - t
   t = time.perf_counter()
-  a2 = alg2.train_and_evaluate(a_cfg, os.path.join(workdir, f'alg2_{noise}_{seed}'))
+  a2 = train.train_and_evaluate(a_cfg, os.path.join(workdir, f'alg2_{noise}_{seed}'))
   a2_s = time.perf_counter() - t
   return {
       'noise_rate': noise, 'seed': seed,

@@ -1,8 +1,11 @@
-"""Shared helpers for experiment scripts: machine description, result files, timing."""
+"""Shared helpers for experiment scripts: machine description, result files, timing,
+quiet logs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -11,16 +14,33 @@ import time
 
 import jax
 
-from famus_jax.training import run as run_lib
+from famus_jax.training.signals import Preempted
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
+# Loggers a study silences: every run's progress and checkpoint messages.
+RUN_LOGGERS = ('absl', 'jax', 'famus_jax', 'orbax')
+
+
+@contextlib.contextmanager
+def quiet_logs(names=RUN_LOGGERS, level: int = logging.ERROR):
+  """Inside the block, the loggers `names` report from `level` only; their
+  levels are restored afterwards (the caller's process is left as found)."""
+  loggers = [logging.getLogger(name) for name in names]
+  before = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(level)
+  try:
+    yield
+  finally:
+    for logger, old in zip(loggers, before):
+      logger.setLevel(old)
 
 
 def run_study(main) -> None:
   """Runs a study's main; SIGTERM / SIGINT (the run's checkpoint saved) ends in one line."""
   try:
     main()
-  except run_lib.Preempted as e:
+  except Preempted as e:
     sys.exit(f'{e}. Finished rows are kept in the results file; the same command continues.')
 
 

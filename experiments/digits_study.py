@@ -6,7 +6,7 @@ method changes, except official MLC's lr ÷ 64 for its batch-sum loss): CE, MW-N
 our `mlc_transition` — all through `famus_jax.train.train_and_evaluate` with
 configs/digits.py — and Algorithm 2 (pseudo-clean meta sets from GMM
 co-training, MW-Net + FaMUS, semi-supervised term; no clean labels at all)
-through `famus_jax.alg2.train_and_evaluate` with configs/digits_alg2.py.
+through the same entry point with configs/digits_alg2.py (`algorithm='alg2'`).
 
 Noise: 20/40/60 % symmetric, and 40 % asymmetric. The data module defines
 class-dependent asymmetric noise only for CIFAR; on digits we use its
@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 from experiments import common
+from famus_jax import train
 from experiments import digits_lab as lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,12 +143,7 @@ def run_one(method: str, config, collect=None, workdir: str | None = None) -> di
   extra = {}
   try:
     start = time.perf_counter()
-    if method == 'alg2':
-      from famus_jax import alg2  # pylint: disable=g-import-not-at-top
-      summary = alg2.train_and_evaluate(config, workdir)
-    else:
-      from famus_jax import train  # pylint: disable=g-import-not-at-top
-      summary = train.train_and_evaluate(config, workdir)
+    summary = train.train_and_evaluate(config, workdir)  # config.algorithm picks
     wall = time.perf_counter() - start
     if collect is not None:
       extra = collect(workdir, summary)
@@ -254,6 +250,12 @@ def plot(path, payload):
 
 
 def main(argv=None):
+  """The study (see the module docstring); the run loggers quiet meanwhile."""
+  with common.quiet_logs():
+    return _main(argv)
+
+
+def _main(argv):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='20 epochs per run (CPU)')
@@ -288,9 +290,6 @@ def main(argv=None):
   overrides = {k: parse_value(v) for k, v in overrides.items()}
   cache = lab.enable_compilation_cache(args.xla_cache)
 
-  import logging  # pylint: disable=g-import-not-at-top
-  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
-    logging.getLogger(name).setLevel(logging.ERROR)
   start = time.perf_counter()
   runs = []
   for method in methods:

@@ -9,7 +9,7 @@ of iterations; only the method changes, all fixed before the runs):
   L2R; MLC — through `famus_jax.train.train_and_evaluate` with
   configs/fashion_mnist.py — and Algorithm 2 (no clean labels: all training
   images noisy, pseudo-clean meta sets from GMM co-training, MW-Net + FaMUS,
-  semi-supervised term) through `famus_jax.alg2.train_and_evaluate` with
+  semi-supervised term) through `famus_jax.train.train_and_evaluate` with
   configs/fashion_mnist_alg2.py.
 Columns: 40 % and 60 % symmetric, 40 % asymmetric (the Fashion-MNIST class
 map: T-shirt/top↔shirt, pullover→coat, sandal→sneaker, sneaker→ankle boot;
@@ -37,7 +37,6 @@ Writes experiments/results/fashion_mnist_study[_quick].{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -290,10 +289,14 @@ def _parse(argv):
 
 
 def main(argv=None):
+  """The study (see the module docstring); the run loggers quiet meanwhile."""
+  with common.quiet_logs():
+    return _main(argv)
+
+
+def _main(argv):
   args = _parse(argv)
   cache = lab.enable_compilation_cache(args.xla_cache)
-  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
-    logging.getLogger(name).setLevel(logging.ERROR)
   build = lambda m, s, seed, per_class: make_config(
       m, s, seed, per_class, args.epochs, args.smoke, args.overrides)
   start = time.perf_counter()

@@ -32,20 +32,24 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
+from famus_jax.training import build as build_lib
 
 
-def run_one(digits, k, seed, steps, model, lambda1):
-  trainer = lab.make_trainer(digits, method='mwnet', model=model, steps=steps, seed=seed,
-                             meta=dict(sampler='famus', k=k, lambda1=lambda1))
-  gates = []
-  for _ in range(steps):
-    gates.append(trainer.step()['gates'])
-  gates = np.asarray(jax.device_get(gates), np.float64)  # (steps, L)
-  return trainer, gates
+def run_one(k, seed, steps, model, lambda1, noise_type, noise_rate):
+  """(capture, gates (steps, L), test accuracy) of one MW-Net + FaMUS run."""
+  config = lab.digits_config(
+      steps=steps, model=model, seed=seed,
+      meta=dict(sampler='famus', k=k, lambda1=lambda1, lambda2=0.0),
+      data=dict(noise_type=noise_type, noise_rate=noise_rate))
+  capture = lab.Capture(keys=('gates',))
+  summary = lab.run(config, capture)
+  gates = np.asarray(jax.device_get(capture.metrics['gates']), np.float64)
+  return capture, gates, summary['final_test_accuracy']
 
 
 def summarize(gates: np.ndarray, bins: int) -> dict:
@@ -127,16 +131,13 @@ DATA_SHAPES = {'digits': ((8, 8, 1), 10), 'cifar10': ((32, 32, 3), 10),
 def layer_names_of_run(config: dict, num_layers: int) -> list[str]:
   """Candidate layer names of a logged run (config.json); indices if unknown."""
   try:
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from famus_jax import train  # pylint: disable=g-import-not-at-top
     c = ml_collections.ConfigDict(config)
     shape, classes = DATA_SHAPES[c.data.name]
     if c.data.get('crop_size'):
       shape = (int(c.data.crop_size), int(c.data.crop_size), 3)
-    model = train.build_model(c, int(c.model.num_classes or classes))
-    sampler, _ = train.build_sampler_and_scope(c, model, jnp.zeros((1,) + shape))
-    names = [layer.name for layer in sampler.layers]
+    parts = build_lib.build(c, num_classes=int(c.model.num_classes or classes),
+                            image_shape=shape)
+    names = parts.layer_names or []
     if len(names) == num_layers:
       return names
   except Exception as e:  # pylint: disable=broad-except
@@ -207,7 +208,7 @@ def main(argv=None):
     print('wrote', path, 'and', path[:-5] + '.png')
     return payload
   steps = lab.resolve_steps(args)
-  model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
+  model = lab.SMOKE_MODEL if args.smoke else None
   ks = [int(k) for k in (args.ks or ('2' if args.smoke else '1,2,4,8')).split(',')]
   main_k = args.main_k if args.main_k in ks else ks[len(ks) // 2]
   seeds = [int(s) for s in (args.seeds or ('0' if args.smoke else '0,1,2')).split(',')]
@@ -218,12 +219,12 @@ def main(argv=None):
   for k in ks:
     all_gates, accs = [], []
     for seed in seeds:
-      digits = lab.load_digits(args.noise_type, args.noise_rate, seed)
       t0 = time.perf_counter()
-      trainer, gates = run_one(digits, k, seed, steps, model, args.lambda1)
-      layers = trainer.layer_names
+      capture, gates, accuracy = run_one(k, seed, steps, model, args.lambda1,
+                                         args.noise_type, args.noise_rate)
+      layers = capture.layer_names
       all_gates.append(gates)
-      accs.append(trainer.accuracy())
+      accs.append(accuracy)
       print(f'K={k} seed={seed}: mean selected {gates.sum(1).mean():.2f}, test accuracy '
             f'{accs[-1]:.3f} ({time.perf_counter() - t0:.0f} s)', file=sys.stderr, flush=True)
     row = summarize(np.concatenate(all_gates), args.bins) if len(seeds) > 1 else \

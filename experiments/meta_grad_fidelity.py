@@ -38,6 +38,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 import famus_jax as fj
@@ -45,10 +47,10 @@ from experiments import common
 from experiments import digits_lab as lab
 
 
-def make_probe(trainer: lab.Trainer):
+def make_probe(capture: lab.Capture):
   """jit(state, train, val) -> (exact (P,), per-layer (L, P), P(select) (L,),
   exact per-example signal (n,), per-layer per-example signal (L, n))."""
-  setup, sampler = trainer.setup, trainer.sampler
+  setup, sampler = capture.setup, capture.sampler
   eye = jnp.eye(sampler.num_layers, dtype=jnp.float32)
   given = fj.get_meta_model('l2r')   # V_i = ε_i: ∂L^val/∂ε_i is the per-example signal
 
@@ -172,26 +174,41 @@ def estimator_stats(samples: np.ndarray, reference: np.ndarray,
           'cos_to_own_mean': float(np.mean([cosine(g, mean) for g in samples]))}
 
 
-def variance_point(trainer, probe, rng, k, pairs):
+def variance_point(capture, probe, rng, k, pairs):
   exact, famus, rand = [], [], []
   for _ in range(pairs):
     e, per_layer, p, _, _ = (np.asarray(x, np.float64) for x in jax.device_get(
-        probe(trainer.state, *trainer.random_batches(rng))))
+        probe(capture.state, *capture.random_batches(rng))))
     exact.append(e)
     famus.append(draw_gates(rng, p, 1)[0] @ per_layer)
     rand.append(random_gates(rng, per_layer.shape[0], k, 1)[0] @ per_layer)
   exact, famus, rand = map(np.stack, (exact, famus, rand))
   reference = exact.mean(0)
   second = float(np.mean(np.sum(exact ** 2, axis=1)))
-  return {'step': int(trainer.state.step), 'pairs': pairs,
+  return {'step': int(capture.state.step), 'pairs': pairs,
           **{name: estimator_stats(x, reference, second)
              for name, x in (('exact', exact), ('famus', famus), ('random', rand))}}
 
 
+def trajectory_point(capture, probe, rng, step, k, draws, probe_pairs) -> dict:
+  """The fidelity at iteration `step`, averaged over `probe_pairs` batch pairs."""
+  per_pair = []
+  for _ in range(probe_pairs):
+    out = (np.asarray(x, np.float64) for x in
+           jax.device_get(probe(capture.state, *capture.random_batches(rng))))
+    per_pair.append(fidelity_point(rng, *out, k, draws))
+  point = {'step': step, **average_points(per_pair)}
+  print(f"it {step:5d}  cos θ FaMUS {point['famus_cos']:.3f}  random "
+        f"{point['random_cos']:.3f}  oracle {point['oracle_cos']:.3f} | per-example "
+        f"FaMUS {point['example_famus_cos']:.3f} random {point['example_random_cos']:.3f} "
+        f"oracle {point['example_oracle_cos']:.3f} | "
+        f"E[#sel] {point['expected_selected']:.1f}  sum-check {point['sum_check']:.1e}",
+        file=sys.stderr, flush=True)
+  return point
+
+
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   pts = payload['trajectory']
   steps = [p['step'] for p in pts]
   fig, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -275,7 +292,7 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
   steps = lab.resolve_steps(args)
-  model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
+  model = lab.SMOKE_MODEL if args.smoke else None
   every = args.every or max(1, steps // (3 if args.smoke else 20))
   pairs = args.pairs or (3 if args.smoke else 64 if args.quick else 128)
   draws = 8 if args.smoke else args.draws
@@ -283,40 +300,32 @@ def main(argv=None):
   lab.enable_compilation_cache(args.xla_cache)
 
   start = time.perf_counter()
-  digits = lab.load_digits(args.noise_type, args.noise_rate, args.seed)
-  trainer = lab.make_trainer(digits, method='mwnet', model=model, steps=steps,
-                             seed=args.seed, meta=dict(sampler='famus', k=args.k))
-  probe = make_probe(trainer)
+  config = lab.digits_config(
+      steps=steps, model=model, seed=args.seed,
+      meta=dict(sampler='famus', k=args.k, lambda2=0.0),
+      data=dict(noise_type=args.noise_type, noise_rate=args.noise_rate))
   rng = np.random.default_rng(args.seed)
   var_at = {int(round(steps * f)) for f in np.linspace(0, 1, args.variance_points + 1)[1:]}
-  trajectory, variance = [], []
-  for step in range(steps + 1):
-    if step % every == 0 or step == steps:
-      per_pair = []
-      for _ in range(probe_pairs):
-        out = (np.asarray(x, np.float64) for x in
-               jax.device_get(probe(trainer.state, *trainer.random_batches(rng))))
-        per_pair.append(fidelity_point(rng, *out, args.k, draws))
-      point = {'step': step, **average_points(per_pair)}
-      trajectory.append(point)
-      print(f"it {step:5d}  cos θ FaMUS {point['famus_cos']:.3f}  random "
-            f"{point['random_cos']:.3f}  oracle {point['oracle_cos']:.3f} | per-example "
-            f"FaMUS {point['example_famus_cos']:.3f} random {point['example_random_cos']:.3f} "
-            f"oracle {point['example_oracle_cos']:.3f} | "
-            f"E[#sel] {point['expected_selected']:.1f}  sum-check {point['sum_check']:.1e}",
-            file=sys.stderr, flush=True)
-    if step in var_at or (step == 0 and args.smoke):
-      variance.append(variance_point(trainer, probe, rng, args.k, pairs))
-    if step < steps:
-      trainer.step()
+  trajectory, variance, probes = [], [], []
 
-  test_accuracy = trainer.accuracy()
+  def at(capture, step):
+    if not probes:
+      probes.append(make_probe(capture))
+    probe = probes[0]
+    if step % every == 0 or step == steps:
+      trajectory.append(trajectory_point(capture, probe, rng, step, args.k, draws,
+                                         probe_pairs))
+    if step in var_at or (step == 0 and args.smoke):
+      variance.append(variance_point(capture, probe, rng, args.k, pairs))
+
+  capture = lab.Capture(at)
+  test_accuracy = lab.run(config, capture)['final_test_accuracy']
   payload = {
       'script': 'meta_grad_fidelity', 'quick': args.quick, 'smoke': args.smoke,
       'steps': steps, 'every': every, 'draws': draws, 'probe_pairs': probe_pairs,
       'k': args.k, 'seed': args.seed,
       'noise_type': args.noise_type, 'noise_rate': args.noise_rate,
-      'model': {'name': model[0], **model[1]}, 'layers': trainer.layer_names,
+      'model': config.model.to_dict(), 'layers': capture.layer_names,
       'method': 'mwnet + famus (K=%d, lambda1=0.1)' % args.k,
       'trajectory': trajectory, 'variance': variance,
       'summary': {

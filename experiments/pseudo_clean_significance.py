@@ -1,6 +1,6 @@
 """Supplementary Table 2 on digits: is FaMUS better than MW-Net on the same pseudo-clean sets?
 
-Both arms run Algorithm 2 (`famus_jax.alg2.train_and_evaluate`, configs/
+Both arms run Algorithm 2 (`famus_jax.train.train_and_evaluate`, configs/
 digits_alg2.py: two co-trained networks, each one's GMM split is the other's
 meta set, the semi-supervised term on the pseudo-noisy part) and differ only
 in the Meta-Train step: "MW-Net + Pseudo-clean" uses the exact meta gradient
@@ -123,6 +123,12 @@ def plot(path, payload):
 
 
 def main(argv=None):
+  """The study (see the module docstring); the run loggers quiet meanwhile."""
+  with common.quiet_logs():
+    return _main(argv)
+
+
+def _main(argv):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='20 epochs per run')
@@ -140,9 +146,6 @@ def main(argv=None):
   seeds = [int(s) for s in (args.seeds or ('0,1' if args.smoke else '0,1,2')).split(',')]
   overrides = {k: study.parse_value(v) for k, v in (i.split('=', 1) for i in args.set)}
   lab.enable_compilation_cache(args.xla_cache)
-  import logging  # pylint: disable=g-import-not-at-top
-  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
-    logging.getLogger(name).setLevel(logging.ERROR)
 
   start = time.perf_counter()
   runs = []

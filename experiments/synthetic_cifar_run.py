@@ -27,6 +27,7 @@ import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
+from famus_jax import data as data_lib
 from famus_jax.data import noise as noise_lib
 
 METHODS = {
@@ -40,7 +41,7 @@ METHODS = {
 
 def synthetic_cifar(seed: int = 0, num_train: int = 5000, num_test: int = 1000,
                     per_class_meta: int = 10, size: int = 32, noise: float = 0.4,
-                    num_classes: int = 10) -> lab.Digits:
+                    num_classes: int = 10) -> data_lib.DataSplits:
   """Gaussian clusters around random class prototypes, CIFAR-shaped, noisy labels."""
   rng = np.random.default_rng(seed)
   protos = rng.uniform(0.0, 1.0, size=(num_classes, size, size, 3)).astype(np.float32)
@@ -55,35 +56,49 @@ def synthetic_cifar(seed: int = 0, num_train: int = 5000, num_test: int = 1000,
   rest = np.setdiff1d(np.arange(len(y)), meta_idx)
   noisy, report = noise_lib.apply_noise(y[rest], num_classes, 'symmetric', noise, seed)
   xt, yt = draw(num_test)
-  index = lambda n: np.arange(n, dtype=np.int32)
-  return lab.Digits(
-      train={'image': x[rest], 'label': noisy.astype(np.int32), 'true_label': y[rest],
-             'index': index(len(rest))},
-      meta={'image': x[meta_idx], 'label': y[meta_idx], 'true_label': y[meta_idx],
-            'index': index(len(meta_idx))},
-      test={'image': xt, 'label': yt, 'true_label': yt, 'index': index(num_test)},
-      num_classes=num_classes, info={'realised_noise_rate': report.get('realised_noise_rate')})
+  return data_lib.DataSplits(
+      train=data_lib.ArraySource(x[rest], noisy, y[rest]),
+      meta=data_lib.ArraySource(x[meta_idx], y[meta_idx]),
+      test=data_lib.ArraySource(xt, yt), num_classes=num_classes,
+      image_shape=(size, size, 3),
+      info={'name': 'synthetic_cifar', 'realised_noise_rate': report.get('realised_noise_rate')})
+
+
+class Timing(lab.Capture):
+  """The time of each training iteration, from the end of the one before
+  (the first: from the start of the run, with its compilation)."""
+
+  def __init__(self):
+    super().__init__(keys=('loss',))
+    self.times, self.last = [], None
+
+  def on_start(self, trainer):
+    super().on_start(trainer)
+    self.last = time.perf_counter()
+
+  def after_iteration(self, trainer, member, step, host, metrics):
+    jax.block_until_ready(metrics['loss'])
+    now = time.perf_counter()
+    self.times.append(now - self.last)
+    super().after_iteration(trainer, member, step, host, metrics)
+    self.last = time.perf_counter()  # the capture's own work left out
 
 
 def run(name, data, args, model):
   label, method, meta = METHODS[name]
-  trainer = lab.make_trainer(data, method=method, meta=meta, model=model, steps=args.steps,
-                             batch_size=args.batch, meta_batch_size=args.batch,
-                             lr=args.lr)
-  times, losses = [], []
+  config = lab.digits_config(
+      steps=args.steps, method=method, meta={'sampler': 'all', **meta}, model=model,
+      data=dict(batch_size=args.batch, meta_batch_size=args.batch), optim=dict(lr=args.lr))
+  timing = Timing()
   start = time.perf_counter()
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    metrics = trainer.step()
-    loss = float(jax.device_get(metrics['loss']))  # synchronises
-    times.append(time.perf_counter() - t0)
-    losses.append(loss)
+  summary = lab.run(config, timing, splits=data)
   wall = time.perf_counter() - start
+  times, losses = timing.times, [float(v) for v in jax.device_get(timing.metrics['loss'])]
   steady = times[1:] or times
   return {'label': label, 'ms_per_iteration': 1e3 * statistics.median(steady),
           'first_iteration_s': times[0], 'iterations_per_s': 1.0 / statistics.median(steady),
           'wall_s': wall, 'loss': losses, 'final_loss': float(np.mean(losses[-10:])),
-          'test_accuracy': trainer.accuracy()}
+          'test_accuracy': summary['final_test_accuracy']}
 
 
 def plot(path, payload):

@@ -34,7 +34,7 @@ from experiments import digits_lab as lab
 METHODS = {
     'mwnet': ('MW-Net', dict(sampler='all')),
     'random_s4': ('Random MW-Net (s=4)', dict(sampler='random', s=4)),
-    'famus': ('MW-Net + FaMUS (K=4)', dict(sampler='famus', k=4)),
+    'famus': ('MW-Net + FaMUS (K=4)', dict(sampler='famus', k=4, lambda2=0.0)),
 }
 BINS = np.linspace(0.0, 1.0, 41)
 
@@ -104,7 +104,7 @@ def main(argv=None):
   parser.add_argument('--noise-type', default='symmetric')
   args = parser.parse_args(argv)
   steps = lab.resolve_steps(args)
-  model = lab.SMOKE_MODEL if args.smoke else lab.MODEL
+  model = lab.SMOKE_MODEL if args.smoke else None
   methods = args.methods.split(',')
   unknown = set(methods) - set(METHODS)
   if unknown:
@@ -120,20 +120,20 @@ def main(argv=None):
     per_point = [[] for _ in points]
     accs = []
     for seed in seeds:
-      digits = lab.load_digits(args.noise_type, args.noise_rate, seed)
       if name == 'random_s4' and args.smoke:
         meta = dict(METHODS[name][1], s=2)
       else:
         meta = METHODS[name][1]
-      trainer = lab.make_trainer(digits, method='mwnet', meta=meta, model=model,
-                                 steps=steps, seed=seed)
-      t0 = time.perf_counter()
-      for step in range(1, steps + 1):
-        trainer.step()
+      config = lab.digits_config(
+          steps=steps, model=model, seed=seed, meta=meta,
+          data=dict(noise_type=args.noise_type, noise_rate=args.noise_rate))
+
+      def at(capture, step):
         if step in points:
-          per_point[points.index(step)].append(describe(trainer.raw_weights(),
-                                                        digits.is_clean))
-      accs.append(trainer.accuracy())
+          per_point[points.index(step)].append(describe(capture.raw_weights(),
+                                                        capture.is_clean))
+      t0 = time.perf_counter()
+      accs.append(lab.run(config, lab.Capture(at))['final_test_accuracy'])
       last = per_point[-1][-1]
       print(f"{name} seed {seed}: final clean {last['clean_mean']:.3f} noisy "
             f"{last['noisy_mean']:.3f} AUC {last['auc']:.3f}, test accuracy {accs[-1]:.3f} "

@@ -21,6 +21,8 @@ import pytest
 from famus_jax import alg2
 from famus_jax import core
 from famus_jax import meta_models
+from famus_jax import train
+from famus_jax.alg2 import cotrain
 from famus_jax.alg2 import config as alg2_config
 from famus_jax.alg2 import epoch as epoch_lib
 from famus_jax.alg2 import gmm as gmm_lib
@@ -28,6 +30,7 @@ from famus_jax.alg2 import sampling
 from famus_jax.alg2 import ssl as ssl_lib
 from famus_jax.alg2 import steps as steps_lib
 from famus_jax.analysis import runs as runs_lib
+from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training.config import ConfigError
 from tiny_models import TinyMLP
 
@@ -271,7 +274,7 @@ def test_cotraining_exchanges_meta_sets(tmp_path, monkeypatch):
 
   monkeypatch.setattr(gmm_lib, 'split_by_loss', fake_split)
   monkeypatch.setattr(epoch_lib, 'validation_batch', recording)
-  summary = alg2.train_and_evaluate(_tiny_config(), str(tmp_path))
+  summary = train.train_and_evaluate(_tiny_config(), str(tmp_path))
   assert calls == [0, 1]  # one co-training epoch: net1's split, then net2's
   steps = summary['steps_per_epoch']
   assert len(drawn) == 2 * steps
@@ -299,62 +302,63 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
   epoch 2 and ends exactly like an uninterrupted run: the same rows, and final
   checkpoints with bit-identical states of both networks (parameters, batch
   statistics, optimizer, meta model, RNG, SSL optimizer) and training loader."""
-  from famus_jax import train  # pylint: disable=g-import-not-at-top
-  from famus_jax.training import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   c = _tiny_config(**{'optim.num_epochs': 3})
-  layout = {}  # the checkpoint's tree: both networks' states, as shapes
-  real_init = epoch_lib.CoTrainer.init_networks
+  layout = {}  # the checkpoint's tree: both networks' states and SSL optimizers
+  real_init = cotrain.CoTraining.init_states
 
-  def recording_init(self):
-    nets = real_init(self)
-    layout.update(jax.eval_shape(lambda: {
-        n: {'state': nets[n].state, 'ssl': nets[n].ssl_opt} for n in epoch_lib.NETS}))
-    return nets
+  def recording_init(self, trainer):
+    states = real_init(self, trainer)
+    layout.update(jax.eval_shape(lambda: {**states, **self.extra_state()}))
+    return states
 
-  monkeypatch.setattr(epoch_lib.CoTrainer, 'init_networks', recording_init)
-  ref = alg2.train_and_evaluate(c, str(tmp_path / 'ref'))
-  real = epoch_lib.CoTrainer.train_epoch
+  monkeypatch.setattr(cotrain.CoTraining, 'init_states', recording_init)
+  ref = train.train_and_evaluate(c, str(tmp_path / 'ref'))
+  spe = ref['steps_per_epoch']
+  real = train.Trainer.iterate
 
-  def interrupted(self, nets, name, epoch, plan):
-    if epoch == 2 and name == 'net2':
+  def interrupted(self, member, step, validation):
+    if step == 2 * spe and member == 'net2':
       os.kill(os.getpid(), signal.SIGTERM)
-    return real(self, nets, name, epoch, plan)
+    return real(self, member, step, validation)
 
-  monkeypatch.setattr(epoch_lib.CoTrainer, 'train_epoch', interrupted)
+  monkeypatch.setattr(train.Trainer, 'iterate', interrupted)
   with pytest.raises(train.Preempted) as e:
-    alg2.train_and_evaluate(c, str(tmp_path / 'run'))
-  assert e.value.signum == signal.SIGTERM
-  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['1', '2']
-  monkeypatch.setattr(epoch_lib.CoTrainer, 'train_epoch', real)
-  got = alg2.train_and_evaluate(c, str(tmp_path / 'run'))
-  assert got['resumed_from'] == 2
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert e.value.signum == signal.SIGTERM and e.value.step == 2 * spe
+  assert sorted(os.listdir(tmp_path / 'run' / 'checkpoints'), key=int) == [
+      str(spe), str(2 * spe)]
+  monkeypatch.setattr(train.Trainer, 'iterate', real)
+  got = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert got['resumed_from'] == 2 * spe
   assert got['final'] == ref['final']
-  read = lambda d: [{k: v for k, v in json.loads(line).items()
-                     if k not in ('epoch_time_s', 'compiled')}
-                    for line in open(tmp_path / d / 'alg2_epochs.jsonl')]
-  assert read('run') == read('ref')
+  read = lambda d, f: [{k: v for k, v in json.loads(line).items()
+                        if k not in ('epoch_time_s', 'compiled', 'step_time_s',
+                                     'steps_per_s')}
+                       for line in open(tmp_path / d / f)]
+  for f in ('alg2_epochs.jsonl', 'eval.jsonl'):
+    assert read('run', f) == read('ref', f), f
 
   def final_checkpoint(d):
     ckpt = checkpoint_lib.Checkpointer(str(tmp_path / d / 'checkpoints'))
     try:
-      state, data_state, step = ckpt.restore(layout, 3)
+      state, data_state, step = ckpt.restore(layout, 3 * spe)
     finally:
       ckpt.close()
-    assert step == 3 and data_state['epoch'] == 3
+    assert step == 3 * spe
     return state, data_state
 
   (got, got_data), (want, want_data) = final_checkpoint('run'), final_checkpoint('ref')
-  assert int(want['net1']['state'].step) == 3 * ref['steps_per_epoch']
-  assert jax.tree_util.tree_leaves(want['net1']['state'].meta_params)
+  assert int(want['net1'].step) == 3 * spe
+  assert jax.tree_util.tree_leaves(want['net1'].meta_params)
   for net in epoch_lib.NETS:
     for field in ('step', 'params', 'batch_stats', 'opt_state', 'meta_params',
                   'meta_opt_state', 'rng', 'sampler_params', 'sampler_opt_state'):
-      _assert_equal(getattr(got[net]['state'], field),
-                    getattr(want[net]['state'], field), f'{net} TrainState.{field}')
-    _assert_equal(got[net]['ssl'], want[net]['ssl'], f'{net} SSL optimizer state')
+      _assert_equal(getattr(got[net], field),
+                    getattr(want[net], field), f'{net} TrainState.{field}')
+    _assert_equal(got['ssl'][net], want['ssl'][net], f'{net} SSL optimizer state')
   assert got_data == want_data
   # the per-example record, with both networks' GMM clean probabilities
-  (got_record, _), (want_record, _) = (runs_lib.read_record(str(tmp_path / d), 3)
+  (got_record, _), (want_record, _) = (runs_lib.read_record(str(tmp_path / d), 3 * spe)
                                        for d in ('run', 'ref'))
   assert (want_record['gmm_clean_net1'] >= 0).any() and (want_record['seen'] > 0).all()
   _assert_equal(got_record, want_record, 'per-example record')
@@ -369,7 +373,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 def test_alg2_configs_validate(name):
   c = alg2_config.load_sibling(f'{name}_alg2.py', os.path.join(CONFIGS, 'x.py'))
   alg2_config.validate(c)
-  assert alg2.is_enabled(c) and c.data.meta_per_class == 0
+  assert c.algorithm == 'alg2' and c.data.meta_per_class == 0
   if name.startswith('cifar'):
     assert (c.model.name, c.data.batch_size, c.optim.lr, tuple(c.optim.boundaries),
             c.optim.num_epochs, c.meta.k) == ('preact_resnet18', 64, 0.02, (200, 250), 300, 4)
@@ -414,7 +418,6 @@ def test_alg2_config_errors():
 
 @pytest.mark.slow
 def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
-  from famus_jax import train  # pylint: disable=g-import-not-at-top
   if REPO not in sys.path:  # `experiments` is not an installed package
     sys.path.insert(0, REPO)
   from experiments import alg2_compare_digits as compare_digits  # pylint: disable=g-import-not-at-top
@@ -422,7 +425,7 @@ def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
            'alg2.ssl.rampup_epochs': 4.0, 'alg2.eval_every_epochs': 0}
   c = compare_digits.alg2_digits_config(0.6, 0, short)
   assert c.data.meta_per_class == 0 and c.meta.sampler == 'famus'
-  summary = alg2.train_and_evaluate(c, str(tmp_path / 'alg2'))
+  summary = train.train_and_evaluate(c, str(tmp_path / 'alg2'))
   ce = train.train_and_evaluate(compare_digits.ce_config(c), str(tmp_path / 'ce'))
   for name in ('alg2_epochs.jsonl', 'gmm_precision_recall.png', 'summary.json',
                'config.json'):

@@ -5,12 +5,13 @@ import glob
 import importlib.util
 import os
 
-import jax.numpy as jnp
 import ml_collections
 import pytest
 
 from famus_jax import data as data_lib
 from famus_jax import train
+from famus_jax.alg2 import config as alg2_config
+from famus_jax.training import build as build_lib
 from famus_jax.training import config as config_lib
 from famus_jax.training import schedules
 from famus_jax.training.config import ConfigError
@@ -33,8 +34,7 @@ def test_config_files_exist():
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
 def test_every_config_validates(path):
   c = config_lib.load_config(path)
-  if 'alg2' in c:  # Algorithm 2 configs: base schema + their own section
-    from famus_jax.alg2 import config as alg2_config  # pylint: disable=g-import-not-at-top
+  if c.algorithm == 'alg2':  # Algorithm 2 configs: base schema + their own section
     alg2_config.validate(c)
     c = ml_collections.ConfigDict({k: v for k, v in c.items() if k != 'alg2'})
   else:
@@ -223,8 +223,8 @@ def test_combinations():
   c = _digits()
   c.meta.method = 'ce'  # its meta.sampler ('famus' here) is ignored, not an error
   config_lib.validate_config(c)
-  model = train.build_model(c, 10)
-  assert train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1))) == (None, None)
+  parts = build_lib.build(c, num_classes=10, image_shape=(8, 8, 1))
+  assert (parts.sampler, parts.scope) == (None, None)
   c = _digits()
   c.data.meta_per_class = 0
   with pytest.raises(ConfigError, match='config.data.meta_per_class=0'):
@@ -236,19 +236,18 @@ def test_model_kwargs_error():
   c.model.kwargs.unlock()
   c.model.kwargs.widht = 3
   with pytest.raises(ConfigError, match=r"config.model .*widht"):
-    train.build_model(c, 10)
+    build_lib.build_model(c, 10)
 
 
 def test_k_larger_than_candidate_layers():
   c = _digits()
   c.meta.candidate_layers = 'top:3'
   c.meta.k = 4
-  model = train.build_model(c, 10)
   with pytest.raises(ConfigError, match=r'config.meta.k=4 .*3 candidate layers'):
-    train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1)))
+    build_lib.build(c, num_classes=10, image_shape=(8, 8, 1))
   c.meta.k = 3
-  sampler, scope = train.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1)))
-  assert sampler.num_layers == 3 and scope is not None
+  parts = build_lib.build(c, num_classes=10, image_shape=(8, 8, 1))
+  assert parts.sampler.num_layers == 3 and parts.scope is not None
 
 
 @pytest.fixture(scope='module')
@@ -256,30 +255,35 @@ def digits_splits():
   return data_lib.load_dataset(_digits().data, 0)
 
 
+def _validate_against_data(c, splits, num_devices):
+  limits = train.algorithm_class(c)(c).size_limits(splits)
+  config_lib.validate_against_data(c, splits, num_devices, limits)
+
+
 def test_batch_larger_than_data(digits_splits):
   c = _digits()
   c.data.batch_size = 5000
   with pytest.raises(ConfigError, match=r'config.data.batch_size=5000: larger than the '
                      r'training split \(1247 examples\); must be <= 1247'):
-    config_lib.validate_against_data(c, digits_splits, 1)
+    _validate_against_data(c, digits_splits, 1)
   c = _digits()
   c.data.meta_batch_size = 101
   with pytest.raises(ConfigError, match=r'config.data.meta_batch_size=101: .*<= 100'):
-    config_lib.validate_against_data(c, digits_splits, 1)
+    _validate_against_data(c, digits_splits, 1)
   c = _digits()
   c.data.batch_size = 63
   with pytest.raises(ConfigError, match=r'config.data.batch_size=63: must be a multiple '
                      r'of the number of devices \(2\)'):
-    config_lib.validate_against_data(c, digits_splits, 2)
+    _validate_against_data(c, digits_splits, 2)
   c = _digits()
   c.model.num_classes = 7
   with pytest.raises(ConfigError, match=r'config.model.num_classes=7'):
-    config_lib.validate_against_data(c, digits_splits, 1)
+    _validate_against_data(c, digits_splits, 1)
 
 
 def test_validation_happens_before_any_compile(tmp_path, monkeypatch):
   """A bad value fails in train_and_evaluate before a step function exists."""
-  monkeypatch.setattr(train, 'build_strategy', lambda *a, **k: pytest.fail('compiled'))
+  monkeypatch.setattr(build_lib.Parts, 'strategy', lambda *a, **k: pytest.fail('compiled'))
   c = _digits()
   c.data.batch_size = 5000
   with pytest.raises(ConfigError, match='config.data.batch_size=5000'):

@@ -305,7 +305,7 @@ def test_fashion_mnist_alg2_config():
   c = config_lib.load_config(os.path.join(CONFIG_DIR, "fashion_mnist_alg2.py"))
   alg2_config.validate(c)
   base = config_lib.load_config(os.path.join(CONFIG_DIR, "fashion_mnist.py"))
-  assert c.data.meta_per_class == 0 and c.alg2.enabled
+  assert c.data.meta_per_class == 0 and c.algorithm == 'alg2'
   assert c.alg2.warmup_epochs < c.optim.num_epochs
   for field in ("data.name", "data.noise_rate", "data.batch_size", "model.name",
                 "optim.lr", "optim.num_epochs", "optim.boundaries", "meta.k",

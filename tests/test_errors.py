@@ -22,10 +22,9 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from famus_jax import alg2
 from famus_jax import main as main_lib
 from famus_jax import train
-from famus_jax.alg2 import epoch as epoch_lib
+from famus_jax.training import build as build_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import config_file
 from famus_jax.training import lock as lock_lib
@@ -156,16 +155,15 @@ def _no_model(*args, **kwargs):
 ])
 def test_data_checks_come_before_any_model_or_compile(tmp_path, monkeypatch, loop, field,
                                                       value, message):
-  monkeypatch.setattr(train, 'build_model', _no_model)
-  monkeypatch.setattr(epoch_lib, 'build_model', _no_model)
+  monkeypatch.setattr(build_lib, 'build_model', _no_model)
   if loop == 'standard':
-    c, run = tiny_config(), train.train_and_evaluate
+    c = tiny_config()
     c[field.split('.')[0]][field.split('.')[1]] = value
   else:
-    c, run = tiny_alg2_config(**{field: value}), alg2.train_and_evaluate
+    c = tiny_alg2_config(**{field: value})
   workdir = tmp_path / 'run'
   with pytest.raises(ConfigError) as e:
-    run(c, str(workdir))
+    train.train_and_evaluate(c, str(workdir))
   assert str(e.value) == message
   assert not os.path.exists(workdir)
 
@@ -448,6 +446,18 @@ def _fill_after_save(monkeypatch, disk, when):
   monkeypatch.setattr(checkpoint_lib.Checkpointer, 'save', saving)
 
 
+def _fill_before_second_save(monkeypatch, disk):
+  """The disk is full when the second checkpoint is saved."""
+  save, saves = checkpoint_lib.Checkpointer.save, []
+
+  def saving(self, step, state, data_state, **kwargs):
+    saves.append(step)
+    if len(saves) == 2 and not disk.full:
+      disk.fill(leave=0)
+    save(self, step, state, data_state, **kwargs)
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, 'save', saving)
+
+
 def _rows(path, skip=('step_time_s', 'steps_per_s', 'compiled', 'epoch_time_s')):
   return [{k: v for k, v in r.items() if k not in skip} for r in read_jsonl(path)]
 
@@ -475,21 +485,23 @@ def test_run_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch, xla
 
 
 def test_alg2_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch, xla_cache):
-  """Algorithm 2: the disk fills after the checkpoint of epoch 1; saving epoch 2
-  fails after its row (with the final evaluation) was written; the re-run
-  resumes at epoch 1 and writes the same row."""
+  """Algorithm 2: the disk is full when the checkpoint of epoch 2 is saved, after
+  its row (with the final evaluation) was written; the re-run resumes after
+  epoch 1 and writes the same row."""
   del xla_cache
   c = tiny_alg2_config()
   workdir = os.path.join(small_disk.path, 'run')
-  _fill_after_save(monkeypatch, small_disk, 1)
+  _fill_before_second_save(monkeypatch, small_disk)
   with pytest.raises(writes.WriteError) as e:
-    alg2.train_and_evaluate(c, workdir)
-  assert str(e.value).startswith(f'cannot write {workdir}/checkpoints/2: No space left')
+    train.train_and_evaluate(c, workdir)
   uninterrupted = _rows(os.path.join(workdir, 'alg2_epochs.jsonl'))
   assert [r['epoch'] for r in uninterrupted] == [0, 1]
+  epoch = uninterrupted[0]['step']  # iterations per epoch
+  assert str(e.value).startswith(f'cannot write {workdir}/checkpoints/{2 * epoch}: '
+                                 'No space left')
   small_disk.free()
-  summary = alg2.train_and_evaluate(c, workdir)
-  assert summary['resumed_from'] == 1
+  summary = train.train_and_evaluate(c, workdir)
+  assert summary['resumed_from'] == epoch
   assert _rows(os.path.join(workdir, 'alg2_epochs.jsonl')) == uninterrupted
   assert summary['final'] == {k: v for k, v in uninterrupted[-1].items()
                               if k in summary['final']}

@@ -22,9 +22,9 @@ from famus_jax.analysis import grid
 from famus_jax.analysis import label_issues as issues_lib
 from famus_jax.analysis import record as record_lib
 from famus_jax.analysis import runs as runs_lib
-from famus_jax.analysis import tracking as tracking_lib
 from famus_jax.training import checkpoint as checkpoint_lib
-from famus_jax.training import run as run_lib
+from famus_jax.training import checks
+from famus_jax.training.hooks import Hook
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training.writes import WriteError
 from test_train_support import REPO, tiny_config
@@ -84,7 +84,7 @@ def test_record_update_against_hand_computation():
       weighted_mean([1, 0, 0], 0.5), 0.0, weighted_mean([0, 1], 0.5), 1.0], rtol=1e-6)
   np.testing.assert_array_equal(got['prediction'], [3, -1, 0, 1])
   np.testing.assert_allclose(got['loss'], [LN(4), 0.0, LN(4), 0.0], rtol=1e-6)
-  assert run_lib.compiled_counts(rec.programs) == {'record': 1, 'record_visit': 1}
+  assert checks.compiled_counts(rec.programs) == {'record': 1, 'record_visit': 1}
 
 
 def test_each_update_program_compiles_once_whatever_the_step():
@@ -97,7 +97,7 @@ def test_each_update_program_compiles_once_whatever_the_step():
   index, labels = jnp.asarray([1, 4], jnp.int32), jnp.asarray([0, 0], jnp.int32)
   for m in (plain, meta, weighted, plain, meta, weighted):
     rec.update(index, labels, m)
-  assert run_lib.compiled_counts(rec.programs) == {'record': 1, 'record_visit': 1}
+  assert checks.compiled_counts(rec.programs) == {'record': 1, 'record_visit': 1}
   got = rec.host()
   np.testing.assert_array_equal(got['trust_count'], [0, 2, 0, 0, 2, 0])
   np.testing.assert_array_equal(got['seen'], [0, 6, 0, 0, 6, 0])
@@ -252,27 +252,26 @@ def test_reading_a_record_moves_nothing_and_skips_a_corrupt_checkpoint(tmp_path,
 # A tiny run end to end.
 
 
+class _Visits(Hook):
+  """Captures every iteration's batch indices, labels and per-example values."""
+
+  def __init__(self):
+    self.visits = []
+
+  def after_iteration(self, trainer, member, step, host, metrics):
+    self.visits.append((np.asarray(host['index']), np.asarray(host['label']),
+                        {k: np.asarray(v) for k, v in metrics.items()
+                         if k in ('weights', 'example_loss', 'prediction')}))
+
+
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
   """A 10-step MW-Net run whose every visit is captured on the host."""
   workdir = str(tmp_path_factory.mktemp('run'))
-  visits = []
-  real = tracking_lib.LabelTracking.after_iteration
-
-  def capturing(self, host_batch, metrics):
-    visits.append((np.asarray(host_batch['index']), np.asarray(host_batch['label']),
-                   {k: np.asarray(v) for k, v in metrics.items()
-                    if k in ('weights', 'example_loss', 'prediction')}))
-    return real(self, host_batch, metrics)
-
-  tracking_lib.LabelTracking.after_iteration = capturing
-  try:
-    c = tiny_config('mwnet', 'all', steps=10, meta__warmup_epochs=0.1,
-                    train__label_ema=0.7)
-    summary = train.train_and_evaluate(c, workdir)
-  finally:
-    tracking_lib.LabelTracking.after_iteration = real
-  return workdir, summary, visits
+  capture = _Visits()
+  c = tiny_config('mwnet', 'all', steps=10, meta__warmup_epochs=0.1, train__label_ema=0.7)
+  summary = train.train_and_evaluate(c, workdir, hooks=[capture])
+  return workdir, summary, capture.visits
 
 
 def _replay(visits, num, decay):

@@ -19,8 +19,10 @@ import pytest
 from famus_jax import main as main_lib
 from famus_jax import train
 from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import checks
 from famus_jax.training import lock as lock_lib
 from famus_jax.training import run as run_lib
+from famus_jax.training import trainer as trainer_lib
 from test_train_support import REPO, TINY_FLAGS, compilation_cache, read_jsonl, tiny_config
 
 # ---------------------------------------------------------------------------
@@ -413,9 +415,9 @@ def test_no_intact_checkpoint_keeps_the_summary(tmp_path, xla_cache):
 def test_a_failure_keeps_a_completed_summary(tmp_path):
   completed = {'status': 'completed', 'step': 8, 'final_test_accuracy': 0.9}
   (tmp_path / 'summary.json').write_text(json.dumps(completed))
-  with pytest.raises(run_lib.NonFiniteLossError):
+  with pytest.raises(checks.NonFiniteLossError):
     with run_lib.Run(tiny_config(), str(tmp_path)) as run:
-      raise run.non_finite(3)
+      raise run.guard.error(3)
   assert json.loads((tmp_path / 'summary.json').read_text()) == completed
 
 
@@ -426,15 +428,15 @@ def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch, xla_cache)
   flags = []  # the finiteness flag of every iteration that ran, read eagerly
   iterate = train.Trainer.iterate
 
-  def recording(self, step):
+  def recording(self, member, step, validation):
     try:
-      iterate(self, step)
+      iterate(self, member, step, validation)
     finally:
-      flags.append(bool(self.mets.pending[-1][1]['finite']))
+      flags.append(bool(self.mets[member].pending[-1][1]['finite']))
   monkeypatch.setattr(train.Trainer, 'iterate', recording)
   c = tiny_config('mwnet', 'all', steps=60, optim__lr=1e6, train__log_every=50,
                   train__eval_every=0, train__checkpoint_every=0)
-  with pytest.raises(run_lib.NonFiniteLossError) as e:
+  with pytest.raises(train.NonFiniteLossError) as e:
     train.train_and_evaluate(c, str(tmp_path))
   first_bad = flags.index(False) + 1  # iterations are numbered from 1
   assert e.value.step == first_bad
@@ -444,7 +446,7 @@ def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch, xla_cache)
 
 
 def test_chance_level_warns_once(caplog):
-  watch = run_lib.ChanceWatch(10)
+  watch = checks.ChanceWatch(10)
   level = np.log(10)
   with caplog.at_level(logging.WARNING, logger='famus_jax.run'):
     for step, loss in ((2, 2.5), (4, level * 0.99)):
@@ -476,9 +478,9 @@ def test_tiny_learning_rate_warns_in_a_run(tmp_path, caplog, xla_cache):
 
 def test_progress_bar_labels_its_numbers():
   meta_row = {'step': 38, 'loss': 3.3, 'weighted_loss': 2.1234, 'val_loss': 0.4567}
-  assert train.progress_postfix(meta_row, None) == {
+  assert trainer_lib.progress_postfix(meta_row, None) == {
       'weighted_train_loss': '2.123', 'meta_val_loss': '0.457'}
-  assert train.progress_postfix({'step': 4, 'loss': 1.5},
+  assert trainer_lib.progress_postfix({'step': 4, 'loss': 1.5},
                                 {'step': 2, 'test_accuracy': 0.25}) == {
                                     'train_loss': '1.500', 'test_acc@2': '0.250'}
 
@@ -488,7 +490,7 @@ def test_final_lines_name_the_selection_and_the_noise_rate():
                {'step': 4, 'meta_accuracy': 0.7, 'test_accuracy': 0.65},
                {'step': 6, 'meta_accuracy': 0.7, 'test_accuracy': 0.62},
                {'step': 8, 'meta_accuracy': 0.6, 'test_accuracy': 0.7}]
-  selected = train.selected_by_meta_set(eval_rows)
+  selected = trainer_lib.selected_by_meta_set(eval_rows)
   assert selected == {'step': 6, 'meta_accuracy': 0.7, 'test_accuracy': 0.62}
   summary = {'step': 8, 'final_test_accuracy': 0.7, 'best_test_accuracy': 0.7,
              'selected_by_meta_set': selected, 'data': {'realised_noise_rate': 0.343}}

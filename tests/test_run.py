@@ -14,6 +14,9 @@ import pytest
 
 from famus_jax import data as data_lib
 from famus_jax import meta_models
+from famus_jax import train
+from famus_jax.training import checks
+from famus_jax.training import metrics as metrics_lib
 from famus_jax.training import run as run_lib
 from famus_jax.training import strategies
 from famus_jax.training.config import ConfigError
@@ -25,7 +28,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 def test_resume_guard(tmp_path):
   c = tiny_config()
   with run_lib.Run(c, str(tmp_path)) as run:
-    run.write_config()
+    run.dir.write_config()
   with run_lib.Run(c, str(tmp_path)):  # the same config: resumes
     pass
   c.train.log_every = 3  # train.* may change on resume
@@ -44,17 +47,17 @@ def test_nan_stop_names_step_and_checkpoint_and_writes_summary(tmp_path):
   rows = [{'loss': 1.0, 'finite': True}, {'loss': 0.5, 'finite': True},
           {'loss': 0.4, 'finite': False},  # NaN parameters, finite loss
           {'loss': np.nan}]
-  assert run_lib.first_non_finite(rows) == 2
-  assert run_lib.first_non_finite(rows[:2] + rows[3:]) == 2
-  assert run_lib.first_non_finite([{'loss': 1.0, 'ssl_loss': np.inf}]) is None
-  assert run_lib.first_non_finite([{'loss': 1.0, 'ssl_loss': np.inf}],
-                                  ('loss', 'ssl_loss')) == 0
-  with pytest.raises(run_lib.NonFiniteLossError,
+  first_non_finite = metrics_lib.first_non_finite
+  assert first_non_finite(rows) == 2
+  assert first_non_finite(rows[:2] + rows[3:]) == 2
+  assert first_non_finite([{'loss': 1.0, 'ssl_loss': np.inf}]) is None
+  assert first_non_finite([{'loss': 1.0, 'ssl_loss': np.inf}], ('loss', 'ssl_loss')) == 0
+  with pytest.raises(checks.NonFiniteLossError,
                      match='at step 12; stopped, the last good checkpoint is step 7'):
     with run_lib.Run(tiny_config(), str(tmp_path)) as run:
       run.ckpt.save(7, {'w': jnp.ones(3)}, {})
-      run.check_finite(rows[:2], first_step=8)  # all finite: nothing happens
-      run.check_finite(rows, first_step=10)
+      run.guard.check_step(None)  # all finite: nothing happens
+      run.guard.check_step(10 + first_non_finite(rows))
   with open(tmp_path / 'summary.json') as f:
     summary = json.load(f)
   assert summary['status'] == 'non_finite' and summary['step'] == 12
@@ -80,7 +83,7 @@ def test_evaluate_pads_the_last_batch_and_compiles_once(tmp_path):
                     'count': float(n)}
   assert run_lib.means(totals) == {'image': 2.0 * images.sum() / n,
                                    'label': labels.sum() / n}
-  assert shapes == [(bs, 1, 1, 1)] and run_lib.compile_count(fn) == 1
+  assert shapes == [(bs, 1, 1, 1)] and checks.compile_count(fn) == 1
   padded = list(run_lib.padded_batches(source, bs, tiny_config().data))
   assert [k for _, k in padded] == [4, 4, 2]
   last = padded[-1][0]
@@ -94,11 +97,11 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   with run_lib.Run(c, str(tmp_path / 'p1')) as run:
     assert not run.is_main
-    run.write_config()
-    assert run.writer(lambda: made.append(1)) is None
+    run.dir.write_config()
+    assert run.out.writer(lambda: made.append(1)) is None
     c.train.progress = True
-    assert run.progress(10, 0, 'x') is None
-    run.write_summary({'status': 'completed'})
+    assert run.out.progress(10, 0, 'x') is None
+    run.out.write_summary({'status': 'completed'})
   assert not {'config.json', 'summary.json'} & set(os.listdir(tmp_path / 'p1'))
   assert not made
   monkeypatch.setattr(jax, 'process_index', lambda: 0)
@@ -110,9 +113,9 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
       self.closed = True
 
   with run_lib.Run(c, str(tmp_path / 'p0')) as run:
-    run.write_config()
-    writer = run.writer(Closing)
-    run.write_summary({'status': 'completed'})
+    run.dir.write_config()
+    writer = run.out.writer(Closing)
+    run.out.write_summary({'status': 'completed'})
   assert writer.closed  # closed by the harness at the end
   assert {'config.json', 'summary.json'} <= set(os.listdir(tmp_path / 'p0'))
 
@@ -132,7 +135,6 @@ def test_strategies_choose_programs_by_iteration():
 
 
 def test_ce_ignores_the_sampler_and_meta_warmup_runs_plain_steps(tmp_path):
-  from famus_jax import train  # pylint: disable=g-import-not-at-top
   c = tiny_config('ce', 'famus', steps=4)
   s = train.train_and_evaluate(c, str(tmp_path / 'ce'))
   assert s['sampler'] is None and s['compiled'] == {'plain': 1, 'eval': 1, 'record': 1,
@@ -150,12 +152,12 @@ ALG2_SCRIPT = r'''
 import json, sys
 sys.path.insert(0, sys.argv[2])
 import jax
-from famus_jax import alg2
+from famus_jax import train
 from test_alg2 import _tiny_config
 out = {}
 for n in (1, 2):
   c = _tiny_config(**{'train.num_devices': n, 'data.eval_batch_size': 150})
-  s = alg2.train_and_evaluate(c, f'{sys.argv[1]}/dp{n}')
+  s = train.train_and_evaluate(c, f'{sys.argv[1]}/dp{n}')
   rows = [json.loads(l) for l in open(f'{sys.argv[1]}/dp{n}/alg2_epochs.jsonl')]
   out[n] = {'loss': [r['net1']['train']['loss'] for r in rows],
             'val_loss': rows[-1]['net1']['train']['val_loss'],

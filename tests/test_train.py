@@ -13,9 +13,11 @@ import pytest
 from famus_jax import data as data_lib
 from famus_jax import train
 from famus_jax.analysis import runs as runs_lib
+from famus_jax.training import build as build_lib
 from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import checks
 from famus_jax.training import metrics as metrics_lib
-from famus_jax.training import run as run_lib
+from famus_jax.training import sharding as sharding_lib
 from test_train_support import (check_run_files, compilation_cache, read_jsonl,
                                 tiny_config)
 
@@ -64,10 +66,10 @@ def test_recompilation_is_detected():
   f = jax.jit(lambda x: x * 2)
   programs = {'meta': f, 'eval': jax.jit(lambda x: x), 'host': lambda x: x}
   f(jnp.zeros(3))
-  assert run_lib.check_compiled_once(programs) == {'meta': 1, 'eval': 0}
+  assert checks.check_compiled_once(programs) == {'meta': 1, 'eval': 0}
   f(jnp.zeros(4))
   with pytest.raises(train.RecompilationError, match='meta'):
-    run_lib.check_compiled_once(programs)
+    checks.check_compiled_once(programs)
 
 
 class _Poisoned:
@@ -102,9 +104,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, me
   ran = {}
   real_iterate = train.Trainer.iterate
 
-  def recording(self, step):
+  def recording(self, member, step, validation):
     ran[step + 1] = self.strategy.program_for(step)
-    return real_iterate(self, step)
+    return real_iterate(self, member, step, validation)
 
   monkeypatch.setattr(train.Trainer, 'iterate', recording)
 
@@ -113,7 +115,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, me
     loaders['train'] = _Poisoned(loaders['train'], at=5)  # the 6th iteration
     return loaders
 
-  monkeypatch.setattr(train.data_lib, 'make_split_loaders', poisoned)
+  monkeypatch.setattr(data_lib, 'make_split_loaders', poisoned)
   c = tiny_config(method, 'all', steps=8, meta__interval=interval,
                   train__log_every=log_every)
   with pytest.raises(train.NonFiniteLossError, match='at step 6; stopped, the last '
@@ -123,9 +125,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, me
   assert ran[6] == program and max(ran) <= 7  # at most one iteration after it
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
   assert ckpt.all_steps() == [4]
-  state, _, _ = ckpt.restore(None if False else _abstract_state(c), 4)
+  state, _, _ = ckpt.restore(_abstract_state(c), 4)
   ckpt.close()
-  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state.params))
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state['net'].params))
   with open(tmp_path / 'summary.json') as f:
     assert json.load(f)['status'] == 'non_finite'
   # the rows before the failure were written, none after it
@@ -134,16 +136,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, me
 
 
 def _abstract_state(c):
-  """The train state structure of config `c` (to restore a checkpoint)."""
+  """The checkpointed state structure of config `c` (the standard algorithm's
+  one network, 'net')."""
   splits = data_lib.load_dataset(c.data, c.seed)
-  model = train.build_model(c, splits.num_classes)
-  sample = jnp.zeros((1,) + tuple(splits.image_shape))
-  sampler, scope = train.build_sampler_and_scope(c, model, sample)
-  from famus_jax import core  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  setup = train.build_setup(c, model, optax.constant_schedule(0.1), sampler, scope)
-  return jax.eval_shape(lambda: core.create_train_state(
-      jax.random.PRNGKey(0), model, sample, splits.num_classes, setup))
+  parts = build_lib.build(c, num_classes=splits.num_classes, image_shape=splits.image_shape)
+  return {'net': jax.eval_shape(parts.new_state, jax.random.PRNGKey(0))}
 
 
 class _Crash(Exception):
@@ -159,7 +156,7 @@ def restore_checkpoint(workdir, c, step):
   finally:
     ckpt.close()
   assert got == step
-  return state, data_state
+  return state['net'], data_state
 
 
 def assert_same_train_state(got, want):
@@ -190,7 +187,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   ref = train.train_and_evaluate(c, ref_dir)
 
-  real_global_batch = train.sharding_lib.global_batch
+  real_global_batch = sharding_lib.global_batch
   calls = {'train': 0}
 
   def crashing(batch, mesh):
@@ -200,10 +197,10 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
         raise _Crash()
     return real_global_batch(batch, mesh)
 
-  monkeypatch.setattr(train.sharding_lib, 'global_batch', crashing)
+  monkeypatch.setattr(sharding_lib, 'global_batch', crashing)
   with pytest.raises(_Crash):
     train.train_and_evaluate(c, run_dir)
-  monkeypatch.setattr(train.sharding_lib, 'global_batch', real_global_batch)
+  monkeypatch.setattr(sharding_lib, 'global_batch', real_global_batch)
   ckpt_dir = os.path.join(run_dir, 'checkpoints')
   assert sorted(os.listdir(ckpt_dir)) == ['4']
   leftover = os.path.join(ckpt_dir, '8.orbax-checkpoint-tmp')  # as if killed mid-save
@@ -252,9 +249,9 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, monkeypatch, met
   with open(os.path.join(run_dir, 'label_issues.csv')) as a, open(
       os.path.join(ref_dir, 'label_issues.csv')) as b:
     assert a.read() == b.read()
-  assert set(want_data) == {'train', 'meta', 'metrics'}
+  assert set(want_data) == {'train', 'meta', 'metrics', 'window'}
   assert want_data['train']['grain']['next_index'] == 10
-  assert bool(want_data['metrics']['window']['clean']) == (method != 'ce')
+  assert bool(want_data['window']['clean']) == (method != 'ce')
   assert got_data == want_data
 
 

@@ -166,10 +166,10 @@ from test_train_support import tiny_config
 c = tiny_config('mwnet', 'all', steps=12)
 real_iterate, real_rename = train.Trainer.iterate, os.rename
 
-def iterate(self, step):
+def iterate(self, member, step, validation):
   if step == 5:
     os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: save at step 6 and stop
-  return real_iterate(self, step)
+  return real_iterate(self, member, step, validation)
 
 def rename(src, dst, *a, **k):  # orbax's final rename of a complete save
   if 'orbax-checkpoint-tmp' in str(src) and os.path.basename(str(dst)) == '6':

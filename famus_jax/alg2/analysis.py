@@ -13,14 +13,9 @@ import json
 import os
 from typing import Optional
 
-from etils import epy
-
 from famus_jax.training import metrics as metrics_lib
+from famus_jax.training import plots as plots_lib
 from famus_jax.training.writes import writing
-
-with epy.lazy_imports():  # imported when a run plots
-  import matplotlib
-  import matplotlib.pyplot as plt
 
 EPOCHS_FILE = 'alg2_epochs.jsonl'
 PLOT_FILE = 'gmm_precision_recall.png'
@@ -74,8 +69,7 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
            if isinstance(r.get('test_accuracy'), (int, float))]
   if not hist and not tests:
     return None
-  matplotlib.use('Agg')
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = plots_lib.subplots(figsize=(7, 4.5))
   styles = {'net1': '-', 'net2': '--'}
   for net in ('net1', 'net2'):
     for key, color in (('precision', 'tab:blue'), ('recall', 'tab:orange')):
@@ -102,13 +96,7 @@ def plot_precision_recall(path: str, rows: list[dict], title: str = '') -> Optio
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc='lower right')
   ax.set_title(title or 'Pseudo-clean set vs true clean labels')
-  fig.tight_layout()
-  try:
-    with writing(path):
-      fig.savefig(path, dpi=100)
-  finally:
-    plt.close(fig)
-  return path
+  return plots_lib.save(fig, path)
 
 
 write_json = metrics_lib.write_json

@@ -21,13 +21,28 @@ def _series(rows, key):
   return np.asarray(s), np.asarray(v)
 
 
+def subplots(*args, **kwargs):
+  """`plt.subplots` on the file-only Agg backend."""
+  matplotlib.use('Agg')
+  return plt.subplots(*args, **kwargs)
+
+
+def save(fig, path: str, dpi: int = 100) -> str:
+  """Writes `fig` to `path` (`WriteError` on a failed write) and closes it."""
+  fig.tight_layout()
+  try:
+    with writing(path):
+      fig.savefig(path, dpi=dpi)
+  finally:
+    plt.close(fig)
+  return path
+
+
 def plot_run(path: str, train_rows: list[dict], eval_rows: list[dict],
              clean_weights: np.ndarray, noisy_weights: np.ndarray,
              title: str = '') -> str:
   """Writes a PNG with three panels: losses, test accuracy, weight histograms."""
-  matplotlib.use('Agg')
-
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = subplots(1, 3, figsize=(15, 4))
   ax = axes[0]
   for key, label in (('loss', 'train CE (noisy labels)'),
                      ('weighted_loss', 'weighted train loss'),
@@ -72,10 +87,4 @@ def plot_run(path: str, train_rows: list[dict], eval_rows: list[dict],
   ax.set_title('Meta-weights, recent training batches')
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
-  try:
-    with writing(path):
-      fig.savefig(path, dpi=100)
-  finally:
-    plt.close(fig)
-  return path
+  return save(fig, path)

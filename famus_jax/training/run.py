@@ -16,7 +16,6 @@ context releases everything, whatever happened.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -31,7 +30,7 @@ from famus_jax.training import signals
 from famus_jax.training.checks import FiniteGuard, NonFiniteLossError
 from famus_jax.training.config import ConfigError
 from famus_jax.training.outputs import Outputs
-from famus_jax.training.workdir import Workdir
+from famus_jax.training.workdir import Resources, Workdir
 
 
 def padded_batches(source, batch_size: int, data_config) -> Iterator[tuple[dict, int]]:
@@ -63,7 +62,7 @@ def means(totals: dict[str, float]) -> dict[str, float]:
   return {k: float(v) / count for k, v in totals.items() if k != 'count'}
 
 
-class Run:
+class Run(Resources):
   """Context manager owning a run's harness.
 
   Attributes (inside the `with`):
@@ -77,11 +76,11 @@ class Run:
   """
 
   def __init__(self, config, workdir: str, *, resumable: tuple[str, ...] = ()):
+    super().__init__()
     self.config = config
     self.dir = Workdir(config, workdir, resumable=resumable)
     self.workdir, self.is_main = self.dir.path, self.dir.is_main
     self.mesh = self.ckpt = self.stop = self.out = self.guard = None
-    self._stack = contextlib.ExitStack()
 
   def __enter__(self) -> 'Run':
     try:
@@ -105,14 +104,7 @@ class Run:
   def __exit__(self, exc_type, exc, tb):
     if isinstance(exc, NonFiniteLossError):
       self.out.write_failure('non_finite', exc.step, str(exc))
-    self._stack.close()
-    return False
-
-  def closing(self, obj):
-    """Registers `obj.close()` for the end of the run; returns `obj`."""
-    if obj is not None:
-      self._stack.callback(obj.close)
-    return obj
+    return super().__exit__(exc_type, exc, tb)
 
   def load_dataset(self):
     """The data splits of `config.data`; process 0's noise files wait in the

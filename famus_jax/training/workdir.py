@@ -33,17 +33,35 @@ from famus_jax.training.writes import writing
 CONFIG_FILE = 'config.json'
 
 
-class Workdir:
+class Resources:
+  """A context manager that releases what it registered, in reverse order,
+  whatever happened (a `contextlib.ExitStack` with `closing`)."""
+
+  def __init__(self):
+    self._stack = contextlib.ExitStack()
+
+  def __exit__(self, *exc) -> bool:
+    self._stack.close()
+    return False
+
+  def closing(self, obj):
+    """Registers `obj.close()` for the release; returns `obj` (None passes)."""
+    if obj is not None:
+      self._stack.callback(obj.close)
+    return obj
+
+
+class Workdir(Resources):
   """Context manager: the lock, the resume guard, `config.json`, the staged data
   files and the log file of the run in `path`."""
 
   def __init__(self, config, path: str, *, resumable: tuple[str, ...] = ()):
+    super().__init__()
     self.config = config
     self.path = os.path.abspath(path)
     self.is_main = jax.process_index() == 0  # this process writes the files
     self.resumable = resumable  # config prefixes that may change on resume
     self._staging: Optional[str] = None
-    self._stack = contextlib.ExitStack()
 
   def __enter__(self) -> 'Workdir':
     try:
@@ -57,16 +75,6 @@ class Workdir:
       self._stack.close()
       raise
     return self
-
-  def __exit__(self, *exc) -> bool:
-    self._stack.close()
-    return False
-
-  def closing(self, obj):
-    """Registers `obj.close()` for when the workdir is released; returns `obj`."""
-    if obj is not None:
-      self._stack.callback(obj.close)
-    return obj
 
   @property
   def config_path(self) -> str:
