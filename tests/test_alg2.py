@@ -20,7 +20,6 @@ import pytest
 
 from famus_jax import alg2
 from famus_jax import core
-from famus_jax import meta_models
 from famus_jax import train
 from famus_jax.alg2 import cotrain
 from famus_jax.alg2 import config as alg2_config
@@ -32,7 +31,7 @@ from famus_jax.alg2 import steps as steps_lib
 from famus_jax.analysis import runs as runs_lib
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training.config import ConfigError
-from tiny_models import TinyMLP
+from tiny_models import TinyMLP, tiny_setup
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 CONFIGS = os.path.join(REPO, 'configs')
@@ -162,9 +161,7 @@ def test_ssl_step_matches_hand_derivation():
          'prob': jnp.full((4,), 0.9)}
   unl = {'image': img(5), 'image2': img(5), 'true_label': jnp.array([0, 1, 2, 0, -1])}
   lr = 0.05
-  setup = core.StepSetup(apply_fn=model.apply, meta_model=meta_models.get_meta_model('l2r'),
-                         tx=core.sgd_with_weight_decay(lr), meta_tx=optax.identity(),
-                         lr_schedule=optax.constant_schedule(lr))
+  setup = tiny_setup(model, lab['image'], meta__method='l2r', optim__lr=lr)
   ssl = steps_lib.SslSetup(num_classes=3, mixup=False, label_refine=False,
                            labeled_weight=0.7, prior_weight=0.3)
   state = core.create_train_state(jax.random.PRNGKey(0), model, lab['image'][:1], 3, setup)

@@ -15,7 +15,7 @@ import famus_jax as fj
 from famus_jax import core
 from famus_jax import losses as losses_lib
 from famus_jax.core import lookahead as lookahead_lib
-from tiny_models import NUM_CLASSES, TinyCNN, TinyMLP, init_model, make_batches
+from tiny_models import NUM_CLASSES, TinyCNN, TinyMLP, init_model, make_batches, tiny_setup
 
 MODELS = {'mlp': TinyMLP, 'cnn': TinyCNN}
 METHODS = tuple(fj.META_MODELS)  # mwnet, l2r, mlc, mlc_transition
@@ -235,11 +235,7 @@ class MetaTrainStepTest(parameterized.TestCase):
   def make(self, method, mode='jvp', model='cnn'):
     train, val = make_batches()
     net = MODELS[model]()
-    meta_model = fj.get_meta_model(method)
-    setup = fj.StepSetup(
-        apply_fn=net.apply, meta_model=meta_model,
-        tx=fj.sgd_with_weight_decay(0.1), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
-        lr_schedule=optax.constant_schedule(0.1), mode=mode)
+    setup = tiny_setup(net, train['image'], meta__method=method, meta__mode=mode)
     state = fj.create_train_state(jax.random.PRNGKey(0), net, train['image'],
                                   NUM_CLASSES, setup)
     return setup, state, train, val

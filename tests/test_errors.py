@@ -170,6 +170,10 @@ def test_data_checks_come_before_any_model_or_compile(tmp_path, monkeypatch, loo
 
 @pytest.mark.parametrize('overrides,message', [
     ({'seed': -1}, 'config.seed=-1: must be an integer in [0, inf]'),
+    ({'algorithm': 'co_teaching'},
+     "config.algorithm='co_teaching': must be one of 'alg2', 'standard'"),
+    ({'algorithm': 'alg2'},
+     'config.alg2: missing; build the config with famus_jax.alg2.config.with_alg2()'),
     ({'model__kwargs__width': 0}, "config.model (name='digits_mlp', kwargs={'depth': 2, "
      "'width': 0}): width must be a positive int, got 0"),
     ({'model__name': 'inception_resnet_v2', 'model__kwargs': {}, 'meta__method': 'ce'},

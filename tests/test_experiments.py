@@ -6,6 +6,7 @@ are written and that every number in the JSON is finite.
 """
 
 import json
+import logging
 import math
 import os
 import re
@@ -49,6 +50,28 @@ def check_outputs(results_dir, stem, allow_nan=()):
   assert not bad, bad[:5]
   assert payload['machine']['platform']
   return payload
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_kept():
+  """A script leaves the process's loggers as it found them (a study that
+  silenced famus_jax for good would hide the next test's warnings)."""
+  from experiments import common
+  levels = lambda: {n: logging.getLogger(n).level for n in common.RUN_LOGGERS}
+  before = levels()
+  yield
+  assert levels() == before
+
+
+def test_quiet_logs_restores_the_levels_even_on_error():
+  from experiments import common
+  logger = logging.getLogger('famus_jax')
+  before = logger.level
+  with pytest.raises(KeyError):
+    with common.quiet_logs():
+      assert logger.level == logging.ERROR
+      raise KeyError('x')
+  assert logger.level == before
 
 
 @pytest.fixture(scope='module')

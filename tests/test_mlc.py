@@ -8,14 +8,13 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 import famus_jax as fj
-from famus_jax import famus, meta_models, models
+from famus_jax import meta_models, models
 from famus_jax.training import config as config_lib
+from tiny_models import tiny_setup
 
 C = 3
 LR, MOMENTUM, WD = 0.05, 0.9, 5e-4  # base optimizer; the look-ahead must use 1e-3
@@ -131,13 +130,13 @@ def test_loss_corrects_logits_before_the_softmax_and_sums():
   np.testing.assert_array_equal(np.asarray(mlc.weights(None, jnp.zeros(2))), [1.0, 1.0])
 
 
-def make_step_state(mode, sampler=None, model=None, images=None):
+def make_step_state(mode, model=None, images=None, **meta):
+  """MLC's setup from the builder (SGD with the test's lr, momentum and weight
+  decay; Adam 1e-3 on T) and a fresh state; `meta`: further `config.meta` fields."""
   model = model or TwoLayer()
-  setup = fj.StepSetup(
-      apply_fn=model.apply, meta_model=fj.get_meta_model('mlc'),
-      tx=fj.sgd_with_weight_decay(LR, MOMENTUM, WD),
-      meta_tx=fj.make_meta_optimizer('adam', 1e-3), mode=mode,
-      lr_schedule=optax.constant_schedule(LR), sampler=sampler)
+  setup = tiny_setup(model, images, num_classes=C, meta__method='mlc', meta__mode=mode,
+                     meta__weight_decay=0.0, optim__lr=LR, optim__momentum=MOMENTUM,
+                     optim__weight_decay=WD, **{f'meta__{k}': v for k, v in meta.items()})
   state = fj.create_train_state(jax.random.PRNGKey(0), model, images, C, setup)
   return setup, state
 
@@ -183,14 +182,10 @@ def test_famus_step_runs_and_jvp_equals_reverse():
            'label': jnp.asarray(rng.integers(0, C, 8), jnp.int32)}
   val = {'image': jnp.asarray(rng.normal(size=(6, 8, 8, 1)), jnp.float32),
          'label': jnp.asarray(rng.integers(0, C, 6), jnp.int32)}
-  params = model.init(jax.random.PRNGKey(0), train['image'], train=False)['params']
-  cfg = ml_collections.ConfigDict(dict(
-      sampler='famus', k=2, s=3, b=1, tau=5.0, lambda1=0.1, lambda2=0.1, delta=0.1,
-      candidate_layers='all', granularity='module', prune_levels=1))
-  sampler = famus.build_sampler(cfg, model, params, train['image'])
   outs = []
   for mode in ('jvp', 'reverse'):
-    setup, state = make_step_state(mode, sampler, model, train['image'])
+    setup, state = make_step_state(mode, model, train['image'], sampler='famus', k=2,
+                                   lambda1=0.1, lambda2=0.1)
     outs.append(fj.jit_meta_train_step(setup, donate=False)(state, train, val))
   chex.assert_trees_all_close(outs[0][0].params, outs[1][0].params, rtol=1e-4, atol=1e-7)
   chex.assert_trees_all_close(outs[0][0].sampler_params, outs[1][0].sampler_params,

@@ -12,15 +12,16 @@ import pytest
 import famus_jax as fj
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training import strategies
-from tiny_models import NUM_CLASSES, TinyCNN, make_batches
+from tiny_models import NUM_CLASSES, TinyCNN, make_batches, tiny_setup
 
 LR, MU, WD = 0.1, 0.9, 5e-4
 
 
-def _setup(method='mwnet', tx=None):
-  return fj.StepSetup(apply_fn=TinyCNN().apply, meta_model=fj.get_meta_model(method),
-                      tx=tx or fj.sgd_with_weight_decay(LR, MU, WD),
-                      meta_tx=optax.adam(1e-3), lr_schedule=optax.constant_schedule(LR))
+def _setup(method='mwnet', lr=LR, momentum=MU, weight_decay=WD):
+  """SGD (lr, momentum, weight decay) on `TinyCNN`, Adam 1e-3 on the meta model."""
+  return tiny_setup(TinyCNN(), make_batches()[0]['image'], meta__method=method,
+                    optim__lr=lr, optim__momentum=momentum,
+                    optim__weight_decay=weight_decay, meta__weight_decay=0.0)
 
 
 def _state(setup, train):
@@ -129,7 +130,7 @@ def test_finite_flag_of_weighted_and_plain_programs(program):
   cls = strategies.MetaStrategy if program == 'weighted' else strategies.PlainStrategy
 
   def flag(batch, lr):
-    setup = _setup(tx=optax.sgd(lr))
+    setup = _setup(lr=lr, momentum=0.0, weight_decay=0.0)  # plain SGD
     fn = cls(setup, mesh, interval=2).programs[program]
     _, m = fn(_state(setup, train), batch)
     return bool(m['finite']), bool(jnp.isfinite(m['loss']))

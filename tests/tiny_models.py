@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from famus_jax.training import build as build_lib
+from famus_jax.training import config as config_lib
+
 NUM_CLASSES = 3
 
 
@@ -46,3 +49,19 @@ def init_model(model, images, seed=0):
   variables = model.init(jax.random.PRNGKey(seed), images, train=False)
   variables = jax.tree_util.tree_map(lambda x: x.astype(images.dtype), variables)
   return variables['params'], variables.get('batch_stats')
+
+
+def tiny_setup(model, images, *, num_classes=NUM_CLASSES, **fields):
+  """The builder's `StepSetup` (`famus_jax.training.build`) for `model` on
+  images of `images`' shape: `base_config()` with a constant learning rate and
+  `fields` set ('meta__method', 'optim__lr', ... as in `tiny_config`)."""
+  c = config_lib.base_config()
+  c.optim.schedule = 'constant'
+  for dotted, value in fields.items():
+    node = c
+    *parents, last = dotted.split('__')
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return build_lib.build(c, num_classes=num_classes, image_shape=images.shape[1:],
+                         model=model).setup
