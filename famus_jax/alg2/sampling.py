@@ -11,7 +11,7 @@ is reproducible). `ensure_min_size` is the fallback for degenerate GMM splits.
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -72,48 +72,12 @@ def ensure_min_size(selected: np.ndarray, score: np.ndarray, min_size: int
   return np.sort(top).astype(np.int64), True
 
 
-def shift_numpy(rng: np.random.Generator, images: np.ndarray, pad: int = 1) -> np.ndarray:
-  """Random translation by up to `pad` pixels (zero padding, no flip). (B,H,W,C)."""
-  b, h, w, _ = images.shape
-  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  oy = rng.integers(0, 2 * pad + 1, size=b)
-  ox = rng.integers(0, 2 * pad + 1, size=b)
-  out = np.empty_like(images)
-  for i in range(b):
-    out[i] = padded[i, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
-  return out
-
-
-def augment_images(rng: np.random.Generator, images: np.ndarray, augment: str,
-                   crop_size: Optional[int] = None, pad: int = 4) -> np.ndarray:
-  """The loader's augmentations (`config.data.augment` names) plus 'shift'.
-
-  Returns float32 images in [0, 1] (uint8 inputs are scaled by 1/255).
-  """
-  needs_crop = crop_size is not None and images.shape[1] != crop_size
-  if augment == 'crop_flip':
-    images = augment_lib.crop_flip_numpy(rng, images, pad)
-    if needs_crop:
-      images = augment_lib.center_crop_numpy(images, crop_size)
-  elif augment == 'resize_crop':
-    images = augment_lib.random_crop_flip_numpy(rng, images, crop_size or images.shape[1])
-  elif augment == 'shift':
-    if needs_crop:
-      images = augment_lib.center_crop_numpy(images, crop_size)
-    images = shift_numpy(rng, images, 1)
-  elif needs_crop:  # 'none' and 'center_crop'
-    images = augment_lib.center_crop_numpy(images, crop_size)
-  if images.dtype == np.uint8:
-    return images.astype(np.float32) * np.float32(1.0 / 255.0)
-  return np.ascontiguousarray(images, np.float32)
-
-
 class BatchFetcher:
   """Records of `source` at given indices, augmented; views seeded apart.
 
   Args:
     source: random-access split (`get_batch`).
-    augment: an `augment_images` mode.
+    augment: a name of `famus_jax.data.augment.SSL_AUGMENTATIONS`.
     seed: base seed; view v of draw k uses SeedSequence([seed, v, k]).
   """
 
@@ -130,7 +94,8 @@ class BatchFetcher:
     for v in range(views):
       rng = np.random.default_rng(np.random.SeedSequence([self.seed, v, int(draw), 0xA62]))
       key = 'image' if v == 0 else f'image{v + 1}'
-      out[key] = augment_images(rng, raw['image'], self.augment, self.crop_size)
+      out[key] = augment_lib.augment_numpy(rng, raw['image'], self.augment, self.crop_size,
+                                           registry=augment_lib.SSL_AUGMENTATIONS)
     return out
 
 

@@ -73,6 +73,48 @@ def center_crop_numpy(images: np.ndarray, size: int) -> np.ndarray:
   return images[:, top:top + size, left:left + size]
 
 
+def _fit(images: np.ndarray, crop_size) -> np.ndarray:
+  """The centre `crop_size` square when the images are larger, else as they are."""
+  if crop_size is not None and images.shape[1] != crop_size:
+    return center_crop_numpy(images, crop_size)
+  return images
+
+
+def shift_numpy(rng: np.random.Generator, images: np.ndarray, pad: int = 1) -> np.ndarray:
+  """Random translation by up to `pad` pixels (zero padding, no flip). (B,H,W,C)."""
+  b, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oy = rng.integers(0, 2 * pad + 1, size=b)
+  ox = rng.integers(0, 2 * pad + 1, size=b)
+  out = np.empty_like(images)
+  for i in range(b):
+    out[i] = padded[i, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
+  return out
+
+
+# `config.data.augment` -> fn(rng, images, crop_size, pad): the loader's augmentations.
+AUGMENTATIONS = {
+    "none": lambda rng, x, crop, pad: _fit(x, crop),
+    "crop_flip": lambda rng, x, crop, pad: _fit(crop_flip_numpy(rng, x, pad), crop),
+    "resize_crop": lambda rng, x, crop, pad: random_crop_flip_numpy(rng, x,
+                                                                   crop or x.shape[1]),
+    "center_crop": lambda rng, x, crop, pad: _fit(x, crop),
+}
+# Algorithm 2's SSL views may also be shifted by one pixel (`alg2.ssl.augment`).
+SSL_AUGMENTATIONS = {**AUGMENTATIONS,
+                     "shift": lambda rng, x, crop, pad: shift_numpy(rng, _fit(x, crop), 1)}
+
+
+def augment_numpy(rng: np.random.Generator, images: np.ndarray, augment: str,
+                  crop_size=None, pad: int = 4, registry=None) -> np.ndarray:
+  """`registry[augment]` (default `AUGMENTATIONS`) of a batch, as float32 in
+  [0, 1] (uint8 inputs are scaled by 1/255)."""
+  images = (registry or AUGMENTATIONS)[augment](rng, images, crop_size, pad)
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) * np.float32(1.0 / 255.0)
+  return np.ascontiguousarray(images, np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("pad",))
 def augment_batch_jax(rng, images, pad: int = 4):
   """On-device crop (``pad``-pixel zero padding) + horizontal flip.

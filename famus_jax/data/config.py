@@ -10,10 +10,11 @@ import numbers
 
 import ml_collections
 
+from famus_jax.data.augment import AUGMENTATIONS
 from famus_jax.data.registry import DATASETS
 
 NOISE_TYPES = ("none", "symmetric", "asymmetric", "pairflip")
-AUGMENTS = ("none", "crop_flip", "resize_crop", "center_crop")
+AUGMENTS = tuple(AUGMENTATIONS)  # the loader's augmentations (famus_jax.data.augment)
 LONG_TAIL_FACTORS = (100, 50, 20, 10)  # the paper's imbalance factors
 CNWL_NOISE_LEVELS = (0, 5, 10, 15, 20, 30, 40, 50, 60, 80)  # tfds splits train_XX
 CNWL_COLORS = ("red", "blue")

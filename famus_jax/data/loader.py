@@ -144,21 +144,8 @@ class _FetchAndAugment:
     batch = dict(get_batch(self.source, indices))
     images = batch["image"]
     rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), k, 0xA06]))
-    needs_crop = self.crop_size is not None and images.shape[1] != self.crop_size
-    if self.augment == "crop_flip":
-      images = augment_lib.crop_flip_numpy(rng, images, self.pad)
-      if needs_crop:
-        images = augment_lib.center_crop_numpy(images, self.crop_size)
-    elif self.augment == "resize_crop":
-      images = augment_lib.random_crop_flip_numpy(
-          rng, images, self.crop_size or images.shape[1])
-    elif needs_crop:  # 'none' and 'center_crop'
-      images = augment_lib.center_crop_numpy(images, self.crop_size)
-    if images.dtype == np.uint8:
-      images = images.astype(np.float32) * np.float32(1.0 / 255.0)
-    else:
-      images = images.astype(np.float32, copy=False)
-    batch["image"] = np.ascontiguousarray(images)
+    batch["image"] = augment_lib.augment_numpy(rng, images, self.augment, self.crop_size,
+                                               self.pad)
     for key in ("label", "true_label", "index"):
       batch[key] = np.asarray(batch[key], np.int32)
     return batch
