@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 
-from famus_jax.training import metrics as metrics_lib
-
 log = logging.getLogger('famus_jax.run')
-first_non_finite = metrics_lib.first_non_finite
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,13 +104,6 @@ class FiniteGuard:
     bad = self.watch.add(step, finite_flag)
     if bad is not None:
       raise self.error(bad)
-
-  def check_rows(self, rows: list[dict], first_step: int,
-                 keys: Iterable[str] = ('loss',)) -> None:
-    """At the first non-finite host row (row i is step `first_step + i`)."""
-    bad = first_non_finite(rows, keys)
-    if bad is not None:
-      raise self.error(first_step + bad)
 
   def check_step(self, bad_step: Optional[int]) -> None:
     """At `bad_step` when it is not None (`StepMetrics.drain`'s answer)."""
