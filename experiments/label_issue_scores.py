@@ -38,9 +38,9 @@ from famus_jax import train
 from famus_jax.analysis import label_issues as issues_lib
 from famus_jax.analysis import record as record_lib
 from famus_jax.analysis import runs as runs_lib
-from famus_jax.analysis import tracking as tracking_lib
 from famus_jax.training import config as config_lib
 from famus_jax.training import sharding as sharding_lib
+from famus_jax.training.hooks import Hook
 
 DECAYS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 1.0)  # 0: the last visit only; 1: the mean of all
 SMOKE = {'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 12,
@@ -49,28 +49,24 @@ SMOKE = {'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 12,
 QUICK = {'train.progress': False}
 
 
-class Visits:
-  """Every visit of the run: (index, label, trust or NaN, loss, prediction)."""
+class Visits(Hook):
+  """A trainer hook: every visit of the run (index, label, trust or NaN, loss,
+  prediction), the trust by the method's signal as the record computes it."""
 
   def __init__(self):
-    self.rows = []
+    self.rows, self.signal = [], None
 
-  def add(self, host: dict, metrics: dict, signal: record_lib.Signal) -> None:
+  def on_start(self, trainer) -> None:
+    self.signal = record_lib.SIGNALS[str(trainer.config.meta.method)]
+
+  def after_iteration(self, trainer, member, step, host, metrics) -> None:
     m = {k: np.asarray(v) for k, v in metrics.items()
          if k in ('weights', 'example_loss', 'prediction', 'val_loss')}
     n = host['index'].shape[0]
-    trust = (np.asarray(signal.fn(m)) if all(k in m for k in signal.requires)
+    trust = (np.asarray(self.signal.fn(m)) if all(k in m for k in self.signal.requires)
              else np.full((n,), np.nan))
     self.rows.append((np.asarray(host['index']), np.asarray(host['label']), trust,
                       m['example_loss'], m['prediction']))
-
-
-def capturing(visits: Visits):
-  class Capturing(tracking_lib.LabelTracking):
-    def after_iteration(self, host_batch, metrics):
-      super().after_iteration(host_batch, metrics)
-      visits.add(host_batch, metrics, self.record.signal)
-  return Capturing
 
 
 def moving_averages(visits: Visits, num: int, decay: float) -> dict:
@@ -176,12 +172,7 @@ def run_method(config, method: str, workdir: str) -> dict:
   if method == 'mlc':  # its loss is a batch sum: a per-example rate (as digits_study)
     c.optim.lr = c.optim.lr / c.data.batch_size
   visits = Visits()
-  real = tracking_lib.LabelTracking
-  train.tracking_lib.LabelTracking = capturing(visits)
-  try:
-    summary = train.train_and_evaluate(c, workdir)
-  finally:
-    train.tracking_lib.LabelTracking = real
+  summary = train.train_and_evaluate(c, workdir, hooks=[visits])
   noise = np.load(os.path.join(workdir, 'noisy_labels.npz'))
   return {'final_test_accuracy': summary['final_test_accuracy'],
           'label_issues': summary['label_issues'],
@@ -236,6 +227,12 @@ def plot(payload: dict, path: str) -> str:
 
 
 def main(argv=None):
+  """The study (see the module docstring); famus_jax's info lines quiet meanwhile."""
+  with common.quiet_logs(('famus_jax',), logging.WARNING):
+    return _main(argv)
+
+
+def _main(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--config', default=os.path.join('configs', 'digits.py'))
   p.add_argument('--methods', default=None,
@@ -260,7 +257,6 @@ def main(argv=None):
             f"{m['average_precision']:.4f}, precision@k {m['precision_at_k']:.3f}, "
             f"recall@k {m['recall_at_k']:.3f} (k {m['k']})")
     return res
-  logging.getLogger('famus_jax').setLevel(logging.WARNING)
   c = config_lib.load_config(args.config)
   mode = 'smoke' if args.smoke else 'quick' if args.quick else 'full'
   apply_overrides(c, SMOKE if args.smoke else QUICK if args.quick else {})
