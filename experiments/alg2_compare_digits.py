@@ -24,6 +24,7 @@ import ml_collections
 
 from famus_jax import train
 from famus_jax.alg2 import config as alg2_config
+from famus_jax.training import config as config_lib
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 CONFIG = os.path.join(REPO, 'configs', 'digits_alg2.py')
@@ -35,7 +36,7 @@ def alg2_digits_config(noise: float, seed: int, overrides: dict | None = None):
   c.seed = int(seed)
   c.train.progress = False
   for k, v in (overrides or {}).items():
-    alg2_config.set_field(c, k, v)
+    config_lib.set_field(c, k, v)
   return c
 
 

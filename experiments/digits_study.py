@@ -41,6 +41,7 @@ import numpy as np
 
 from experiments import common
 from famus_jax import train
+from famus_jax.training import config as config_lib
 from experiments import digits_lab as lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,14 +77,6 @@ def load_config_file(name: str):
   return module.get_config()
 
 
-def set_field(config, dotted: str, value) -> None:
-  node = config
-  *parents, last = dotted.split('.')
-  for p in parents:
-    node = node[p]
-  node[last] = value
-
-
 def parse_value(text: str):
   try:
     value = json.loads(text)
@@ -109,7 +102,7 @@ def make_config(method: str, setting: str, seed: int, epochs: int, smoke: bool,
   else:
     c = load_config_file('digits.py')
     for k, v in METHODS[method][1].items():
-      set_field(c, k, v)
+      config_lib.set_field(c, k, v)
     full = c.optim.num_epochs
     c.optim.boundaries = tuple(sorted({max(1, min(epochs - 1, int(round(b * epochs / full))))
                                        for b in c.optim.boundaries})) if epochs > 1 else ()
@@ -125,7 +118,7 @@ def make_config(method: str, setting: str, seed: int, epochs: int, smoke: bool,
   c.train.progress = False
   for k, v in overrides.items():
     if method == 'alg2' or not k.startswith('alg2.'):
-      set_field(c, k, v)
+      config_lib.set_field(c, k, v)
   return c
 
 

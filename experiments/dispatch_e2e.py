@@ -30,6 +30,7 @@ import statistics
 import tempfile
 
 from experiments import common
+from famus_jax.training import config as config_lib
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -117,7 +118,7 @@ def run_plan(plan: str, seeds, variants, overrides: dict) -> dict:
     for variant in variants:
       c = study.load_config_file(config_file)
       for k, v in {**budget, **VARIANTS[variant], **overrides, 'seed': seed}.items():
-        study.set_field(c, k, v)
+        config_lib.set_field(c, k, v)
       c.train.progress = False
       workdir = tempfile.mkdtemp(prefix=f'e2e_{variant}_')
       try:

@@ -46,6 +46,7 @@ import numpy as np
 from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
+from famus_jax.training import config as config_lib
 
 # The exact meta gradient over every layer (FaMUS's candidates are every layer too).
 EXACT = {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}
@@ -108,7 +109,7 @@ def make_config(method: str, setting: str, seed: int, per_class: int, epochs: in
     _epoch_schedule(c, epochs)
   else:
     for k, v in METHODS[method][1].items():
-      study.set_field(c, k, v)
+      config_lib.set_field(c, k, v)
     _epoch_schedule(c, epochs)
     steps_per_epoch = 10 * int(per_class) // int(c.data.batch_size)
     if c.data.train_split == 'meta':  # as many iterations as the others
@@ -128,7 +129,7 @@ def apply_overrides(c, method: str, overrides: dict) -> None:
   """The command line's `--set` fields (`alg2.*` only on Alg. 2's config)."""
   for k, v in overrides.items():
     if method == 'alg2' or not k.startswith('alg2.'):
-      study.set_field(c, k, v)
+      config_lib.set_field(c, k, v)
 
 
 def collect(workdir: str, summary: dict) -> dict:

@@ -30,7 +30,7 @@ import ml_collections
 
 from experiments import common
 from famus_jax import train
-from famus_jax.alg2.config import set_field
+from famus_jax.training.config import set_field
 from famus_jax.training.config import load_config
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'digits.py')

@@ -180,12 +180,7 @@ def run_method(config, method: str, workdir: str) -> dict:
 
 
 def apply_overrides(c, overrides: dict) -> None:
-  for dotted, value in overrides.items():
-    node = c
-    *parents, last = dotted.split('.')
-    for p in parents:
-      node = node[p]
-    node[last] = value
+  config_lib.with_fields(c, overrides)
 
 
 def markdown(payload: dict) -> str:

@@ -30,6 +30,7 @@ from famus_jax.alg2 import ssl as ssl_lib
 from famus_jax.alg2 import steps as steps_lib
 from famus_jax.analysis import runs as runs_lib
 from famus_jax.training import checkpoint as checkpoint_lib
+from famus_jax.training import config as config_lib
 from famus_jax.training.config import ConfigError
 from tiny_models import TinyMLP, tiny_setup
 
@@ -233,7 +234,7 @@ def _digits_config(**overrides):
   c = alg2_config.load_sibling('digits_alg2.py', os.path.join(CONFIGS, 'x.py'))
   c.train.progress = False
   for k, v in overrides.items():
-    alg2_config.set_field(c, k, v)
+    config_lib.set_field(c, k, v)
   return c
 
 
@@ -245,7 +246,7 @@ def _tiny_config(**overrides):
       'optim.num_epochs': 2, 'optim.boundaries': (), 'alg2.warmup_epochs': 1,
       'alg2.gmm.during_warmup': False, 'alg2.ssl.batch_size': 32})
   for k, v in overrides.items():
-    alg2_config.set_field(c, k, v)
+    config_lib.set_field(c, k, v)
   return c
 
 

@@ -38,13 +38,7 @@ def tiny_config(method='mwnet', sampler='all', steps=8, **overrides):
   c.meta.method, c.meta.sampler, c.meta.k, c.meta.s = method, sampler, 2, 2
   c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 4, 4
   c.train.progress = False
-  for dotted, value in overrides.items():
-    node = c
-    *parents, last = dotted.split('__')
-    for p in parents:
-      node = node[p]
-    node[last] = value
-  return c
+  return config_lib.with_fields(c, {k.replace('__', '.'): v for k, v in overrides.items()})
 
 
 def read_jsonl(path):

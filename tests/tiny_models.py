@@ -55,13 +55,7 @@ def tiny_setup(model, images, *, num_classes=NUM_CLASSES, **fields):
   """The builder's `StepSetup` (`famus_jax.training.build`) for `model` on
   images of `images`' shape: `base_config()` with a constant learning rate and
   `fields` set ('meta__method', 'optim__lr', ... as in `tiny_config`)."""
-  c = config_lib.base_config()
-  c.optim.schedule = 'constant'
-  for dotted, value in fields.items():
-    node = c
-    *parents, last = dotted.split('__')
-    for p in parents:
-      node = node[p]
-    node[last] = value
+  c = config_lib.with_fields(config_lib.base_config(), {
+      'optim.schedule': 'constant', **{k.replace('__', '.'): v for k, v in fields.items()}})
   return build_lib.build(c, num_classes=num_classes, image_shape=images.shape[1:],
                          model=model).setup

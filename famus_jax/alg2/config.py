@@ -107,24 +107,10 @@ def with_alg2(config: ml_collections.ConfigDict, **alg2_overrides
   c.data.meta_per_class = 0
   base = config_lib.base_config()
   for dotted in IGNORED:
-    set_field(c, dotted, _get(base, dotted))
+    config_lib.set_field(c, dotted, config_lib.get_field(base, dotted))
   for dotted, value in alg2_overrides.items():
-    set_field(c.alg2, dotted, value)
+    config_lib.set_field(c.alg2, dotted, value)
   return c
-
-
-def _get(config, dotted: str):
-  for part in dotted.split('.'):
-    config = config[part]
-  return config
-
-
-def set_field(config, dotted: str, value) -> None:
-  node = config
-  *parents, last = dotted.split('.')
-  for p in parents:
-    node = node[p]
-  node[last] = value
 
 
 def load_sibling(name: str, relative_to: str):
@@ -143,9 +129,10 @@ def validate(config) -> None:
                              clean_meta_set=False)
   base = config_lib.base_config()
   for dotted, instead in IGNORED.items():
-    if _get(config, dotted) != _get(base, dotted):
-      raise ConfigError(f'config.{dotted}={_get(config, dotted)!r}: not used by '
-                        f'Algorithm 2 ({instead}); leave it at {_get(base, dotted)!r}')
+    value, default = config_lib.get_field(config, dotted), config_lib.get_field(base, dotted)
+    if value != default:
+      raise ConfigError(f'config.{dotted}={value!r}: not used by Algorithm 2 ({instead}); '
+                        f'leave it at {default!r}')
   if config.data.meta_per_class != 0:
     raise ConfigError(f'config.data.meta_per_class={config.data.meta_per_class!r}: '
                       'must be 0 with algorithm=\'alg2\' (the pseudo-clean sets are the meta '

@@ -141,11 +141,29 @@ def base_config() -> ml_collections.ConfigDict:
 # Validation helpers.
 
 
-def _get(config, dotted: str):
+def get_field(config, dotted: str):
+  """`config.a.b` for 'a.b'."""
   node = config
   for part in dotted.split('.'):
     node = node[part]
   return node
+
+
+def set_field(config, dotted: str, value) -> None:
+  """`config.a.b = value` for 'a.b'."""
+  *parents, last = dotted.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  node[last] = value
+
+
+def with_fields(config, fields: dict):
+  """`config` with `fields` ({'meta.k': 8, ...}) set; returns it."""
+  for dotted, value in fields.items():
+    set_field(config, dotted, value)
+  return config
+
 
 
 def _is_number(v, integer=False):
@@ -156,7 +174,7 @@ def _is_number(v, integer=False):
 
 def number(config, field: str, lo=None, hi=None, *, integer=False,
            lo_open=False, hi_open=False):
-  v = _get(config, field)
+  v = get_field(config, field)
   ok = _is_number(v, integer)
   if ok and lo is not None:
     ok = v > lo if lo_open else v >= lo
@@ -172,7 +190,7 @@ def number(config, field: str, lo=None, hi=None, *, integer=False,
 
 
 def choice(config, field: str, allowed: Iterable[str]):
-  v = _get(config, field)
+  v = get_field(config, field)
   allowed = tuple(allowed)
   if v not in allowed:
     raise ConfigError(f'config.{field}={v!r}: must be one of '
@@ -181,7 +199,7 @@ def choice(config, field: str, allowed: Iterable[str]):
 
 
 def boolean(config, field: str):
-  v = _get(config, field)
+  v = get_field(config, field)
   if not isinstance(v, bool):
     raise ConfigError(f'config.{field}={v!r}: must be True or False')
   return v
@@ -229,8 +247,8 @@ def validate_config(config, *, schema=None,
     number(config, 'model.num_classes', 1, integer=True)
   choice(config, 'model.dtype', DTYPES)
   for field in ('model.init_from', 'model.init_exclude'):
-    if not isinstance(_get(config, field), str):
-      raise ConfigError(f'config.{field}={_get(config, field)!r}: must be a string '
+    if not isinstance(get_field(config, field), str):
+      raise ConfigError(f'config.{field}={get_field(config, field)!r}: must be a string '
                         "(a path, a comma-separated module list, or '')")
 
   # data (the data module's own validation, re-raised as ConfigError)
