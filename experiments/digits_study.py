@@ -37,12 +37,14 @@ import sys
 import tempfile
 import time
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import common
+from experiments import digits_lab as lab
 from famus_jax import train
 from famus_jax.training import config as config_lib
-from experiments import digits_lab as lab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -213,9 +215,7 @@ def markdown(payload) -> str:
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   table, settings = payload['table'], payload['settings']
   fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4),
                            squeeze=False, sharey=False)

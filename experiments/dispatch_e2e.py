@@ -30,6 +30,9 @@ import statistics
 import tempfile
 
 from experiments import common
+from experiments import digits_lab
+from experiments import digits_study as study
+from famus_jax import train
 from famus_jax.training import config as config_lib
 
 
@@ -108,9 +111,6 @@ VARIANTS = {'exact': {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}, 'f
 
 def run_plan(plan: str, seeds, variants, overrides: dict) -> dict:
   """Runs every variant for every seed (seeds outermost) in temporary workdirs."""
-  from experiments import digits_lab  # pylint: disable=g-import-not-at-top
-  from experiments import digits_study as study  # pylint: disable=g-import-not-at-top
-  from famus_jax import train  # pylint: disable=g-import-not-at-top
   digits_lab.enable_compilation_cache()
   config_file, budget = PLANS[plan]
   runs = {}
@@ -179,7 +179,6 @@ def main(argv=None):
     parser.error('give --plan or at least one --run NAME=WORKDIR')
   runs = {}
   if args.plan:
-    from experiments import digits_study as study  # pylint: disable=g-import-not-at-top
     unknown = set(args.variants.split(',')) - set(VARIANTS)
     if unknown:
       parser.error(f'unknown variants {sorted(unknown)}; known: {", ".join(VARIANTS)}')

@@ -37,16 +37,21 @@ Writes experiments/results/fashion_mnist_study[_quick].{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
+from famus_jax.alg2 import analysis
 from famus_jax.training import config as config_lib
+from famus_jax.training import metrics as metrics_lib
 
 # The exact meta gradient over every layer (FaMUS's candidates are every layer too).
 EXACT = {'meta.sampler': 'all', 'meta.candidate_layers': 'all'}
@@ -134,9 +139,7 @@ def apply_overrides(c, method: str, overrides: dict) -> None:
 
 def collect(workdir: str, summary: dict) -> dict:
   """Weights over training (metrics.jsonl) or Alg. 2's epoch times."""
-  from famus_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   if summary.get('algorithm') == 'alg2':
-    from famus_jax.alg2 import analysis  # pylint: disable=g-import-not-at-top
     rows = analysis.EpochLog.read(workdir)
     warm = int(summary.get('warmup_epochs') or 0)
     per_step = [r['epoch_time_s'] / summary['steps_per_epoch'] for r in rows
@@ -192,9 +195,7 @@ def markdown(payload) -> str:
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   table, settings, runs = payload['table'], payload['settings'], payload['runs']
   fig, axes = plt.subplots(1, len(settings) + 1, figsize=(4.3 * (len(settings) + 1), 4.6),
                            squeeze=False)
@@ -243,7 +244,6 @@ def plot_weights(ax, series: list[dict], color: str, label: str, per: int = 1) -
 
 def replot(json_path: str) -> str:
   """Redraws the figure of a results JSON; returns the PNG path."""
-  import json  # pylint: disable=g-import-not-at-top
   with open(json_path) as f:
     payload = json.load(f)
   plot(json_path[:-5] + '.png', payload)

@@ -31,6 +31,8 @@ import tempfile
 import time
 
 import jax
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import common
@@ -202,9 +204,7 @@ def markdown(payload: dict) -> str:
 
 def plot(payload: dict, path: str) -> str:
   """ROC-AUC of each candidate against the decay, one panel per method."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   methods = payload['methods']
   fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.8), squeeze=False)
   for ax, (method, res) in zip(axes[0], methods.items()):

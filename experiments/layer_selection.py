@@ -27,11 +27,14 @@ Writes experiments/results/layer_selection[_quick].{json,png}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
 import jax
+import matplotlib
+import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 
@@ -73,9 +76,7 @@ def summarize(gates: np.ndarray, bins: int) -> dict:
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   layers = payload['layers']
   main_k = str(payload['main_k'])
   main = payload['per_k'][main_k]
@@ -147,7 +148,6 @@ def layer_names_of_run(config: dict, num_layers: int) -> list[str]:
 
 def from_workdir(workdir: str) -> dict:
   """Per-K summary from a training run's metrics.jsonl (`layer_frequency` rows)."""
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   rows = []

@@ -25,6 +25,8 @@ import os
 import sys
 import time
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats
 
@@ -88,9 +90,7 @@ def markdown(payload) -> str:
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   rates = list(payload['table'])
   fig, ax = plt.subplots(figsize=(2.8 + 2.2 * len(rates), 4))
   width = 0.35

@@ -23,6 +23,8 @@ import sys
 import time
 
 import jax
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import common
@@ -102,9 +104,7 @@ def run(name, data, args, model):
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for i, (name, row) in enumerate(payload['rows'].items()):
     t = row['first_iteration_s'] + np.arange(len(row['loss'])) * row['ms_per_iteration'] / 1e3

@@ -25,6 +25,8 @@ import argparse
 import sys
 import time
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -57,9 +59,7 @@ def describe(weights: np.ndarray, is_clean: np.ndarray) -> dict:
 
 
 def plot(path, payload):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   methods = payload['methods']
   points = payload['points']
   fig, axes = plt.subplots(len(methods), len(points), figsize=(3.3 * len(points),
