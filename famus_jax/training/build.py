@@ -3,6 +3,7 @@
     parts = build(config, num_classes=10, image_shape=(8, 8, 1), steps_per_epoch=19)
     parts.setup                              # the core's static `StepSetup`
     strategy = parts.strategy(mesh)          # the method's compiled programs
+    dispatcher = parts.dispatcher()          # the meta iteration alone
     state = parts.init_state(jax.random.PRNGKey(0))
 
 `build` reads `config.model`, `config.optim` and `config.meta` (validated
@@ -11,14 +12,15 @@ network, its parameters as shapes, the candidate layers and from them the
 layer sampler and static meta scope, the learning-rate schedule, the
 optimizers and the method's meta model. The trainer
 (`famus_jax.training.trainer`), the experiments and the tests build their
-steps here; `model=` replaces the registry's network (tests with tiny models).
+steps here (`build_from_fields`: a step outside a run); `model=` replaces the
+registry's network (tests with tiny models).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -28,6 +30,7 @@ from famus_jax import core
 from famus_jax import famus
 from famus_jax import models as models_lib
 from famus_jax.models import weights as weights_lib
+from famus_jax.training import config as config_lib
 from famus_jax.training import schedules
 from famus_jax.training import strategies as strategies_lib
 from famus_jax.training.config import ConfigError
@@ -70,11 +73,25 @@ class Parts:
     """The sampler's layers in forward order (None without a sampler)."""
     return None if self.sampler is None else [layer.name for layer in self.sampler.layers]
 
+  def dispatcher(self, compiler: Optional[famus.Compiler] = None) -> famus.Dispatcher:
+    """The meta iteration's dispatcher of `meta.dispatch` (`famus.make_dispatcher`),
+    its programs jitted by `compiler` (default: unsharded, the state donated)."""
+    return famus.make_dispatcher(self.setup, compiler)
+
   def strategy(self, mesh, warmup_steps: int = 0):
     """The method's strategy: its programs jitted for `mesh` (the meta
-    iteration through the sampler's dispatcher)."""
-    return self.strategy_class(self.setup, mesh, interval=int(self.config.meta.interval),
+    iteration through `dispatcher`, with the loop's compiler)."""
+    dispatcher = (self.dispatcher(strategies_lib.compiler(mesh)) if self.uses_meta_set
+                  else None)
+    return self.strategy_class(self.setup, mesh, dispatcher=dispatcher,
+                               interval=int(self.config.meta.interval),
                                warmup_steps=warmup_steps)
+
+  def with_sampler(self, sampler) -> 'Parts':
+    """These parts with `sampler` in place of the config's (a wrapped or
+    instrumented one); the setup follows."""
+    return dataclasses.replace(self, sampler=sampler,
+                               setup=dataclasses.replace(self.setup, sampler=sampler))
 
   def new_state(self, rng: jax.Array) -> core.TrainState:
     """A freshly initialised train state (jit-compatible)."""
@@ -106,6 +123,18 @@ def build(config, *, num_classes: int, image_shape, steps_per_epoch: int = 1,
   return Parts(config=config, model=model, sample_images=sample, num_classes=num_classes,
                sampler=sampler, scope=scope, setup=setup, strategy_class=cls,
                initial_arrays=initial_weights(config, model, sample))
+
+
+def build_from_fields(fields: Optional[Mapping[str, Any]] = None, *, num_classes: int,
+                      image_shape, meta: Optional[Mapping[str, Any]] = None,
+                      model: Optional[nn.Module] = None) -> Parts:
+  """`build` of `base_config()` with a constant learning rate, `fields` (dotted
+  names -> values) and `meta` (fields of `config.meta`) set: one step outside a
+  run (studies, tests)."""
+  config = config_lib.with_fields(config_lib.base_config(), {
+      'optim.schedule': 'constant', **(fields or {}),
+      **{f'meta.{name}': value for name, value in (meta or {}).items()}})
+  return build(config, num_classes=num_classes, image_shape=image_shape, model=model)
 
 
 def build_model(config, num_classes: int) -> nn.Module:

@@ -16,7 +16,7 @@ host from the iteration number:
 
 The loop asks `needs_validation(step)` before drawing a validation batch and
 never looks at the method's name. The meta iteration itself runs through the
-dispatcher of the sampler's `meta.dispatch` (`famus_jax.famus.dispatch`).
+dispatcher the builder made (`famus_jax.training.build.Parts.dispatcher`).
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ class PlainStrategy:
 
   uses_meta_set = False  # no validation batches, no layer sampler
 
-  def __init__(self, setup: core.StepSetup, mesh, *, interval: int = 1,
+  def __init__(self, setup: core.StepSetup, mesh, *, dispatcher=None, interval: int = 1,
                warmup_steps: int = 0):
-    del interval, warmup_steps
+    del dispatcher, interval, warmup_steps
     self.programs = {'plain': _jit_step(core.plain_train_step, setup, mesh, 1)}
 
   @staticmethod
@@ -113,10 +113,10 @@ class MetaStrategy(PlainStrategy):
 
   uses_meta_set = True
 
-  def __init__(self, setup: core.StepSetup, mesh, *, interval: int = 1,
-               warmup_steps: int = 0):
+  def __init__(self, setup: core.StepSetup, mesh, *, dispatcher: famus.Dispatcher,
+               interval: int = 1, warmup_steps: int = 0):
     self.interval, self.warmup_steps = int(interval), int(warmup_steps)
-    self.meta_step = famus.make_dispatcher(setup, compiler(mesh))
+    self.meta_step = dispatcher
     self.programs = {**self.meta_step.programs,
                      'weighted': _jit_step(core.weighted_train_step, setup, mesh, 1)}
     if self.warmup_steps:
