@@ -4,7 +4,6 @@ Algorithm 1's gates, the FLOPs of the scope programs, the gates' gradient under
 pruning, the cost-weighted L_r, the batched gradient samplers and the FaMUS
 config checks."""
 
-import dataclasses
 import functools
 import importlib.util
 import logging
@@ -15,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 
 import famus_jax as fj
@@ -27,7 +25,7 @@ from famus_jax.famus import dispatch as dispatch_lib
 from famus_jax.famus import gumbel
 from famus_jax.training import build as build_lib
 from famus_jax.training import config as config_lib
-from tiny_models import NUM_CLASSES, TinyCNN, init_model, make_batches
+from tiny_models import NUM_CLASSES, SGD_META, TinyCNN, init_model, make_batches, tiny_parts
 
 LEVELS = 3
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -52,11 +50,16 @@ def problem():
   return model, params, stats, train, val
 
 
-def setup_for(sampler, mode='jvp'):
-  return fj.StepSetup(
-      apply_fn=problem()[0].apply, meta_model=fj.get_meta_model('mwnet'),
-      tx=fj.sgd_with_weight_decay(0.1), meta_tx=fj.make_meta_optimizer('sgd', 0.1),
-      lr_schedule=optax.constant_schedule(0.1), mode=mode, sampler=sampler)
+def parts_for(mode='jvp', **overrides) -> build_lib.Parts:
+  """The builder's parts for TinyCNN with config.meta = `meta_config(**overrides)`,
+  the `mode` path and the references' SGD meta optimizer."""
+  model, _, _, train, _ = problem()
+  return tiny_parts(model, train['image'],
+                    meta={**meta_config(**overrides).to_dict(), **SGD_META, 'mode': mode})
+
+
+def setup_for(mode='jvp', **overrides):
+  return parts_for(mode, **overrides).setup
 
 
 def sampler_for(**overrides):
@@ -142,14 +145,14 @@ def reference_step(sampler_name):
   """Algorithm 1 in one program with the gates as data, by the readable
   `reverse` path (jax.grad through the gated look-ahead): independent of
   every dispatcher's code."""
-  setup = setup_for(sampler_for(sampler=sampler_name, dispatch='none'), mode='reverse')
+  setup = setup_for('reverse', sampler=sampler_name, dispatch='none')
   return jax.jit(functools.partial(fj.meta_train_step, setup=setup))
 
 
 @functools.lru_cache(maxsize=None)
 def dispatcher(name, sampler_name):
-  setup = setup_for(sampler_for(sampler=sampler_name, dispatch=name))
-  return famus.make_dispatcher(setup, famus.Compiler(donate=False)), setup
+  parts = parts_for(sampler=sampler_name, dispatch=name)
+  return parts.dispatcher(famus.Compiler(donate=False)), parts.setup
 
 
 @functools.lru_cache(maxsize=None)
@@ -265,11 +268,10 @@ def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
   variables = model.init(jax.random.PRNGKey(0), train['image'], train=False)
   flops = {}
   for name in ('host', 'none'):  # programs compiled: 3 + 1
-    sampler = famus.build_sampler(meta_config(sampler='random', s=1, prune_levels=0,
-                                              dispatch=name),
-                                  model, variables['params'], train['image'])
-    setup = dataclasses.replace(setup_for(sampler), apply_fn=model.apply)
-    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+    meta = meta_config(sampler='random', s=1, prune_levels=0, dispatch=name).to_dict()
+    parts = tiny_parts(model, train['image'], meta={**meta, **SGD_META})
+    setup, sampler = parts.setup, parts.sampler
+    d = parts.dispatcher(famus.Compiler(donate=False))
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                   NUM_CLASSES, setup)
     begin = d.programs['meta_begin'](state, train) if name == 'host' else None
@@ -460,12 +462,10 @@ def test_every_famus_config_runs_scoped_famus_over_every_layer():
     shape = IMAGE_SHAPES.get(config.data.name, (32, 32, 3))
     key = (config.model.name, config.model.kwargs.to_json(), shape, meta.to_json())
     if key not in built:
-      model = build_lib.build_model(config, 10)
-      images = jnp.zeros((1, *shape))
-      params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), images,
-                                                     train=False))['params']
-      built[key] = (build_lib.build_sampler_and_scope(config, model, images),
-                    len(models.model_layers(model, params, images)))
+      parts = build_lib.build(config, num_classes=10, image_shape=shape)
+      params = build_lib.abstract_params(config, parts.model, parts.sample_images)
+      built[key] = ((parts.sampler, parts.scope),
+                    len(models.model_layers(parts.model, params, parts.sample_images)))
     (sampler, scope), num_layers = built[key]
     assert scope is None and len(sampler.layers) == num_layers, name
     assert len(sampler.scopes) >= 2 and max(sampler.scope_costs) == 1.0, name
@@ -487,9 +487,8 @@ def assert_block_boundary_scopes(sampler, name):
 def test_famus_without_rate_loss_warns_once_at_start_up(caplog, lambda1, warned):
   config = load('digits')
   config.meta.lambda1 = lambda1
-  model = build_lib.build_model(config, 10)
   with caplog.at_level(logging.WARNING):
-    build_lib.build_sampler_and_scope(config, model, jnp.zeros((1, 8, 8, 1)))
+    build_lib.build(config, num_classes=10, image_shape=(8, 8, 1))
   lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   if warned:
     assert len(lines) == 1 and 'meta.k=4 has no effect' in lines[0]

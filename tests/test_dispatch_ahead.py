@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 import famus_jax as fj
-from famus_jax import famus
 from famus_jax.famus import dispatch as dispatch_lib
 from famus_jax.famus import gumbel
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training import strategies
-from test_dispatch import LEVELS, problem, sampler_for, setup_for
+from test_dispatch import LEVELS, parts_for, problem, setup_for
 from tiny_models import NUM_CLASSES
 
 AHEAD = [f'meta_ahead{j}' for j in range(LEVELS)]
@@ -29,8 +28,8 @@ FAMUS_METRICS = ('rate_loss', 'matching_loss', 'sampler_grad_norm')
 @functools.lru_cache(maxsize=None)
 def setups(name, delta=0.1):
   """(ahead setup, the one-program gated reference setup) of sampler `name`."""
-  return (setup_for(sampler_for(sampler=name, dispatch='ahead', delta=delta)),
-          setup_for(sampler_for(sampler=name, dispatch='none', delta=delta)))
+  return (setup_for(sampler=name, dispatch='ahead', delta=delta),
+          setup_for(sampler=name, dispatch='none', delta=delta))
 
 
 @functools.lru_cache(maxsize=None)
@@ -179,14 +178,14 @@ def test_next_gates_are_drawn_from_this_iterations_gradient(name):
 def test_first_meta_iteration_draws_its_gates_now_on_the_full_scope():
   """No valid draw: the dispatcher runs the full scope, and the iteration is the
   gated step's (its gates drawn now, η's straight-through step included)."""
-  setup = setups('famus')[0]
+  parts = parts_for(sampler='famus', dispatch='ahead')
   _, _, _, train, val = problem()
-  state = init_state(setup)
+  state = init_state(parts.setup)
   assert not bool(state.sampler_state['valid'])
   assert int(state.sampler_state['level']) == LEVELS - 1
   want = programs('famus')[1](state, train, val)
   assert float(want[1]['sampler_grad_norm']) > 0
-  dispatch = famus.make_dispatcher(setup, strategies.compiler(sharding_lib.make_mesh(1)))
+  dispatch = parts.dispatcher(strategies.compiler(sharding_lib.make_mesh(1)))
   got = dispatch(jax.tree_util.tree_map(jnp.copy, state), train, val)
   assert dispatch.counts == {f'meta_ahead{LEVELS - 1}': 1}
   assert_same_step(got, want, famus=True)
@@ -199,9 +198,9 @@ def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use
   """Through the strategy (warm-up 1, meta every 2nd iteration): plain and
   weighted iterations keep the pending draw; each meta iteration runs
   meta_ahead<stored level>; a program compiles on its first use, once."""
-  setup = setups('random')[0]
-  mesh = sharding_lib.make_mesh(1)
-  strategy = strategies.MetaStrategy(setup, mesh, interval=2, warmup_steps=1)
+  parts = parts_for(sampler='random', dispatch='ahead', interval=2)
+  setup = parts.setup
+  strategy = parts.strategy(sharding_lib.make_mesh(1), warmup_steps=1)
   dispatch = strategy.meta_step
   assert isinstance(dispatch, dispatch_lib.AheadDispatch)
   assert set(dispatch.programs) == set(AHEAD)
@@ -226,10 +225,10 @@ def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use
 
 def test_pending_draw_only_with_ahead_dispatch_and_several_scopes():
   for dispatch in ('host', 'none'):
-    assert init_state(setup_for(sampler_for(dispatch=dispatch))).sampler_state == {}
-  single = setup_for(sampler_for(dispatch='ahead', prune_levels=1))
-  assert init_state(single).sampler_state == {}
-  assert famus.make_dispatcher(single).programs.keys() == {'meta'}
+    assert init_state(setup_for(dispatch=dispatch)).sampler_state == {}
+  single = parts_for(dispatch='ahead', prune_levels=1)
+  assert init_state(single.setup).sampler_state == {}
+  assert single.dispatcher().programs.keys() == {'meta'}
 
 
 def test_checkpoint_round_trip_of_the_pending_draw(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 import famus_jax as fj
 from famus_jax import famus, models
 from famus_jax.core import lookahead as lookahead_lib
-from tiny_models import NUM_CLASSES as TINY_CLASSES, TinyCNN, init_model, make_batches
+from tiny_models import (NUM_CLASSES as TINY_CLASSES, SGD_META, TinyCNN, init_model,
+                         make_batches, tiny_parts)
 
 NUM_CLASSES = 4
 
@@ -40,12 +41,12 @@ def problem():
   return model, variables['params'], variables['batch_stats'], train, val
 
 
-def setup_for(sampler=None, scope=None, mode='jvp', method='mwnet'):
-  model = problem()[0]
-  return fj.StepSetup(
-      apply_fn=model.apply, meta_model=fj.get_meta_model(method),
-      tx=fj.sgd_with_weight_decay(0.1), meta_tx=fj.make_meta_optimizer('sgd', 0.1),
-      lr_schedule=optax.constant_schedule(0.1), mode=mode, scope=scope, sampler=sampler)
+def parts_for(mode='jvp', **overrides):
+  """The builder's parts for `problem()`'s CNN with config.meta =
+  `meta_config(**overrides)`, the `mode` path and the SGD meta optimizer."""
+  model, _, _, train, _ = problem()
+  return tiny_parts(model, train['image'], num_classes=NUM_CLASSES,
+                    meta={**meta_config(**overrides).to_dict(), **SGD_META, 'mode': mode})
 
 
 def flat(tree):
@@ -136,9 +137,8 @@ def test_sampler_gradient_is_the_analytic_inner_product_through_st(surrogate):
   """η's gradient = VJP of the soft gates with ∂L/∂r_l = −α⟨v_l, ḡ_l⟩ + λ1·2(Σr − K);
   with the official code's surrogate the L_c term of an off layer is negated."""
   model, params, stats, train, val = problem()
-  sampler = famus.build_sampler(meta_config(lambda1=0.1, gate_surrogate=surrogate),
-                                model, params, train['image'])
-  setup = setup_for(sampler)
+  parts = parts_for(lambda1=0.1, gate_surrogate=surrogate)
+  sampler, setup = parts.sampler, parts.setup
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                 NUM_CLASSES, setup)
   new_state, metrics = jax.jit(functools.partial(fj.meta_train_step, setup=setup))(
@@ -202,11 +202,9 @@ def test_sampler_input_pooled_is_the_raw_pooled_gradient_standardized_is_scaled(
 
 def test_famus_step_jvp_and_reverse_agree():
   model, params, _, train, val = problem()
-  sampler = famus.build_sampler(meta_config(lambda1=0.1, lambda2=0.1), model, params,
-                                train['image'])
   results = []
   for mode in ('jvp', 'reverse'):
-    setup = setup_for(sampler, mode=mode)
+    setup = parts_for(mode, lambda1=0.1, lambda2=0.1).setup
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                   NUM_CLASSES, setup)
     results.append(jax.jit(functools.partial(fj.meta_train_step, setup=setup))(
@@ -245,8 +243,10 @@ def test_leaves_outside_scope_get_no_path_and_cost_no_flops():
   assert scope is not None and all(n.startswith('head/') or n.startswith('block2/')
                                    for n in scope)
   flops = {}
-  for name, s in (('all', None), ('top2', scope)):
-    setup = setup_for(scope=s)
+  for name, candidates in (('all', 'all'), ('top2', 'top:2')):
+    parts = parts_for(sampler='all', candidate_layers=candidates)
+    assert parts.scope == (None if name == 'all' else scope)
+    setup = parts.setup
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                   NUM_CLASSES, setup)
     step = jax.jit(functools.partial(fj.meta_train_step, setup=setup))
@@ -331,11 +331,9 @@ def tiny_problem(dtype=jnp.float32):
   return model, params, stats, train, val
 
 
-def tiny_setup(sampler=None, method='mwnet', lookahead='sgd', tx=None):
-  return fj.StepSetup(
-      apply_fn=TinyCNN().apply, meta_model=fj.get_meta_model(method),
-      tx=tx or fj.sgd_with_weight_decay(0.1), meta_tx=fj.make_meta_optimizer('sgd', 0.1),
-      lr_schedule=optax.constant_schedule(0.1), lookahead=lookahead, sampler=sampler)
+def tiny_famus_parts(**meta):
+  """The builder's parts for TinyCNN (lr 0.1, SGD meta optimizer) with `meta`."""
+  return tiny_parts(TinyCNN(), tiny_problem()[3]['image'], meta={**SGD_META, **meta})
 
 
 def leaf_name(path):
@@ -448,8 +446,8 @@ def test_theta_update_is_sgd_on_meta_grad_plus_lambda2_matching_grad():
   meta gradient and L_g(θ) = ‖pool(g_L^tra(θ)) − pool(∇_ŵ L^val)‖²."""
   lam = 0.7
   model, params, _, train, val = tiny_problem()
-  sampler = famus.build_sampler(meta_config(k=1, lambda2=lam), model, params, train['image'])
-  setup = tiny_setup(sampler)
+  parts = tiny_famus_parts(**meta_config(k=1, lambda2=lam).to_dict())
+  sampler, setup = parts.sampler, parts.setup
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                 TINY_CLASSES, setup)
   prob = (model, state.params, state.batch_stats, train, val)
@@ -519,8 +517,7 @@ def test_optimizer_look_ahead_in_the_jitted_step(method):
   follow from a reference written with jax.grad."""
   model, _, _, train, val = tiny_problem()
   lr, mu, wd = 0.1, 0.9, 5e-4
-  setup = tiny_setup(method=method, lookahead='optimizer',
-                     tx=fj.sgd_with_weight_decay(lr, mu, wd))
+  setup = tiny_famus_parts(method=method, lookahead='optimizer').setup  # lr, μ, λ: the defaults
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                 TINY_CLASSES, setup)
   params, stats = state.params, state.batch_stats

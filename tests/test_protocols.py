@@ -1,13 +1,15 @@
 """The written contracts of the core (`famus_jax.core.protocols`): every
 registered meta model and layer sampler provides what the core calls."""
 
-import jax.numpy as jnp
+import jax
 import pytest
 
-from famus_jax import meta_models
+import famus_jax as fj
+from famus_jax import famus, meta_models
 from famus_jax.core import protocols
 from famus_jax.famus import samplers as samplers_lib
 from famus_jax.training import build
+from test_dispatch import NUM_CLASSES, parts_for, problem
 from test_train_support import tiny_config
 
 
@@ -27,8 +29,7 @@ def test_contract_is_checked():
 @pytest.mark.parametrize('sampler', sorted(samplers_lib.SAMPLERS))
 def test_every_sampler_meets_the_contract(sampler):
   c = tiny_config('mwnet', sampler)
-  model = build.build_model(c, 10)
-  built, _ = build.build_sampler_and_scope(c, model, jnp.zeros((1, 8, 8, 1)))
+  built = build.build(c, num_classes=10, image_shape=(8, 8, 1)).sampler
   if sampler in ('all', 'block'):  # no gates: every scope leaf carries the gradient
     assert built is None
   else:
@@ -68,17 +69,14 @@ def test_the_sampler_contract_is_exactly_what_core_and_dispatch_use(sampler):
   'ahead' also runs on a stored draw) the core and the dispatch layer use
   only members the LayerSampler protocol lists, and together with the
   harness's all of them."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import famus_jax as fj  # pylint: disable=g-import-not-at-top
-  from famus_jax import famus  # pylint: disable=g-import-not-at-top
-  from test_dispatch import NUM_CLASSES, problem, sampler_for, setup_for  # pylint: disable=g-import-not-at-top
   model, _, _, train, val = problem()
   used = set()
   for name in sorted(famus.DISPATCHERS):
-    setup = setup_for(Recording(sampler_for(sampler=sampler, dispatch=name), used))
+    parts = parts_for(sampler=sampler, dispatch=name)
+    parts = parts.with_sampler(Recording(parts.sampler, used))
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                  NUM_CLASSES, setup)
-    dispatcher = famus.make_dispatcher(setup)
+                                  NUM_CLASSES, parts.setup)
+    dispatcher = parts.dispatcher()
     for _ in range(2):
       state, _ = dispatcher(state, train, val)
   members = protocol_members(protocols.LayerSampler)

@@ -11,17 +11,20 @@ import pytest
 
 import famus_jax as fj
 from famus_jax.training import sharding as sharding_lib
-from famus_jax.training import strategies
-from tiny_models import NUM_CLASSES, TinyCNN, make_batches, tiny_setup
+from tiny_models import NUM_CLASSES, TinyCNN, make_batches, tiny_parts
 
 LR, MU, WD = 0.1, 0.9, 5e-4
 
 
-def _setup(method='mwnet', lr=LR, momentum=MU, weight_decay=WD):
+def _parts(method='mwnet', lr=LR, momentum=MU, weight_decay=WD, **fields):
   """SGD (lr, momentum, weight decay) on `TinyCNN`, Adam 1e-3 on the meta model."""
-  return tiny_setup(TinyCNN(), make_batches()[0]['image'], meta__method=method,
+  return tiny_parts(TinyCNN(), make_batches()[0]['image'], meta__method=method,
                     optim__lr=lr, optim__momentum=momentum,
-                    optim__weight_decay=weight_decay, meta__weight_decay=0.0)
+                    optim__weight_decay=weight_decay, meta__weight_decay=0.0, **fields)
+
+
+def _setup(*args, **kwargs):
+  return _parts(*args, **kwargs).setup
 
 
 def _state(setup, train):
@@ -63,7 +66,8 @@ def test_weighted_step_of_mwnet_matches_hand_reference():
   train, _ = make_batches(seed=1, n=8)
   train = dict(train, true_label=train['label'].at[:3].set((train['label'][:3] + 1)
                                                            % NUM_CLASSES))
-  setup = _setup()
+  parts = _parts(meta__interval=2)
+  setup = parts.setup
   state = _state(setup, train)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
@@ -83,7 +87,7 @@ def test_weighted_step_of_mwnet_matches_hand_reference():
                                      trace, grads, state.params)
   want_params = jax.tree_util.tree_map(lambda w, d: w - LR * d, state.params, new_trace)
 
-  strategy = strategies.MetaStrategy(setup, sharding_lib.make_mesh(1), interval=2)
+  strategy = parts.strategy(sharding_lib.make_mesh(1))
   assert strategy.program_for(1) == 'weighted' and not strategy.needs_validation(1)
   copy = jax.tree_util.tree_map(jnp.copy, state)  # the program donates its state
   new_state, m = strategy.run_iteration(1, copy, train)
@@ -127,12 +131,13 @@ def test_finite_flag_of_weighted_and_plain_programs(program):
   and for parameters that overflow while the loss is still finite (lr = inf)."""
   train, _ = make_batches(seed=4, n=8)
   mesh = sharding_lib.make_mesh(1)
-  cls = strategies.MetaStrategy if program == 'weighted' else strategies.PlainStrategy
+  method = 'mwnet' if program == 'weighted' else 'ce'
 
   def flag(batch, lr):
-    setup = _setup(lr=lr, momentum=0.0, weight_decay=0.0)  # plain SGD
-    fn = cls(setup, mesh, interval=2).programs[program]
-    _, m = fn(_state(setup, train), batch)
+    parts = _parts(method, lr=lr, momentum=0.0, weight_decay=0.0,  # plain SGD
+                   meta__interval=2)
+    fn = parts.strategy(mesh).programs[program]
+    _, m = fn(_state(parts.setup, train), batch)
     return bool(m['finite']), bool(jnp.isfinite(m['loss']))
 
   nan_batch = dict(train, image=train['image'].at[0, 0, 0, 0].set(jnp.nan))

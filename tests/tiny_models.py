@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from famus_jax.training import build as build_lib
-from famus_jax.training import config as config_lib
 
 NUM_CLASSES = 3
 
@@ -51,11 +50,20 @@ def init_model(model, images, seed=0):
   return variables['params'], variables.get('batch_stats')
 
 
-def tiny_setup(model, images, *, num_classes=NUM_CLASSES, **fields):
-  """The builder's `StepSetup` (`famus_jax.training.build`) for `model` on
-  images of `images`' shape: `base_config()` with a constant learning rate and
-  `fields` set ('meta__method', 'optim__lr', ... as in `tiny_config`)."""
-  c = config_lib.with_fields(config_lib.base_config(), {
-      'optim.schedule': 'constant', **{k.replace('__', '.'): v for k, v in fields.items()}})
-  return build_lib.build(c, num_classes=num_classes, image_shape=images.shape[1:],
-                         model=model).setup
+# The meta optimizer the core tests' references write out: SGD, β = 0.1, no decay.
+SGD_META = {'optimizer': 'sgd', 'lr': 0.1, 'weight_decay': 0.0}  # config.meta fields
+
+
+def tiny_parts(model, images, *, num_classes=NUM_CLASSES, meta=None, **fields):
+  """The builder's `Parts` (`famus_jax.training.build.build_from_fields`) for
+  `model` on images of `images`' shape: `base_config()` with a constant
+  learning rate, `meta` ({'sampler': 'famus', ...}: fields of config.meta) and
+  `fields` ('meta__method', 'optim__lr', ...: '__' for '.') set."""
+  return build_lib.build_from_fields({k.replace('__', '.'): v for k, v in fields.items()},
+                                     meta=meta, num_classes=num_classes,
+                                     image_shape=images.shape[1:], model=model)
+
+
+def tiny_setup(model, images, **kwargs):
+  """The `StepSetup` of `tiny_parts(model, images, **kwargs)`."""
+  return tiny_parts(model, images, **kwargs).setup
