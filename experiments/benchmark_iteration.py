@@ -21,13 +21,11 @@ Writes experiments/results/iteration_<host-kind>.json.
 import argparse
 import dataclasses
 import sys
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 import famus_jax as fj
 from famus_jax import famus, models
@@ -46,9 +44,8 @@ class Variant:
   model_kwargs: tuple = ()       # meta model fields (key, value)
 
 
-SAMPLER_DEFAULTS = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.0, lambda2=0.0,
-                        delta=0.1, candidate_layers='all', granularity='module',
-                        prune_levels=1, dispatch='none')
+# The rows' config.meta over base_config()'s: one scope, one program (gates as data).
+META = dict(prune_levels=1, dispatch='none')
 
 
 def famus_variants(top: str = 'top:8', levels: int = 4) -> list[Variant]:
@@ -97,39 +94,34 @@ VARIANT_SETS = {'core': core_variants, 'famus': famus_variants,
                 'dispatch': None}  # experiments/dispatch_rows.py
 
 
-def one_program(setup):
+def one_program(parts):
   """The jitted meta step of a one-program dispatcher ('none': gates as
   data; 'switch': lax.switch between the scopes), the state donated."""
-  programs = famus.make_dispatcher(setup).programs
+  programs = parts.dispatcher().programs
   if set(programs) != {'meta'}:
     raise ValueError(f'expected one program, the dispatcher has {sorted(programs)}')
   return programs['meta']
 
 
 def build(args, variant: Variant, model, images):
-  """(jitted step, state, step args) for a variant."""
-  meta_model = fj.get_meta_model(variant.method or 'mwnet', **dict(variant.model_kwargs))
-  setup = fj.StepSetup(
-      apply_fn=model.apply, meta_model=meta_model,
-      tx=fj.sgd_with_weight_decay(0.05), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
-      lr_schedule=optax.constant_schedule(0.05), mode=variant.mode,
-      lookahead=variant.lookahead)
+  """(the builder's parts, state) for a variant; (None, None) when its sampler
+  draws more layers than the model has."""
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images[:1],
                                               train=False))['params']
   overrides = dict(variant.meta)
   if overrides.get('sampler') == 'block':
     num = models.num_blocks(params)
     overrides['b'] = {'first': 1, 'middle': (num + 1) // 2, 'last': num}[overrides['b']]
-  meta = ml_collections.ConfigDict({**SAMPLER_DEFAULTS, **overrides})
   layers = famus.network_layers(model, params, images)
-  if meta.sampler in ('random',) and meta.s > len(layers):
+  if overrides.get('sampler') == 'random' and overrides['s'] > len(layers):
     return None, None
-  setup = dataclasses.replace(
-      setup, scope=famus.static_scope(meta, model, params, images),
-      sampler=famus.build_sampler(meta, model, params, images))
+  parts = common.step_parts(model, images, args.num_classes, **META, **overrides,
+                            method=variant.method or 'mwnet', mode=variant.mode,
+                            lookahead=variant.lookahead,
+                            model_kwargs=dict(variant.model_kwargs))
   state = fj.create_train_state(jax.random.PRNGKey(0), model, images[:2],
-                                args.num_classes, setup)
-  return setup, state
+                                args.num_classes, parts.setup)
+  return parts, state
 
 
 def main(argv=None):
@@ -189,15 +181,15 @@ def main(argv=None):
     variants = [v for v in variants if v.name in keep]
   rows = {}
   for variant in variants:
-    setup, state = build(args, variant, model, train['image'])
-    if setup is None:
+    parts, state = build(args, variant, model, train['image'])
+    if parts is None:
       print(f'  {variant.name:<24s} skipped (more layers than the model has)', file=sys.stderr)
       continue
     if variant.method is None:
-      step = fj.jit_plain_train_step(setup)
+      step = fj.jit_plain_train_step(parts.setup)
       step_args = (train,)
     else:
-      step = one_program(setup)
+      step = one_program(parts)
       step_args = (train, val)
     flops = common.compiled_flops(step, state, *step_args)
     ms, _ = common.time_call(step, state, *step_args, repeats=args.repeats)

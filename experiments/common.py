@@ -14,6 +14,7 @@ import time
 
 import jax
 
+from famus_jax.training import build as build_lib
 from famus_jax.training.signals import Preempted
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
@@ -126,3 +127,12 @@ def replace_run(runs: list[dict], row: dict, keys=('method', 'setting', 'seed'))
   """`runs` with `row` in place of any run that has the same `keys`."""
   key = tuple(row[k] for k in keys)
   return [r for r in runs if tuple(r[k] for k in keys) != key] + [row]
+
+
+def step_parts(model, images, num_classes: int, **meta) -> build_lib.Parts:
+  """The builder's parts of a meta step outside a run, for `model` on images
+  shaped like `images`: SGD at a constant lr 0.05 (momentum 0.9, decay 5e-4),
+  the meta model's Adam (lr 1e-3, decay 1e-4) and `meta` (config.meta fields
+  over `base_config()`'s)."""
+  return build_lib.build_from_fields({'optim.lr': 0.05}, meta=meta, num_classes=num_classes,
+                                     image_shape=images.shape[1:], model=model)

@@ -22,9 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 import famus_jax as fj
 from experiments import common
@@ -40,9 +38,8 @@ BACKBONES = {  # model -> (input shape, classes, kwargs): the configs' settings
     'fashion_resnet': ((28, 28, 1), 10, {'width': 8, 'stage_sizes': (1, 1, 1)}),
     'digits_cnn': ((8, 8, 1), 10, {'width': 8, 'depth': 2}),
 }
-META = dict(sampler='famus', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.1, delta=0.1,
-            candidate_layers='all', granularity='module', prune_levels=0,
-            gate_grad='scope', rate_cost='scope')
+# The shipped FaMUS (config.meta over base_config()'s): every layer, scopes by work.
+META = dict(sampler='famus', lambda1=0.1, lambda2=0.1, rate_cost='scope')
 
 
 def backbone(name: str, batch: int, dispatchers) -> dict:
@@ -55,23 +52,19 @@ def backbone(name: str, batch: int, dispatchers) -> dict:
                                              train=False))['params']
   out = {'input': shape, 'batch': batch, 'programs': {}}
   for dispatch in dispatchers:
-    meta = ml_collections.ConfigDict({**META, 'dispatch': dispatch})
     start = time.perf_counter()
-    sampler = famus.build_sampler(meta, model, params, train['image'][:1])
-    out['build_sampler_s'] = time.perf_counter() - start
+    parts = common.step_parts(model, train['image'], classes, **META, dispatch=dispatch)
+    sampler = parts.sampler
+    out['build_sampler_s'] = time.perf_counter() - start  # the whole build, sampler included
     layers = famus.network_layers(model, params, train['image'][:1])
     work = famus.samplers.scope_work(
         sampler, famus.dispatch.module_block_flops(model, params, train['image'][:1], layers))
     out['scopes'] = [{'layers': sum(1 for lv in sampler.scopes.layer_level if lv <= j),
                       'work_share': w / work[-1]} for j, w in enumerate(work)]
     out['num_layers'] = sampler.num_layers
-    setup = fj.StepSetup(
-        apply_fn=model.apply, meta_model=fj.get_meta_model('mwnet'),
-        tx=fj.sgd_with_weight_decay(0.05), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
-        lr_schedule=optax.constant_schedule(0.05), sampler=sampler)
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'][:1],
-                                  classes, setup)
-    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+                                  classes, parts.setup)
+    d = parts.dispatcher(famus.Compiler(donate=False))
     begin = None
     for program in d.program_names():
       args = ((state, train) if program == 'meta_begin' else

@@ -32,16 +32,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 import famus_jax as fj
+from experiments import common
 from famus_jax import famus, models
 
-SAMPLER = dict(sampler='all', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.1,
-               delta=0.1, candidate_layers='all', granularity='module',
-               prune_levels=0, dispatch='none', gate_grad='scope', rate_cost='scope')
+# The rows' config.meta over base_config()'s (each row sets its sampler and dispatch).
+META = dict(lambda1=0.1, lambda2=0.1, dispatch='none', rate_cost='scope')
 SELECTIONS = ('top', 'bottom', 'random')
 DISPATCHERS = ('host', 'ahead')
 
@@ -73,27 +71,21 @@ class Bench:
         jax.random.PRNGKey(0), train['image'][:1], train=False))['params']
     self.info, self.compile_s = {}, {}
 
-  def setup(self, **meta):
-    meta = ml_collections.ConfigDict({**SAMPLER, 'prune_levels': self.levels, **meta})
-    if meta.sampler == 'block':
-      meta.b = models.num_blocks(self.params)
-    images = self.train['image'][:1]
-    setup = fj.StepSetup(
-        apply_fn=self.model.apply, meta_model=fj.get_meta_model('mwnet'),
-        tx=fj.sgd_with_weight_decay(0.05), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
-        lr_schedule=optax.constant_schedule(0.05))
-    return dataclasses.replace(
-        setup, scope=famus.static_scope(meta, self.model, self.params, images),
-        sampler=famus.build_sampler(meta, self.model, self.params, images))
+  def parts(self, **meta):
+    """The builder's parts of a row: `META`, the bench's scope levels and `meta`."""
+    meta = {**META, 'prune_levels': self.levels, **meta}
+    if meta.get('sampler') == 'block':
+      meta['b'] = models.num_blocks(self.params)
+    return common.step_parts(self.model, self.train['image'], self.num_classes, **meta)
 
-  def state(self, setup):
+  def state(self, parts):
     return fj.create_train_state(jax.random.PRNGKey(0), self.model, self.train['image'][:2],
-                                 self.num_classes, setup)
+                                 self.num_classes, parts.setup)
 
-  def dispatcher(self, label: str, setup, state):
-    """The setup's dispatcher with every program compiled ahead of time
+  def dispatcher(self, label: str, parts, state):
+    """The parts' dispatcher with every program compiled ahead of time
     ('meta_scope<j>' on `meta_begin`'s output for `state`)."""
-    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+    d = parts.dispatcher(famus.Compiler(donate=False))
     begin = None
     for name in d.program_names():
       args = ((state, self.train) if name == 'meta_begin' else
@@ -111,8 +103,9 @@ class Bench:
 
 def single_rows(b: Bench) -> list[Row]:
   """Plain, exact and the one-program rows (gates as data, random, static top-8, last block)."""
-  plain_setup = b.setup()
-  state = b.state(plain_setup)
+  base = b.parts()
+  plain_setup = base.setup
+  state = b.state(base)
   print('  compiling plain', file=sys.stderr, flush=True)
   plain = jax.jit(lambda s, t: fj.plain_train_step(s, t, setup=plain_setup)).lower(
       state, b.train).compile()
@@ -124,9 +117,9 @@ def single_rows(b: Bench) -> list[Row]:
                      ('famus_k4_static_top8', dict(sampler='famus', candidate_layers='top:8',
                                                    prune_levels=1)),
                      ('block_last', dict(sampler='block'))):
-    setup = b.setup(**meta)
-    st = b.state(setup)
-    d = b.dispatcher(name, setup, st)
+    parts = b.parts(**meta)
+    st = b.state(parts)
+    d = b.dispatcher(name, parts, st)
     rows.append(Row(name, lambda d=d, st=st: d(st, b.train, b.val)))
   return rows
 
@@ -175,10 +168,10 @@ def dispatcher_rows(b: Bench, name: str, selections, warm: int, learned_per_roun
                     seed: int = 0) -> list[Row]:
   """One dispatcher: each program alone, forced selections, learned gates
   (`learned_per_round` consecutive iterations per timed round)."""
-  setup = b.setup(sampler='famus', dispatch=name)
-  sampler = setup.sampler
-  state = b.state(setup)
-  d = b.dispatcher(name, setup, state)
+  parts = b.parts(sampler='famus', dispatch=name)
+  sampler = parts.sampler
+  state = b.state(parts)
+  d = b.dispatcher(name, parts, state)
   lowest = [int(np.flatnonzero(np.asarray(sampler.scopes.layer_level) == j)[0])
             for j in range(len(sampler.scopes))]
   rows = []
@@ -228,11 +221,11 @@ def dispatcher_rows(b: Bench, name: str, selections, warm: int, learned_per_roun
 
 
 def switch_rows(b: Bench) -> list[Row]:
-  setup = b.setup(sampler='famus', dispatch='switch')
-  sampler = setup.sampler
-  state = forced_state(sampler, b.state(setup), range(sampler.num_layers - 4,
+  parts = b.parts(sampler='famus', dispatch='switch')
+  sampler = parts.sampler
+  state = forced_state(sampler, b.state(parts), range(sampler.num_layers - 4,
                                                       sampler.num_layers))
-  d = b.dispatcher('switch', setup, state)
+  d = b.dispatcher('switch', parts, state)
   return [Row('famus_switch_top4', lambda: d(state, b.train, b.val))]
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -279,9 +278,15 @@ def previous_runs(args) -> list[dict]:
 def main(argv=None):
   args = _parse(argv)
   lab.enable_compilation_cache(args.xla_cache)
-  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
-    logging.getLogger(name).setLevel(logging.ERROR)
-  runs = previous_runs(args)
+  with common.quiet_logs():
+    runs = run_rows(args, previous_runs(args))
+  payload = write(args, runs, complete=True)
+  print(markdown(payload))
+  return payload
+
+
+def run_rows(args, runs: list) -> list:
+  """`runs` and every (row, setting, seed) not among them, run and written as it ends."""
   done = {(r['row'], r['setting'], r['seed']) for r in runs}
   start = time.perf_counter()
   # seeds outermost, rows interleaved: a load change hits every row alike
@@ -302,9 +307,7 @@ def main(argv=None):
               f"{result['program_counts']}  (total {time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
         write(args, runs, complete=False)
-  payload = write(args, runs, complete=True)
-  print(markdown(payload))
-  return payload
+  return runs
 
 
 if __name__ == '__main__':

@@ -24,7 +24,6 @@ Writes experiments/results/meta_flops_<model>.json.
 
 import argparse
 import collections
-import dataclasses
 import functools
 import math
 import re
@@ -32,9 +31,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 import famus_jax as fj
 from experiments import common
@@ -107,27 +104,20 @@ def breakdown(compiled, blocks_per_group: int) -> dict:
 
 def programs(args, model, train, val):
   """name -> (function, example args) of the programs to break down."""
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), train['image'][:1],
-                                             train=False))['params']
-  base = fj.StepSetup(
-      apply_fn=model.apply, meta_model=fj.get_meta_model('mwnet'),
-      tx=fj.sgd_with_weight_decay(0.05), meta_tx=fj.make_meta_optimizer('adam', 1e-3, 1e-4),
-      lr_schedule=optax.constant_schedule(0.05))
+  base = common.step_parts(model, train['image'], args.num_classes).setup
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'][:2],
                                 args.num_classes, base)
   out = {'plain': (lambda s, t: fj.plain_train_step(s, t, setup=base), (state, train)),
          'exact': (lambda s, t, v: fj.meta_train_step(s, t, v, setup=base),
                    (state, train, val))}
   for dispatch in ('host', 'ahead'):
-    meta = ml_collections.ConfigDict(dict(
-        sampler='famus', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.1, delta=0.1,
-        candidate_layers='all', granularity='module', prune_levels=args.levels,
-        dispatch=dispatch, gate_grad='scope', rate_cost='scope'))
-    setup = dataclasses.replace(base, sampler=famus.build_sampler(meta, model, params,
-                                                                  train['image'][:1]))
+    parts = common.step_parts(model, train['image'], args.num_classes, sampler='famus',
+                              lambda1=0.1, lambda2=0.1, prune_levels=args.levels,
+                              dispatch=dispatch, rate_cost='scope')
+    setup = parts.setup
     st = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'][:2],
                                args.num_classes, setup)
-    d = famus.make_dispatcher(setup, famus.Compiler(donate=False))
+    d = parts.dispatcher(famus.Compiler(donate=False))
     begin = None
     for name in d.program_names():
       fn = d.programs[name]
