@@ -462,10 +462,10 @@ def test_every_famus_config_runs_scoped_famus_over_every_layer():
     shape = IMAGE_SHAPES.get(config.data.name, (32, 32, 3))
     key = (config.model.name, config.model.kwargs.to_json(), shape, meta.to_json())
     if key not in built:
-      parts = build_lib.build(config, num_classes=10, image_shape=shape)
-      params = build_lib.abstract_params(config, parts.model, parts.sample_images)
-      built[key] = ((parts.sampler, parts.scope),
-                    len(models.model_layers(parts.model, params, parts.sample_images)))
+      model, images = build_lib.build_model(config, 10), jnp.zeros((1, *shape))
+      params = build_lib.abstract_params(config, model, images)
+      built[key] = (build_lib.meta_path(config, model, params, images),
+                    len(models.model_layers(model, params, images)))
     (sampler, scope), num_layers = built[key]
     assert scope is None and len(sampler.layers) == num_layers, name
     assert len(sampler.scopes) >= 2 and max(sampler.scope_costs) == 1.0, name
