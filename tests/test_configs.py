@@ -11,6 +11,7 @@ import pytest
 from famus_jax import data as data_lib
 from famus_jax import train
 from famus_jax.alg2 import config as alg2_config
+from famus_jax.famus import samplers as samplers_lib
 from famus_jax.training import build as build_lib
 from famus_jax.training import config as config_lib
 from famus_jax.training import schedules
@@ -248,6 +249,28 @@ def test_k_larger_than_candidate_layers():
   c.meta.k = 3
   parts = build_lib.build(c, num_classes=10, image_shape=(8, 8, 1))
   assert parts.sampler.num_layers == 3 and parts.scope is not None
+
+
+@pytest.mark.parametrize('sampler', ['famus', 'block'])
+def test_the_builder_lists_the_layers_and_checks_the_sampler_once(monkeypatch, sampler):
+  """One build: the network's layers listed once (candidates, scope and sampler
+  from the one list), the sampler's name checked once."""
+  calls = {'layers': 0, 'name': 0}
+  layers, check = samplers_lib.layers_lib.network_layers, samplers_lib.check_sampler_name
+
+  def count(key, fn):
+    def counted(*args, **kwargs):
+      calls[key] += 1
+      return fn(*args, **kwargs)
+    return counted
+  monkeypatch.setattr(samplers_lib.layers_lib, 'network_layers', count('layers', layers))
+  monkeypatch.setattr(samplers_lib, 'check_sampler_name', count('name', check))
+  c = _digits()
+  c.meta.sampler = sampler
+  parts = build_lib.build(c, num_classes=10, image_shape=(8, 8, 1))
+  assert (parts.sampler is None) == (sampler == 'block')
+  assert (parts.scope is None) == (sampler == 'famus')
+  assert calls == {'layers': 1, 'name': 1}
 
 
 @pytest.fixture(scope='module')

@@ -10,4 +10,4 @@ from famus_jax.famus.dispatch import (DEFAULT as DEFAULT_DISPATCH, DISPATCHERS, 
 from famus_jax.famus.samplers import (GATE_GRADS, RATE_COSTS, SAMPLERS,
                                       FamusSampler, LayerSampler, RandomSampler,
                                       Selection, build_sampler, candidates,
-                                      static_scope)
+                                      meta_path, static_scope)

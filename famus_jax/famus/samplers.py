@@ -382,6 +382,20 @@ def check_sampler_name(name: str) -> None:
                      f'{", ".join(sorted(SAMPLERS))}.')
 
 
+def _scope_layers(meta, all_layers, cands) -> tuple:
+  """The layers that may carry the meta gradient: the candidates, restricted to
+  block `meta.b` (checked) for the 'block' sampler."""
+  if meta.sampler != 'block':
+    return cands
+  blocks = sorted({layer.block for layer in all_layers})
+  _check_int(meta, 'b', 1, max(1, max(blocks) - 1), 'the residual block b')
+  cands = layers_lib.block_layers(cands, meta.b)
+  if not cands:
+    raise ValueError(f'meta.b={meta.b}: block {meta.b} has no candidate layers '
+                     f'(meta.candidate_layers={meta.candidate_layers!r}).')
+  return cands
+
+
 def static_scope(meta, model, params, sample_images) -> Optional[frozenset]:
   """Leaf names that may carry the meta gradient (None: every leaf).
 
@@ -389,16 +403,12 @@ def static_scope(meta, model, params, sample_images) -> Optional[frozenset]:
   """
   check_sampler_name(meta.sampler)
   all_layers, cands = candidates(meta, model, params, sample_images)
-  if meta.sampler == 'block':
-    blocks = sorted({layer.block for layer in all_layers})
-    _check_int(meta, 'b', 1, max(1, max(blocks) - 1), 'the residual block b')
-    cands = layers_lib.block_layers(cands, meta.b)
-    if not cands:
-      raise ValueError(f'meta.b={meta.b}: block {meta.b} has no candidate layers '
-                       f'(meta.candidate_layers={meta.candidate_layers!r}).')
-  if len(cands) == len(all_layers):
-    return None
-  return layers_lib.leaf_names(cands)
+  return _scope_of(all_layers, _scope_layers(meta, all_layers, cands))
+
+
+def _scope_of(all_layers, scope_layers) -> Optional[frozenset]:
+  return (None if len(scope_layers) == len(all_layers)
+          else layers_lib.leaf_names(scope_layers))
 
 
 def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
@@ -408,11 +418,18 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
     ValueError: unknown sampler, K or s larger than the candidate layers,
       b out of range, bad temperature — naming the config field.
   """
+  return meta_path(meta, model, params, sample_images)[0]
+
+
+def meta_path(meta, model, params, sample_images
+              ) -> tuple[Optional[LayerSampler], Optional[frozenset]]:
+  """(`build_sampler`, `static_scope`) of `meta`, the sampler's name checked
+  and the candidate layers computed once."""
   check_sampler_name(meta.sampler)
-  static_scope(meta, model, params, sample_images)  # validates b and the scope
   all_layers, cands = candidates(meta, model, params, sample_images)
+  scope = _scope_of(all_layers, _scope_layers(meta, all_layers, cands))
   if SAMPLERS[meta.sampler] is _no_sampler:
-    return None
+    return None, scope
   block_flops = dispatch_lib.module_block_flops(model, params, sample_images, all_layers)
   sampler = SAMPLERS[meta.sampler](meta, params, cands, block_flops)
   if isinstance(sampler, FamusSampler):
@@ -421,7 +438,7 @@ def build_sampler(meta, model, params, sample_images) -> Optional[LayerSampler]:
       raise ValueError(f'meta.rate_cost={rate_cost!r} is unknown; known: '
                        f'{", ".join(RATE_COSTS)}.')
     sampler = dataclasses.replace(sampler, **RATE_COSTS[rate_cost](sampler, block_flops))
-  return sampler
+  return sampler, scope
 
 
 def _common_fields(meta, params, cands, block_flops, min_top_layers: int) -> dict:

@@ -173,8 +173,7 @@ def _field_error(e: Exception) -> ConfigError:
 def meta_path(config, model, params, sample_images) -> tuple[Any, Optional[frozenset]]:
   """(layer sampler or None, static meta scope or None) of `config.meta`."""
   try:
-    scope = famus.static_scope(config.meta, model, params, sample_images)
-    sampler = famus.build_sampler(config.meta, model, params, sample_images)
+    sampler, scope = famus.meta_path(config.meta, model, params, sample_images)
   except ValueError as e:
     raise _field_error(e) from None
   for warning in (sampler.warnings() if sampler is not None else ()):
