@@ -45,6 +45,7 @@ from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
 from experiments import dispatch_e2e
+from famus_jax.training import config as config_lib
 
 # Every FaMUS row but `famus_ahead` (the shipped default) runs Algorithm 1's
 # gates (meta.dispatch='host'), so each ablation changes only what it names.
@@ -82,9 +83,7 @@ def make_config(row: str, setting: str, seed: int, mode: str, overrides: dict):
     c.train.eval_every = c.train.checkpoint_every = max(1, steps // 4)
   if mode == 'smoke':
     c.model.kwargs.width = 4
-  for k, v in {**ROWS[row][1], **overrides}.items():
-    study.set_field(c, k, v)
-  return c
+  return config_lib.with_fields(c, {**ROWS[row][1], **overrides})
 
 
 def collect(workdir: str, summary: dict) -> dict:
