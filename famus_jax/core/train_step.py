@@ -153,6 +153,32 @@ def meta_begin(state: TrainState, train_batch: dict, *, setup: StepSetup) -> Met
   return begin._replace(selection=selection, begin_state=begin_state)
 
 
+def _virtual_train(setup: StepSetup, state: TrainState, begin: MetaBegin,
+                   fwd: forward_lib.TrainForward, labels):
+  """`begin`'s Virtual-Train; on the jvp path without one, computed here
+  (the reverse path forms it inside Meta-Train)."""
+  if begin.virtual is not None or setup.mode != 'jvp':
+    return begin.virtual
+  with jax.named_scope('virtual_train'):
+    return virtual_lib.lookahead_virtual(
+        fwd, state.meta_params, state.params, labels, meta_model=setup.meta_model,
+        lookahead=make_lookahead(setup, state),
+        mask=lookahead_lib.scope_mask(state.params, setup.scope))
+
+
+def _sampler_finish(setup: StepSetup, state: TrainState, begin: MetaBegin,
+                    fwd: forward_lib.TrainForward, mg, theta, labels, val_batch: dict):
+  """(θ gradient, sampler params, sampler optimizer state, sampler metrics):
+  the sampler's update after Meta-Train; without a sampler, the meta gradient
+  and the state's sampler fields unchanged."""
+  if setup.sampler is None:
+    return mg.theta, state.sampler_params, state.sampler_opt_state, {}
+  ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch,
+                           begin.val_rng, begin.selection, begin.begin_state)
+  with jax.named_scope('sampler'):
+    return setup.sampler.finish(ctx, state.sampler_params, state.sampler_opt_state)
+
+
 def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batch: dict,
                 *, setup: StepSetup, scope: Optional[frozenset] = None,
                 tangent_pass: str = 'auto') -> tuple[TrainState, dict]:
@@ -170,13 +196,7 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
           setup.apply_fn, state.batch_stats, train_batch['image'], begin.fwd_rng))
   theta = setup.meta_model.lookahead_params(state.meta_params, n)
   sampler, selection = setup.sampler, begin.selection
-  virtual = begin.virtual
-  if virtual is None and setup.mode == 'jvp':
-    with jax.named_scope('virtual_train'):
-      virtual = virtual_lib.lookahead_virtual(
-          fwd, state.meta_params, state.params, labels, meta_model=setup.meta_model,
-          lookahead=make_lookahead(setup, state),
-          mask=lookahead_lib.scope_mask(state.params, setup.scope))
+  virtual = _virtual_train(setup, state, begin, fwd, labels)
   with jax.named_scope('meta_train'):
     mg = meta_grad_lib.meta_grad_from_forward(
         fwd, theta, state.params, labels, val_batch,
@@ -187,15 +207,8 @@ def meta_finish(state: TrainState, begin: MetaBegin, train_batch: dict, val_batc
         mode=setup.mode, tangent=scope, virtual=virtual,
         gate_grad='scope' if sampler is None else sampler.gate_grad,
         tangent_pass=tangent_pass)
-  theta_grad = mg.theta
-  sampler_params, sampler_opt_state = state.sampler_params, state.sampler_opt_state
-  sampler_metrics = {}
-  if sampler is not None:
-    ctx = _meta_step_context(setup, state, fwd, mg, theta, labels, val_batch,
-                             begin.val_rng, selection, begin.begin_state)
-    with jax.named_scope('sampler'):
-      theta_grad, sampler_params, sampler_opt_state, sampler_metrics = sampler.finish(
-          ctx, state.sampler_params, state.sampler_opt_state)
+  theta_grad, sampler_params, sampler_opt_state, sampler_metrics = _sampler_finish(
+      setup, state, begin, fwd, mg, theta, labels, val_batch)
   meta_params, meta_opt_state, theta_new = update_meta_params(
       setup, state, theta, theta_grad, n)
   weights = setup.meta_model.weights(theta_new, mg.virtual.losses)
