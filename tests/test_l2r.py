@@ -2,27 +2,24 @@
 gradient against jax.grad through the look-ahead and finite differences, the
 training step against the general path, and the layer sampler's input."""
 
-import dataclasses
-
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 import famus_jax as fj
-from famus_jax import core, famus, models
+from famus_jax import core, models
 from famus_jax import losses as losses_lib
 from famus_jax.core import forward as forward_lib
 from famus_jax.core import lookahead as lookahead_lib
 from famus_jax.core import meta_gradient as meta_grad_lib
 from famus_jax.core import virtual as virtual_lib
-from tiny_models import TinyCNN, init_model, make_batches
+from tiny_models import SGD_META, TinyCNN, init_model, make_batches, tiny_parts
 
 NUM_CLASSES = 4
-GENERAL = dataclasses.replace(fj.get_meta_model('l2r'), zero_lookahead=False)
+# L2R's meta model with the Virtual-Train backward (config.meta.model_kwargs)
+GENERAL = {'model_kwargs': {'zero_lookahead': False}}
 
 
 def problem(dtype=jnp.float32):
@@ -96,22 +93,21 @@ def test_shortcut_against_central_differences_float64():
       assert abs(float(fd) - analytic) <= 1e-6 * max(abs(analytic), 1e-12)
 
 
-def step_setup(meta_model, mode='jvp', sampler=None):
-  return fj.StepSetup(
-      apply_fn=problem()[0].apply, meta_model=meta_model,
-      tx=fj.sgd_with_weight_decay(0.1, momentum=0.9, weight_decay=5e-4),
-      meta_tx=fj.make_meta_optimizer('sgd', 0.1), lr_schedule=optax.constant_schedule(0.1),
-      mode=mode, sampler=sampler)
+def l2r_parts(mode='jvp', **meta):
+  """The builder's parts of an L2R step on `problem()`'s model: SGD 0.1 with
+  momentum 0.9 and decay 5e-4, `meta` (config.meta fields) set."""
+  model, _, _, train, _ = problem()
+  return tiny_parts(model, train['image'], meta={**SGD_META, 'method': 'l2r', 'mode': mode,
+                                                 **meta})
 
 
 def test_step_equals_the_general_path():
   """The shortcut step equals jax.grad through the look-ahead (reverse) and the
   jvp path with the Virtual-Train backward: params, optimizer state, metrics."""
   model, _, _, train, val = problem()
-  l2r = fj.get_meta_model('l2r')
   outs = []
-  for meta_model, mode in ((l2r, 'jvp'), (l2r, 'reverse'), (GENERAL, 'jvp')):
-    setup = step_setup(meta_model, mode)
+  for mode, meta in (('jvp', {}), ('reverse', {}), ('jvp', GENERAL)):
+    setup = l2r_parts(mode, **meta).setup
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                   NUM_CLASSES, setup)
     outs.append(fj.jit_meta_train_step(setup, donate=False)(state, train, val))
@@ -127,12 +123,9 @@ def test_step_equals_the_general_path():
 def test_sampler_input_is_the_mean_gradient_and_changes_the_gates():
   """The L2R sampler reads (1/n) Σ ∇ℓ_i (not the zero look-ahead gradient), and
   its gates differ from those drawn from a zero input."""
-  model, params, _, train, val = problem()
-  meta = ml_collections.ConfigDict(dict(
-      sampler='famus', k=2, s=3, b=1, tau=1.0, lambda1=0.0, lambda2=0.0, delta=0.1,
-      candidate_layers='all', granularity='module', prune_levels=1))
-  sampler = famus.build_sampler(meta, model, params, train['image'])
-  setup = step_setup(fj.get_meta_model('l2r'), sampler=sampler)
+  model, _, _, train, val = problem()
+  setup = l2r_parts(sampler='famus', k=2, s=3, tau=1.0, prune_levels=1).setup
+  sampler = setup.sampler
   state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                 NUM_CLASSES, setup)
   begin, _ = core.forward_and_virtual(state, train, setup)
