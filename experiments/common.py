@@ -15,6 +15,7 @@ import time
 import jax
 
 from famus_jax.training import build as build_lib
+from famus_jax.training import plots
 from famus_jax.training.signals import Preempted
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
@@ -48,13 +49,10 @@ def run_study(main) -> None:
 def save_figure(fig, path: str, title: str, machine: dict | None = None,
                 rect=(0, 0, 1, 1)) -> None:
   """A study's figure: its title (with the machine when given), laid out, saved, closed."""
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   if machine:
     title += f" ({machine['device_kind']}, {machine['cpu_count']} cores)"
   fig.suptitle(title)
-  fig.tight_layout(rect=rect)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save(fig, path, dpi=110, rect=rect)
 
 
 def machine() -> dict:

@@ -27,9 +27,10 @@ def subplots(*args, **kwargs):
   return plt.subplots(*args, **kwargs)
 
 
-def save(fig, path: str, dpi: int = 100) -> str:
-  """Writes `fig` to `path` (`WriteError` on a failed write) and closes it."""
-  fig.tight_layout()
+def save(fig, path: str, dpi: int = 100, rect=(0, 0, 1, 1)) -> str:
+  """Lays `fig` out within `rect`, writes it to `path` (`WriteError` on a
+  failed write) and closes it."""
+  fig.tight_layout(rect=rect)
   try:
     with writing(path):
       fig.savefig(path, dpi=dpi)
