@@ -347,10 +347,10 @@ def test_a_stopped_study_ends_in_one_line():
   the resume message, not a traceback; other errors still propagate."""
   import signal
   from experiments import common
-  from famus_jax.training import run as run_lib
+  from famus_jax import train
 
   def stopped():
-    raise run_lib.Preempted(step=7, signum=signal.SIGTERM)
+    raise train.Preempted(step=7, signum=signal.SIGTERM)
 
   with pytest.raises(SystemExit) as e:
     common.run_study(stopped)
