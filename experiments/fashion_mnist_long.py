@@ -45,18 +45,21 @@ import argparse
 import functools
 import hashlib
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
 from experiments import digits_study as study
 from experiments import fashion_mnist_study as short
+from famus_jax.alg2 import analysis
+from famus_jax.training import metrics as metrics_lib
 
 CONFIG_FILES = ('fashion_mnist_long.py', 'fashion_mnist_long_alg2.py')
 # name -> (label, the fashion_mnist_study method it runs, seeds in the full study)
@@ -110,10 +113,8 @@ def collect(workdir: str, summary: dict, steps_per_epoch: int) -> dict:
   """fashion_mnist_study's weights and times, plus the accuracy curves over
   epochs of the noisy training set (`steps_per_epoch` iterations; the clean-only
   row runs as many iterations on its smaller set)."""
-  from famus_jax.training import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   out = short.collect(workdir, summary)
   if summary.get('algorithm') == 'alg2':
-    from famus_jax.alg2 import analysis  # pylint: disable=g-import-not-at-top
     rows = [r for r in analysis.EpochLog.read(workdir) if 'test_accuracy' in r]
     epochs = [int(r['epoch']) + 1 for r in rows]
   else:
@@ -274,9 +275,7 @@ def markdown(payload) -> str:
 
 
 def plot(path, payload, setting: str = 'sym60'):
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   runs, spe = payload['runs'], payload['budget']['steps_per_epoch']
   fig, (acc, wts) = plt.subplots(1, 2, figsize=(12, 4.8))
   for i, m in enumerate(payload['methods']):
@@ -381,10 +380,14 @@ def write_results(args, b, runs, complete: bool) -> dict:
 
 
 def main(argv=None):
+  """The study (see the module docstring); the run loggers quiet meanwhile."""
+  with common.quiet_logs():
+    return _main(argv)
+
+
+def _main(argv):
   args = _parse(argv)
   lab.enable_compilation_cache(args.xla_cache)
-  for name in ('absl', 'jax', 'famus_jax', 'orbax'):
-    logging.getLogger(name).setLevel(logging.ERROR)
   if args.timing:
     return timing(args)
   b = budget(args.smoke)
