@@ -30,8 +30,7 @@ import ml_collections
 
 from experiments import common
 from famus_jax import train
-from famus_jax.training.config import set_field
-from famus_jax.training.config import load_config
+from famus_jax.training.config import load_config, with_fields
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'digits.py')
 
@@ -79,8 +78,7 @@ def run_variant(name: str, seed: int, size: dict) -> dict:
   config = load_config(CONFIG)
   config.seed = seed
   config.train.progress = False
-  for field, value in {**VARIANTS[name][0], **size}.items():
-    set_field(config, field, value)
+  with_fields(config, {**VARIANTS[name][0], **size})
   workdir = tempfile.mkdtemp(prefix=f'fidelity_{name}_{seed}_')
   start = time.perf_counter()
   try:
@@ -136,15 +134,12 @@ def main(argv=None):
   seeds = [0] if size else [int(s) for s in args.seeds.split(',')]
   out_name = 'fidelity_digits' + ('' if mode == 'full' else f'_{mode}')
   path = os.path.join(args.results_dir, out_name + '.json')
-  runs = []
-  if args.merge and os.path.exists(path):
-    with open(path) as f:
-      runs = json.load(f)['runs']
+  runs = common.load_runs(path) if args.merge else []
   for seed in seeds:  # seeds outermost: an interrupted study has whole seeds
     for name in names:
       row = run_variant(name, seed, size)
       print(json.dumps(row), flush=True)
-      runs = [r for r in runs if (r['variant'], r['seed']) != (name, seed)] + [row]
+      runs = common.replace_run(runs, row, keys=('variant', 'seed'))
   table = summarize(runs)
   for name, row in table.items():
     diff = (f"  {row['paired_diff_mean']:+.4f} ± {row['paired_diff_std']:.4f} "
