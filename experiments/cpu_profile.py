@@ -213,11 +213,11 @@ def main(argv=None):
   train, val = batch(), batch()
   steps = {}
   for variant in (bench.Variant('plain', None), bench.Variant('mwnet_jvp', 'mwnet', 'jvp')):
-    setup, state = bench.build(args, variant, model, train['image'])
+    parts, state = bench.build(args, variant, model, train['image'])
     if variant.method is None:
-      fn, fargs = fj.jit_plain_train_step(setup), (train,)
+      fn, fargs = fj.jit_plain_train_step(parts.setup), (train,)
     else:
-      fn, fargs = fj.jit_meta_train_step(setup), (train, val)
+      fn, fargs = fj.jit_meta_train_step(parts.setup), (train, val)
     steps[variant.name] = profile_step(fn, state, fargs, args.calls)
     print(f'{variant.name}: {steps[variant.name]["wall_ms"]:.0f} ms', file=sys.stderr)
   payload = {'model': args.model, 'batch': args.batch, 'calls': args.calls,

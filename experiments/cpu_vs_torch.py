@@ -42,11 +42,11 @@ def jax_step(args, model, step: str, train, val, with_flops: bool = True) -> lis
   with_flops=False skips XLA's cost analysis (a second compilation); flops is then None.
   """
   variant = STEPS[step]
-  setup, state = bench.build(args, variant, model, train['image'])
+  parts, state = bench.build(args, variant, model, train['image'])
   if variant.method is None:
-    fn, fargs = fj.jit_plain_train_step(setup), (train,)
+    fn, fargs = fj.jit_plain_train_step(parts.setup), (train,)
   else:
-    fn, fargs = fj.jit_meta_train_step(setup), (train, val)
+    fn, fargs = fj.jit_meta_train_step(parts.setup), (train, val)
   flops = common.compiled_flops(fn, state, *fargs) if with_flops else None
   holder = {'state': state}
 

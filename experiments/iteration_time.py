@@ -40,6 +40,7 @@ import famus_jax as fj
 from experiments import benchmark_iteration as bench
 from experiments import common
 from experiments import digits_lab as lab
+from famus_jax import models
 
 Variant = bench.Variant
 
@@ -105,23 +106,22 @@ def measure(args, rows: list[Variant], model, train, val) -> dict:
   built = {}
   for variant in rows:
     t0 = time.perf_counter()
-    setup, state = bench.build(args, variant, model, train['image'])
-    if setup is None:
+    parts, state = bench.build(args, variant, model, train['image'])
+    if parts is None:
       print(f'  {variant.name:<22s} skipped (more layers than the model has)',
             file=sys.stderr)
       continue
     if variant.method is None:
-      step, step_args = fj.jit_plain_train_step(setup), (train,)
+      step, step_args = fj.jit_plain_train_step(parts.setup), (train,)
     else:
-      step, step_args = bench.one_program(setup), (train, val)
+      step, step_args = bench.one_program(parts), (train, val)
     flops = common.compiled_flops(step, state, *step_args) if args.flops else None
     for _ in range(args.warmup):
       state = jax.block_until_ready(step(state, *step_args))[0]
     info = {'flops': flops, 'compile_and_warmup_s': time.perf_counter() - t0}
-    if setup.sampler is not None:
-      info['candidate_layers'] = setup.sampler.num_layers
+    if parts.sampler is not None:
+      info['candidate_layers'] = parts.sampler.num_layers
     if variant.meta and dict(variant.meta).get('sampler') == 'block':
-      from famus_jax import models  # pylint: disable=g-import-not-at-top
       params = state.params
       num = models.num_blocks(params)
       info['b'] = {'first': 1, 'middle': (num + 1) // 2, 'last': num}[dict(variant.meta)['b']]
@@ -246,7 +246,6 @@ def main(argv=None):
   kwargs = {} if args.width is None else {'width': args.width}
   if args.smoke:
     kwargs['depth'] = 1
-  from famus_jax import models  # pylint: disable=g-import-not-at-top
   model = models.get_model(args.model, num_classes=args.num_classes, **kwargs)
   rng = np.random.default_rng(0)
   shape = (args.batch, args.image_size, args.image_size, args.channels)
