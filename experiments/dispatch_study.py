@@ -108,17 +108,27 @@ def scope_fractions(counts: dict) -> dict:
 QUIET_LOAD = 3.0  # a 2-thread run alone keeps the 1-minute load average near 2
 
 
+def _quiet(run: dict) -> bool:
+  return run.get('load_average', QUIET_LOAD) < QUIET_LOAD
+
+
 def timed_runs(runs: list[dict]) -> list[dict]:
-  """The runs whose ms per iteration count: those that ended with the load
-  average below QUIET_LOAD (all runs when none did)."""
-  quiet = [r for r in runs if r.get('load_average', QUIET_LOAD) < QUIET_LOAD]
+  """The runs whose ms per iteration count: those of the (setting, seed)
+  groups whose every run ended with the load average below QUIET_LOAD, so
+  each ratio to exact compares runs of the same conditions (all runs when
+  no group did)."""
+  groups = {}
+  for r in runs:
+    groups.setdefault((r['setting'], r['seed']), []).append(r)
+  quiet = [r for g in groups.values() if all(map(_quiet, g)) for r in g]
   return quiet or runs
 
 
 def _timed_note(runs: list[dict]) -> str:
-  quiet = [r for r in runs if r.get('load_average', QUIET_LOAD) < QUIET_LOAD]
-  return (f'from the {len(quiet)} runs that ended with the load average below {QUIET_LOAD}'
-          if quiet else f'from all runs (none ended with the load average below {QUIET_LOAD})')
+  timed = timed_runs(runs)
+  return (f'from the {len(timed)} runs of the seeds whose every run ended with the load '
+          f'average below {QUIET_LOAD}' if timed is not runs or all(map(_quiet, runs)) else
+          f'from all runs (no seed ran with the load average below {QUIET_LOAD} throughout)')
 
 
 def aggregate(runs: list[dict]) -> dict:

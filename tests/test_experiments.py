@@ -265,6 +265,27 @@ def test_fashion_mnist_study_meta_scopes():
     assert (c.meta.method, c.meta.sampler, c.meta.candidate_layers) == (method, 'all', 'all')
 
 
+def test_dispatch_study_times_only_seeds_that_ran_quiet():
+  """ms per iteration and × exact come from the (setting, seed) groups whose
+  every run ended quiet; a loaded run takes its whole seed out, so a ratio
+  never compares a quiet run with a loaded one."""
+  from experiments import dispatch_study  # pylint: disable=g-import-not-at-top
+  def run(row, seed, ms, load):
+    return {'row': row, 'setting': 'sym40', 'seed': seed, 'steady_ms': ms, 'load_average': load,
+            'final_test_accuracy': 0.5, 'selected_test_accuracy': None,
+            'program_counts': {'meta': 1}, 'mean_num_selected': None}
+  runs = [run('exact', 0, 300.0, 6.0), run('famus', 0, 100.0, 2.0),   # seed 0: loaded exact
+          run('exact', 1, 60.0, 2.0), run('famus', 1, 40.0, 2.5)]     # seed 1: quiet
+  assert dispatch_study.timed_runs(runs) == runs[2:]
+  table = dispatch_study.aggregate(runs)
+  assert table['famus']['sym40']['x_exact'] == pytest.approx(40.0 / 60.0)
+  assert table['famus']['sym40']['ms_per_iteration'] == 40.0
+  assert table['famus']['sym40']['accuracy'] == 0.5  # accuracy from every seed
+  loaded = [dict(r, load_average=5.0) for r in runs]
+  assert dispatch_study.timed_runs(loaded) == loaded
+  assert 'no seed ran' in dispatch_study._timed_note(loaded)
+
+
 def test_dispatch_study_smoke_and_resume(argv, tmp_path):
   """FaMUS on IDX files written here; a second call with the exact row keeps
   the run it finds and adds the new one; the table's ratio to exact and the
