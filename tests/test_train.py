@@ -40,11 +40,14 @@ def test_variants_in_process(tmp_path, method, sampler, interval):
   summary = train.train_and_evaluate(c, str(tmp_path))
   _, rows = check_run_files(str(tmp_path), 6, method)
   if interval == 2:  # meta steps at iterations 0, 2, 4; weighted steps between
-    # random gates on the MLP's 2 scopes: the begin program and the scope programs run
+    # random gates on the MLP's 2 scopes, the default dispatcher ('ahead'): one
+    # program per scope, each compiled once when its scope is first drawn
     compiled = summary['compiled']
-    assert {k: v for k, v in compiled.items() if not k.startswith('meta_scope')} == {
-        'meta_begin': 1, 'weighted': 1, 'eval': 1, 'record': 1, 'record_visit': 0}
-    assert sum(compiled[k] for k in ('meta_scope0', 'meta_scope1')) >= 1
+    meta = {k: v for k, v in compiled.items() if k.startswith('meta_')}
+    assert {k: v for k, v in compiled.items() if k not in meta} == {
+        'weighted': 1, 'eval': 1, 'record': 1, 'record_visit': 0}
+    assert set(meta) == {'meta_ahead0', 'meta_ahead1'}
+    assert set(meta.values()) <= {0, 1} and sum(meta.values()) >= 1
     assert [r['meta_steps'] for r in rows] == [1, 1, 1]
   else:
     assert summary['compiled']['weighted'] == 0
