@@ -25,6 +25,7 @@ way: set-up, restore, blocks of iterations of each trained network
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -56,8 +57,9 @@ class SizeLimit(NamedTuple):
   note: str = ''
 
 
-class Algorithm(Hook):
-  """Base of the training algorithms (no-op where an algorithm adds nothing)."""
+class Algorithm(Hook, abc.ABC):
+  """Base of the training algorithms: the abstract methods are what each
+  algorithm supplies; the others are no-ops where it adds nothing."""
 
   members: tuple[str, ...] = ('net',)
   resumable: tuple[str, ...] = ()  # config prefixes that may change on resume
@@ -67,24 +69,29 @@ class Algorithm(Hook):
     self.config = config
 
   @staticmethod
+  @abc.abstractmethod
   def validate(config) -> None:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
+  @abc.abstractmethod
   def size_limits(self, splits) -> list[SizeLimit]:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
   def warmup_steps(self, steps_per_epoch: int) -> int:
     del steps_per_epoch
     return 0
 
+  @abc.abstractmethod
   def cadence(self, trainer) -> Cadence:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
+  @abc.abstractmethod
   def attach(self, trainer) -> list[Hook]:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
+  @abc.abstractmethod
   def init_states(self, trainer) -> dict:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
   def extra_state(self) -> dict:
     return {}
@@ -95,19 +102,22 @@ class Algorithm(Hook):
   def begin_block(self, trainer, step: int) -> None:
     del trainer, step
 
+  @abc.abstractmethod
   def sources(self, trainer, member: str, step: int
               ) -> contextlib.AbstractContextManager[Optional[Iterator[dict]]]:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
+  @abc.abstractmethod
   def eval_args(self, trainer) -> tuple:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
   def end_block(self, trainer, done: int, rows: Optional[dict],
                 evaluation: Optional[dict]) -> None:
     del trainer, done, rows, evaluation
 
+  @abc.abstractmethod
   def describe(self, trainer) -> str:
-    raise NotImplementedError
+    """Supplied by each algorithm."""
 
 
 def stream(it: Any) -> contextlib.AbstractContextManager:
