@@ -5,6 +5,7 @@ the workdir untouched."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -367,8 +368,9 @@ def test_second_run_on_a_workdir_is_refused(tmp_path):
 
 @pytest.fixture(scope='module')
 def xla_cache(tmp_path_factory):
-  with compilation_cache(tmp_path_factory.mktemp('xla_cache_runs')):
-    yield
+  directory = tmp_path_factory.mktemp('xla_cache_runs')
+  with compilation_cache(directory):
+    yield str(directory)
 
 
 def _rows_without_timing(path):
@@ -376,21 +378,37 @@ def _rows_without_timing(path):
   return [{k: v for k, v in r.items() if k not in skip} for r in read_jsonl(path)]
 
 
+_RESUME = ('import json, sys\nfrom famus_jax import train\nfrom test_train_support import tiny_config\n'
+           "print(json.dumps(train.train_and_evaluate(tiny_config('mwnet', 'all', steps=8), "
+           'sys.argv[1])))\n')
+
+
+def _resume_in_a_new_process(workdir, xla_cache):
+  """The run restarted as a user restarts it: in a fresh process, so nothing
+  read or written before (orbax's in-process caches included) is reused."""
+  env = {**_env(), 'PYTHONPATH': REPO + os.pathsep + os.path.join(REPO, 'tests'),
+         'JAX_COMPILATION_CACHE_DIR': xla_cache,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  proc = subprocess.run([sys.executable, '-c', _RESUME, workdir], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
 @pytest.mark.parametrize('corrupt', [truncate_array_file, flip_bytes],
                          ids=['truncated', 'bit_flipped'])
-def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, caplog,
-                                                                xla_cache, corrupt):
-  del xla_cache
+def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, xla_cache,
+                                                                corrupt):
   c = tiny_config('mwnet', 'all', steps=8)
   workdir = str(tmp_path / 'run')
   reference = train.train_and_evaluate(c, workdir)
   ref_eval = _rows_without_timing(os.path.join(workdir, 'eval.jsonl'))
   ref_train = _rows_without_timing(os.path.join(workdir, 'metrics.jsonl'))
   corrupt(os.path.join(workdir, 'checkpoints', '8'))
-  with caplog.at_level(logging.WARNING, logger='famus_jax.checkpoint'):
-    again = train.train_and_evaluate(c, workdir)
-  assert [r.getMessage().split(' (')[0] for r in caplog.records
-          if r.name == 'famus_jax.checkpoint'] == ['checkpoint step 8 is corrupt']
+  again, stderr = _resume_in_a_new_process(workdir, xla_cache)
+  assert re.findall(r'checkpoint step \d+ is corrupt', stderr) == [
+      'checkpoint step 8 is corrupt'], stderr[-3000:]
   assert again['resumed_from'] == 4
   assert again['final'] == reference['final']  # exact floats
   assert _rows_without_timing(os.path.join(workdir, 'eval.jsonl')) == ref_eval
