@@ -1,0 +1,1 @@
+"""Timing, compile and FLOP benchmarks of the training steps and the data pipeline."""

@@ -1,0 +1,1 @@
+"""Scripts that regenerate a table or figure of the paper, on data that fits a CPU."""
