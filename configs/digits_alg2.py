@@ -13,7 +13,7 @@ two to three minutes on 2 CPU cores (40 epochs).
   ... --config.alg2.ssl.enabled=False       # meta step only, no SSL term
 
 CE with the same model, data, epochs and schedule, and Alg. 2, side by side:
-  python -m experiments.alg2_compare_digits --noise=0.4,0.6 --seeds=0,1
+  python -m experiments.studies.alg2_compare_digits --noise=0.4,0.6 --seeds=0,1
 Measured (2 seeds, 40 epochs; famus_jax/alg2/README.md): 40 % noise CE
 73.3/72.7 %, Alg. 2 99.1/99.3 %; 60 % noise CE 57.3/58.7 %, Alg. 2 97.8/98.9 %.
 """

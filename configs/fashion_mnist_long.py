@@ -19,7 +19,7 @@ model without the test set).
   ... --config.meta.method=ce                            # CE on the noisy labels
   ... --config.meta.method=ce --config.data.noise_type=none   # CE on the true labels
   ... --config.meta.sampler=all --config.meta.candidate_layers=all   # exact MW-Net
-The study: experiments/fashion_mnist_long.py.
+The study: experiments/studies/fashion_mnist_long.py.
 """
 
 import ml_collections

@@ -18,6 +18,7 @@ from famus_jax.training import build as build_lib
 from famus_jax.training import plots
 from famus_jax.training.signals import Preempted
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), 'results')
 # Loggers a study silences: every run's progress and checkpoint messages.
 RUN_LOGGERS = ('absl', 'jax', 'famus_jax', 'orbax')

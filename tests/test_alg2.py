@@ -418,7 +418,7 @@ def test_alg2_config_errors():
 def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
   if REPO not in sys.path:  # `experiments` is not an installed package
     sys.path.insert(0, REPO)
-  from experiments import alg2_compare_digits as compare_digits  # pylint: disable=g-import-not-at-top
+  from experiments.studies import alg2_compare_digits as compare_digits  # pylint: disable=g-import-not-at-top
   short = {'optim.num_epochs': 12, 'optim.boundaries': (9,), 'alg2.warmup_epochs': 3,
            'alg2.ssl.rampup_epochs': 4.0, 'alg2.eval_every_epochs': 0}
   c = compare_digits.alg2_digits_config(0.6, 0, short)

@@ -1,8 +1,8 @@
-"""experiments/cpu_levers.py: process commands, environments and the summary table."""
+"""experiments/cpu/cpu_levers.py: process commands, environments and the summary table."""
 
 import pytest
 
-from experiments import cpu_levers
+from experiments.cpu import cpu_levers
 
 
 def _args(argv=()):

@@ -90,7 +90,7 @@ def argv(tmp_path, xla_cache):
 
 
 def test_fidelity_digits_smoke_pairs_each_variant_with_ours(tmp_path):
-  from experiments import fidelity_digits  # pylint: disable=g-import-not-at-top
+  from experiments.studies import fidelity_digits  # pylint: disable=g-import-not-at-top
   fidelity_digits.main(['--smoke', '--variants=ours,gate_surrogate_official',
                         '--results-dir', str(tmp_path)])
   with open(os.path.join(tmp_path, 'fidelity_digits_smoke.json')) as f:
@@ -106,7 +106,7 @@ def test_fidelity_digits_smoke_pairs_each_variant_with_ours(tmp_path):
 
 def test_fidelity_digits_pairs_the_l2r_input_with_l2r():
   """The L2R sampler-input variant is paired with L2R + FaMUS, the others with ours."""
-  from experiments import fidelity_digits  # pylint: disable=g-import-not-at-top
+  from experiments.studies import fidelity_digits  # pylint: disable=g-import-not-at-top
   accuracy = {('ours', 0): .90, ('l2r_famus', 0): .80, ('l2r_famus_zero_input', 0): .70,
               ('ours', 1): .91, ('l2r_famus', 1): .82, ('l2r_famus_zero_input', 1): .75}
   table = fidelity_digits.summarize([
@@ -119,7 +119,7 @@ def test_fidelity_digits_pairs_the_l2r_input_with_l2r():
 
 
 def test_meta_grad_fidelity_smoke(argv, tmp_path):
-  from experiments import meta_grad_fidelity
+  from experiments.paper import meta_grad_fidelity
   meta_grad_fidelity.main(argv)
   payload = check_outputs(str(tmp_path), 'meta_grad_fidelity_smoke')
   # Σ_l g_l is the exact meta gradient (linear in the gates), in θ and per example.
@@ -131,7 +131,7 @@ def test_meta_grad_fidelity_smoke(argv, tmp_path):
 
 
 def test_layer_selection_smoke(argv, tmp_path):
-  from experiments import layer_selection
+  from experiments.paper import layer_selection
   layer_selection.main(argv)
   payload = check_outputs(str(tmp_path), 'layer_selection_smoke')
   row = payload['per_k'][str(payload['main_k'])]
@@ -143,7 +143,7 @@ def test_layer_selection_smoke(argv, tmp_path):
 def test_layer_selection_from_a_training_run(tmp_path):
   """The figure from a training loop's metrics.jsonl (as a GPU run would write it)."""
   import importlib.util
-  from experiments import layer_selection
+  from experiments.paper import layer_selection
   from famus_jax.training import config as config_lib
   spec = importlib.util.spec_from_file_location('digits_cfg',
                                                 os.path.join(ROOT, 'configs', 'digits.py'))
@@ -164,7 +164,7 @@ def test_layer_selection_from_a_training_run(tmp_path):
 
 
 def test_weights_clean_vs_noisy_smoke(argv, tmp_path):
-  from experiments import weights_clean_vs_noisy
+  from experiments.paper import weights_clean_vs_noisy
   weights_clean_vs_noisy.main(argv)
   payload = check_outputs(str(tmp_path), 'weights_clean_vs_noisy_smoke')
   assert set(payload['results']) == {'mwnet', 'random_s4', 'famus'}
@@ -176,7 +176,7 @@ def test_weights_clean_vs_noisy_smoke(argv, tmp_path):
 
 
 def test_iteration_time_smoke(argv, tmp_path):
-  from experiments import iteration_time
+  from experiments.paper import iteration_time
   iteration_time.main(argv)
   payload = check_outputs(str(tmp_path), 'iteration_time_cpu_smoke')
   rows = payload['rows']
@@ -192,7 +192,7 @@ def test_iteration_time_smoke(argv, tmp_path):
 
 
 def test_synthetic_cifar_run_smoke(argv, tmp_path):
-  from experiments import synthetic_cifar_run
+  from experiments.benchmarks import synthetic_cifar_run
   synthetic_cifar_run.main(argv)
   payload = check_outputs(str(tmp_path), 'synthetic_cifar_cpu_smoke')
   rows = payload['rows']
@@ -205,7 +205,7 @@ def test_synthetic_cifar_run_smoke(argv, tmp_path):
 
 
 def test_digits_study_smoke(argv, tmp_path):
-  from experiments import digits_study
+  from experiments.paper import digits_study
   # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the single-network path.
   digits_study.main(argv + ['--methods', 'ce,mwnet_famus'])
   payload = check_outputs(str(tmp_path), 'digits_study_smoke')
@@ -230,7 +230,7 @@ def fake_fashion_mnist(folder) -> str:
 
 def test_fashion_mnist_study_smoke(argv, tmp_path):
   """On IDX files written here (130 training, 20 test images per class)."""
-  from experiments import fashion_mnist_study
+  from experiments.paper import fashion_mnist_study
   folder = fake_fashion_mnist(tmp_path / 'fashion')
   # Alg. 2 runs in test_pseudo_clean_significance_smoke; here the other paths.
   fashion_mnist_study.main(argv + ['--methods', 'ce_meta,mwnet', '--set',
@@ -255,7 +255,7 @@ def test_fashion_mnist_study_smoke(argv, tmp_path):
 def test_fashion_mnist_study_meta_scopes():
   """The exact rows differentiate through every layer, and so does FaMUS's
   sampler (every layer a candidate, run-time scopes)."""
-  from experiments import fashion_mnist_study as study
+  from experiments.paper import fashion_mnist_study as study
   config = lambda m: study.make_config(m, 'sym40', 0, 20, 1, False, {})
   famus = config('mwnet_famus')
   assert famus.meta.sampler == 'famus' and famus.meta.candidate_layers == 'all'
@@ -269,7 +269,7 @@ def test_dispatch_study_times_only_seeds_that_ran_quiet():
   """ms per iteration and × exact come from the (setting, seed) groups whose
   every run ended quiet; a loaded run takes its whole seed out, so a ratio
   never compares a quiet run with a loaded one."""
-  from experiments import dispatch_study  # pylint: disable=g-import-not-at-top
+  from experiments.studies import dispatch_study  # pylint: disable=g-import-not-at-top
   def run(row, seed, ms, load):
     return {'row': row, 'setting': 'sym40', 'seed': seed, 'steady_ms': ms, 'load_average': load,
             'final_test_accuracy': 0.5, 'selected_test_accuracy': None,
@@ -290,7 +290,7 @@ def test_dispatch_study_smoke_and_resume(argv, tmp_path):
   """FaMUS on IDX files written here; a second call with the exact row keeps
   the run it finds and adds the new one; the table's ratio to exact and the
   scope fractions are the runs' own numbers."""
-  from experiments import dispatch_study
+  from experiments.studies import dispatch_study
   folder = tmp_path / 'fashion'
   _write_fashion_idx(folder, train_per_class=140)
   data = ['--settings', 'sym40', '--set', f'data.data_dir="{folder}"']
@@ -320,7 +320,7 @@ def test_fashion_mnist_long_rows_merge_and_resume(argv, tmp_path, monkeypatch):
   """Row schema; the noise-free rows run once and fill every column; a study
   stopped in a run continues where it stopped (finished rows kept, the stopped
   run resumed from its workdir); later calls add rows; another budget refuses."""
-  from experiments import fashion_mnist_long as long
+  from experiments.studies import fashion_mnist_long as long
   from famus_jax import train
   flags = argv + ['--set', f'data.data_dir="{fake_fashion_mnist(tmp_path / "fashion")}"',
                   '--workdirs', str(tmp_path / 'runs')]
@@ -389,7 +389,7 @@ def test_a_stopped_study_ends_in_one_line():
 def test_fashion_mnist_long_configs():
   """Exact rows differentiate through every layer, FaMUS keeps the config's
   scope; evaluation every epoch; Alg. 2 gets the meta images as noisy data."""
-  from experiments import fashion_mnist_long as long
+  from experiments.studies import fashion_mnist_long as long
   b = long.budget(smoke=False)
   config = lambda m, s='sym60': long.make_config(m, s, 0, b, False, {})
   famus = config('mwnet_famus')
@@ -417,7 +417,7 @@ def test_fashion_mnist_long_configs():
 
 def test_fashion_mnist_long_timing(argv, tmp_path):
   """`--timing`: rounds of whole runs in one process, medians, ratio to exact."""
-  from experiments import fashion_mnist_long as long
+  from experiments.studies import fashion_mnist_long as long
   folder = fake_fashion_mnist(tmp_path / 'fashion')
   payload = long.main(argv + ['--timing', '--methods', 'ce', '--rounds', '2', '--set',
                               f'data.data_dir="{folder}"'])
@@ -430,7 +430,7 @@ def test_fashion_mnist_long_timing(argv, tmp_path):
 
 @pytest.mark.slow
 def test_pseudo_clean_significance_smoke(argv, tmp_path):
-  from experiments import pseudo_clean_significance as pcs
+  from experiments.paper import pseudo_clean_significance as pcs
   pcs.main(argv)
   payload = check_outputs(str(tmp_path), 'pseudo_clean_significance_smoke')
   row = payload['table']['0.4']
@@ -451,7 +451,7 @@ def test_pseudo_clean_significance_smoke(argv, tmp_path):
 
 def test_t_test_direction():
   """One-tailed: small p when the first sample is clearly larger, large p otherwise."""
-  from experiments import pseudo_clean_significance as pcs
+  from experiments.paper import pseudo_clean_significance as pcs
   assert pcs.t_test([0.95, 0.96, 0.955], [0.90, 0.91, 0.905])['student_p'] < 0.01
   assert pcs.t_test([0.90, 0.91, 0.905], [0.95, 0.96, 0.955])['student_p'] > 0.99
   # The paper's Table 2 p-values from its means and stds (n = 3, 4 dof), by hand:
@@ -464,7 +464,7 @@ def test_t_test_direction():
 
 
 def test_label_issue_scores_smoke(tmp_path):
-  from experiments import label_issue_scores as lis
+  from experiments.studies import label_issue_scores as lis
   payload = lis.main(['--smoke', '--results-dir', str(tmp_path)])
   check_outputs(str(tmp_path), 'label_issue_scores_digits_smoke')
   scores = payload['methods']['mwnet']['scores']

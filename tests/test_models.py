@@ -477,7 +477,7 @@ def test_digits_cnn_trains_above_95_percent():
   """Plain CE + Adam, 6 epochs of batch 64 on the 70 % split (~1.3k images).
 
   About 10-15 s on 2 shared CPU cores, most of it ``model.init`` and
-  compilation; see experiments/model_timing.py for the measured time. The
+  compilation; see experiments/benchmarks/model_timing.py for the measured time. The
   training loop is a Python loop over a jitted step: on XLA:CPU the same step
   inside ``lax.scan`` ran ~10x slower per step.
   """

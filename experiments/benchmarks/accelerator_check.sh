@@ -12,17 +12,17 @@
 # consecutive iterations per round. The run stops after 9.5 minutes
 # (compilation included).
 #
-#   bash experiments/accelerator_check.sh            # writes experiments/results/
+#   bash experiments/benchmarks/accelerator_check.sh            # writes experiments/results/
 #                                                    #   iteration_dispatch_<device>.json
-#   bash experiments/accelerator_check.sh --smoke    # tiny ResNet-32 on any machine, the
+#   bash experiments/benchmarks/accelerator_check.sh --smoke    # tiny ResNet-32 on any machine, the
 #                                                    #   same 16 programs (CPU: ~7 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--smoke" ]]; then
   out="${2:-/tmp/accelerator_check_smoke.json}"
-  exec timeout 900 python -m experiments.benchmark_iteration --model=resnet32 --width=4 \
+  exec timeout 900 python -m experiments.benchmarks.benchmark_iteration --model=resnet32 --width=4 \
       --batch=8 --image-size=16 --variants=dispatch --repeats=2 --warm=3 \
       --with-switch --out="$out"
 fi
-exec timeout 570 python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100 \
+exec timeout 570 python -m experiments.benchmarks.benchmark_iteration --model=wrn28_10 --batch=100 \
     --variants=dispatch --repeats=5 --warm=200 --with-switch

@@ -19,7 +19,7 @@ Writes ``experiments/results/augment_benchmark_<platform>.json`` and prints a
 table. Timings are medians over repeats; the machine is shared, so treat
 differences under ~10 % as noise.
 
-  python experiments/augment_benchmark.py [--quick]
+  python -m experiments.benchmarks.augment_benchmark [--quick]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from famus_jax import data
 from famus_jax.data import augment as aug
 
@@ -194,8 +195,7 @@ def main():
       "machine": platform.machine(), "jax": jax.__version__, "quick": args.quick,
       "augment_alone": alone, "end_to_end": e2e,
   }
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"augment_benchmark_{backend}.json")
+  out = args.out or os.path.join(common.RESULTS_DIR, f"augment_benchmark_{backend}.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=1)

@@ -5,13 +5,13 @@ meta iteration (Virtual-Train + Meta-Train + Actual-Train) for each variant on
 the same model and batch, after warm-up (median of repeats), and reports the
 ratios to the plain step and XLA's FLOP count of each compiled program.
 
-  python -m experiments.benchmark_iteration --quick
-  python -m experiments.benchmark_iteration --model=resnet32 --batch=100 --variants=core \
-      --only=l2r_exact,l2r_exact_general,l2r_reverse --repeats=20
+  python -m experiments.benchmarks.benchmark_iteration --quick
+  python -m experiments.benchmarks.benchmark_iteration --model=resnet32 --batch=100 \
+      --variants=core --only=l2r_exact,l2r_exact_general,l2r_reverse --repeats=20
                       # L2R at ε = 0 without / with the Virtual-Train backward
-  python -m experiments.benchmark_iteration --model=preact_resnet18 --batch=64
-  python -m experiments.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
-  python -m experiments.benchmark_iteration --model=resnet32 --batch=100 \
+  python -m experiments.benchmarks.benchmark_iteration --model=preact_resnet18 --batch=64
+  python -m experiments.benchmarks.benchmark_iteration --model=wrn28_10 --batch=100   # GPU
+  python -m experiments.benchmarks.benchmark_iteration --model=resnet32 --batch=100 \
       --variants=dispatch --selection=top,bottom,random      # FaMUS scope programs
                       # (host and ahead dispatch) and FaMUS's own gates over all layers
 
@@ -30,7 +30,7 @@ import numpy as np
 import famus_jax as fj
 from famus_jax import famus, models
 from experiments import common
-from experiments import dispatch_rows
+from experiments.benchmarks import dispatch_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ def core_variants() -> list[Variant]:
 QUICK_VARIANTS = ('mwnet_reverse', 'mwnet_jvp', 'l2r_exact', 'l2r_exact_general',
                   'famus_k4_all', 'famus_k4_all_top8', 'random_s4', 'block_last')
 VARIANT_SETS = {'core': core_variants, 'famus': famus_variants,
-                'dispatch': None}  # experiments/dispatch_rows.py
+                'dispatch': None}  # experiments/benchmarks/dispatch_rows.py
 
 
 def one_program(parts):

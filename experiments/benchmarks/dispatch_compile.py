@@ -8,8 +8,8 @@ dispatchers compiled on this machine: seconds and XLA's GFLOP each, at a small
 batch (compile time hardly depends on it). A run compiles a scope's program
 the first time its gates choose that scope.
 
-  python -m experiments.dispatch_compile                      # all backbones, 'host'
-  python -m experiments.dispatch_compile --models=resnet32 --dispatchers=host,ahead
+  python -m experiments.benchmarks.dispatch_compile                      # all backbones, 'host'
+  python -m experiments.benchmarks.dispatch_compile --models=resnet32 --dispatchers=host,ahead
 
 Writes experiments/results/dispatch_compile_<host-kind>.json (rewritten after
 every backbone).

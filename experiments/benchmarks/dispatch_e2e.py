@@ -10,15 +10,15 @@ counted separately.
   python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/d_exact \\
       --config.meta.sampler=all
   python -m famus_jax.main --config=configs/digits.py --workdir=/tmp/d_famus
-  python -m experiments.dispatch_e2e --run exact=/tmp/d_exact --run famus=/tmp/d_famus \\
+  python -m experiments.benchmarks.dispatch_e2e --run exact=/tmp/d_exact --run famus=/tmp/d_famus \\
       --out=dispatch_e2e_digits.json
 
 Or let it run a plan itself, in one process, seeds interleaved (exact, the
 config's FaMUS, its gates drawn ahead, one scope instead of the run-time
 scopes, and the paper's Table 3 loss ablation over every layer with 4 scopes):
 
-  python -m experiments.dispatch_e2e --plan=fashion_mnist --seeds=0,1
-  python -m experiments.dispatch_e2e --plan=digits --seeds=0,1,2 \
+  python -m experiments.benchmarks.dispatch_e2e --plan=fashion_mnist --seeds=0,1
+  python -m experiments.benchmarks.dispatch_e2e --plan=digits --seeds=0,1,2 \
       --variants=exact,famus,famus_one_scope
 """
 
@@ -31,7 +31,7 @@ import tempfile
 
 from experiments import common
 from experiments import digits_lab
-from experiments import digits_study as study
+from experiments.paper import digits_study as study
 from famus_jax import train
 from famus_jax.training import config as config_lib
 

@@ -15,8 +15,8 @@ runs inside Meta-Train. Set against the floor of a meta iteration (DESIGN: train
 forward + two backward passes + validation forward ≈ 6 forward passes, plus
 the meta work of the scope) it shows what is above it.
 
-  python -m experiments.meta_flops                       # ResNet-32, batch 100
-  python -m experiments.meta_flops --model=fashion_resnet --width=8 --image-size=28 \\
+  python -m experiments.benchmarks.meta_flops                       # ResNet-32, batch 100
+  python -m experiments.benchmarks.meta_flops --model=fashion_resnet --width=8 --image-size=28 \\
       --channels=1 --batch=100
 
 Writes experiments/results/meta_flops_<model>.json.

@@ -16,8 +16,8 @@ accelerator, e.g. 'h100') with
 
 Usage::
 
-  python experiments/model_timing.py                 # everything
-  python experiments/model_timing.py --skip-wrn28    # without WRN-28-10 (slow on CPU)
+  python -m experiments.benchmarks.model_timing                 # everything
+  python -m experiments.benchmarks.model_timing --skip-wrn28    # without WRN-28-10 (slow on CPU)
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
@@ -35,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from famus_jax import models  # noqa: E402
+from experiments import common
+from famus_jax import models
 
-RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+RESULTS_DIR = common.RESULTS_DIR
 
 # (model, num_classes, input HxWxC) for the parameter table.
 COUNT_SETTINGS = [

@@ -9,8 +9,9 @@ meta set of 10 per class, 1,000 test images. Per method: steady-state time per
 iteration (median, after the first, compiling, one), iterations per second,
 training loss and clean test accuracy after the run.
 
-  python -m experiments.synthetic_cifar_run --quick      # CPU: PreActResNet-18 at width 8
-  python -m experiments.synthetic_cifar_run --model=wrn28_10 --batch=100   # GPU: 300 iterations
+  python -m experiments.benchmarks.synthetic_cifar_run --quick   # CPU: PreActResNet-18 at width 8
+  python -m experiments.benchmarks.synthetic_cifar_run --model=wrn28_10 --batch=100
+      # GPU: 300 iterations
 
 Writes experiments/results/synthetic_cifar_<host>[_quick].{json,png}.
 """
@@ -166,7 +167,8 @@ def main(argv=None):
   first = next(iter(rows.values()))
   for r in rows.values():
     r['ratio_to_first'] = r['ms_per_iteration'] / first['ms_per_iteration']
-  payload = {'script': 'synthetic_cifar_run', 'model': args.model, 'width': args.width,
+  payload = {'script': 'experiments.benchmarks.synthetic_cifar_run',
+             'model': args.model, 'width': args.width,
              'batch': args.batch, 'steps': args.steps, 'image_size': size,
              'quick': args.quick, 'smoke': args.smoke, 'data': data.info,
              'rows': rows, 'machine': common.machine()}

@@ -6,7 +6,7 @@ the forward, and the gradient of `sum(conv(x, w) * g)` w.r.t. (x, w) with
 XLA's convolution in NHWC (the models' layout), in NCHW, and with the CPU
 convolution of famus_jax.models.cpu_conv (NHWC).
 
-  python -m experiments.cpu_conv_layouts [--repeats 5]
+  python -m experiments.cpu.cpu_conv_layouts [--repeats 5]
 
 Writes experiments/results/cpu_conv_layouts.json.
 """

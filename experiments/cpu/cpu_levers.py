@@ -4,19 +4,19 @@ XLA reads its flags (XLA_FLAGS) and sizes its thread pool (from the CPU
 affinity) once per process, so every setting runs in a fresh process: XLA
 flags, one CPU (`taskset -c 0`), the model options conv_impl / norm_impl,
 the float32 matmul precision, and PyTorch at 1 and 2 threads
-(experiments/torch_resnet32.py, when torch is importable). Rounds are
+(experiments/cpu/torch_resnet32.py, when torch is importable). Rounds are
 interleaved (each setting once per round, in turn); inside a process each
 step is warmed up, then timed `calls` times (median). Reported per setting
 and step: the median over rounds of wall ms and process CPU ms per call
 (CPU time is the fairer measure while other jobs run), each relative to the
 `baseline` setting of the same run. The steps are those of
-experiments/cpu_vs_torch.py: the plain cross-entropy step and the exact
+experiments/cpu/cpu_vs_torch.py: the plain cross-entropy step and the exact
 MW-Net iteration (JVP meta-gradient). A persistent compilation cache (a
 temporary directory) spares the later rounds most of the compile time.
 
-  python -m experiments.cpu_levers                 # ResNet-32, batch 100 (about 10 min, quiet machine)
-  python -m experiments.cpu_levers --quick         # depth 8, width 4, batch 16: every setting runs
-  python -m experiments.cpu_levers --settings=baseline,fused_bn --rounds=5
+  python -m experiments.cpu.cpu_levers             # ResNet-32, batch 100 (~10 min, quiet machine)
+  python -m experiments.cpu.cpu_levers --quick     # depth 8, width 4, batch 16: every setting runs
+  python -m experiments.cpu.cpu_levers --settings=baseline,fused_bn --rounds=5
 
 Writes experiments/results/cpu_levers[_quick].json.
 """
@@ -31,6 +31,9 @@ import sys
 import tempfile
 import time
 from typing import Optional
+
+# The repository root: workers run `python -m experiments.cpu.cpu_levers` from it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RESULT_TAG = 'CPU_LEVERS_RESULT '
 
@@ -106,7 +109,7 @@ def _worker_batches(args):
 
 def _worker_calls(args, setting: Setting) -> dict:
   """step -> call() for this process's setting (JAX or PyTorch)."""
-  from experiments import cpu_vs_torch  # pylint: disable=import-outside-toplevel
+  from experiments.cpu import cpu_vs_torch  # pylint: disable=import-outside-toplevel
   train, val = _worker_batches(args)
   args.steps = list(setting.steps)
   if setting.torch_threads is not None:
@@ -157,7 +160,7 @@ def run_worker(args, setting: Setting) -> dict:
 
 def _command(args, setting: Setting) -> list:
   python = args.newer_jax_python if setting.newer_jax else sys.executable
-  cmd = [python, '-m', 'experiments.cpu_levers', '--worker', setting.name,
+  cmd = [python, '-m', 'experiments.cpu.cpu_levers', '--worker', setting.name,
          '--depth', str(args.depth), '--width', str(args.width), '--batch', str(args.batch),
          '--warmup', str(args.warmup), '--plain-calls', str(args.calls['plain']),
          '--mwnet-calls', str(args.calls['mwnet'])]
@@ -179,7 +182,7 @@ def run_process(args, setting: Setting, cache_dir: str) -> dict:
   start = time.perf_counter()
   proc = subprocess.run(_command(args, setting), env=_environment(setting, cache_dir),
                         capture_output=True, text=True, timeout=args.process_timeout,
-                        check=False, cwd=os.path.dirname(os.path.dirname(__file__)))
+                        check=False, cwd=REPO_ROOT)
   seconds = time.perf_counter() - start
   for line in proc.stdout.splitlines():
     if line.startswith(RESULT_TAG):

@@ -16,9 +16,9 @@ output (the window spans the activation), as backward-data when its input is
 dilated or it comes from a transposed JVP; thread usage is the summed busy
 time of all threads over the wall time.
 
-  python -m experiments.cpu_profile                      # ResNet-32, batch 100
-  python -m experiments.cpu_profile --quick              # width 4, batch 16
-  python -m experiments.cpu_profile --conv-impl=xla      # a model option
+  python -m experiments.cpu.cpu_profile                      # ResNet-32, batch 100
+  python -m experiments.cpu.cpu_profile --quick              # width 4, batch 16
+  python -m experiments.cpu.cpu_profile --conv-impl=xla      # a model option
 
 Writes experiments/results/cpu_profile[_quick].json and .md.
 """
@@ -38,7 +38,7 @@ import numpy as np
 
 import famus_jax as fj
 from famus_jax import models
-from experiments import benchmark_iteration as bench
+from experiments.benchmarks import benchmark_iteration as bench
 from experiments import common
 
 CLASSES = ('conv forward', 'conv backward-data', 'conv backward-filter',
@@ -223,7 +223,7 @@ def main(argv=None):
   payload = {'model': args.model, 'batch': args.batch, 'calls': args.calls,
              'quick': args.quick, 'conv_impl': getattr(model, 'conv_impl', 'xla'),
              'load_average': [round(v, 2) for v in os.getloadavg()],
-             'command': 'python -m experiments.cpu_profile ' + ' '.join(sys.argv[1:]
+             'command': 'python -m experiments.cpu.cpu_profile ' + ' '.join(sys.argv[1:]
                                                                        if argv is None else argv),
              'machine': common.machine(), 'steps': steps}
   name = args.out or f'cpu_profile{"_quick" if args.quick else ""}'

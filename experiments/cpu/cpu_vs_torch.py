@@ -4,13 +4,13 @@ One process, interleaved rounds (every row is called once per round, in
 turn), medians over rounds: on a shared machine the load falls on all rows
 alike. Rows: the plain cross-entropy step and the exact MW-Net iteration
 (JVP meta-gradient) for `conv_impl` 'xla' and 'cpu', and, when `torch` is
-importable, the same two steps in PyTorch (experiments/torch_resnet32.py,
+importable, the same two steps in PyTorch (experiments/cpu/torch_resnet32.py,
 torch.set_num_threads = CPU count or --torch-threads). Reports wall and process CPU time per
 call, ratios to PyTorch, and XLA's cost-analysis FLOPs per second (the FLOPs
 of the JAX program of the same row; PyTorch rows use those of 'xla').
 
-  python -m experiments.cpu_vs_torch                 # ResNet-32, batch 100
-  python -m experiments.cpu_vs_torch --quick         # width 4, batch 16
+  python -m experiments.cpu.cpu_vs_torch                 # ResNet-32, batch 100
+  python -m experiments.cpu.cpu_vs_torch --quick         # width 4, batch 16
 
 Writes experiments/results/cpu_vs_torch[_quick].json.
 """
@@ -27,7 +27,7 @@ import numpy as np
 
 import famus_jax as fj
 from famus_jax import models
-from experiments import benchmark_iteration as bench
+from experiments.benchmarks import benchmark_iteration as bench
 from experiments import common
 
 IMPLS = ('xla', 'cpu')
@@ -70,7 +70,7 @@ def torch_rows(args, train, val) -> dict:
   """name -> [call, flops] for the PyTorch rows ({} without torch)."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
-    from experiments import torch_resnet32  # pylint: disable=import-outside-toplevel
+    from experiments.cpu import torch_resnet32  # pylint: disable=import-outside-toplevel
   except ImportError:
     print('torch is not installed: PyTorch rows skipped', file=sys.stderr)
     return {}

@@ -15,7 +15,7 @@ Prints, per L: forward ms, gradient ms (XLA's convolution), gradient ms
 the largest transpose fusion in the compiled gradient (≈ 3L with the bug,
 instead of 1).
 
-  python experiments/xla_cpu_conv_backward_repro.py
+  python experiments/cpu/xla_cpu_conv_backward_repro.py
 """
 
 import re

@@ -20,8 +20,8 @@ data, compilation — mostly served by the persistent XLA cache after the first
 run of a method —, training, evaluation, checkpoint). Alg. 2 trains two
 networks (and an SSL step), so it costs more than twice a single run.
 
-  python -m experiments.digits_study --quick      # 20 epochs per run; < 30 min on 2 cores
-  python -m experiments.digits_study              # 40 epochs (configs/digits.py), 3 seeds
+  python -m experiments.paper.digits_study --quick      # 20 epochs per run; < 30 min on 2 cores
+  python -m experiments.paper.digits_study              # 40 epochs (configs/digits.py), 3 seeds
 
 Writes experiments/results/digits_study[_quick].{json,md,png}.
 """
@@ -46,7 +46,7 @@ from experiments import digits_lab as lab
 from famus_jax import train
 from famus_jax.training import config as config_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = common.REPO_ROOT
 
 # Official MLC trains on the batch *sum* of its corrected CE: the base rate is divided
 # by the batch size (64) so that its step per example is CE's (lr 0.05 on the mean).
@@ -304,7 +304,7 @@ def _main(argv):
               f"(total {time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
 
   payload = {
-      'script': 'digits_study', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.digits_study', 'quick': args.quick, 'smoke': args.smoke,
       'epochs': epochs, 'methods': methods, 'settings': settings, 'seeds': seeds,
       'setting_defs': {s: SETTINGS[s] for s in settings},
       'method_labels': {m: METHODS[m][0] for m in methods},

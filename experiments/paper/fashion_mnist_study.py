@@ -21,9 +21,9 @@ meta set and the 10,000 test images are whole) and a few epochs of it, lr ÷10
 at 90 % and 95 % of the run. Alg. 2 has no meta set: it draws 100 more noisy
 images per class in their place (e.g. 5,100 instead of 5,000 + 1,000 clean).
 
-  python -m experiments.fashion_mnist_study --quick   # 500/class × 4 epochs, 2 seeds
-  python -m experiments.fashion_mnist_study           # 2000/class × 3 epochs, 2 seeds
-  python -m experiments.fashion_mnist_study --smoke --set data.data_dir='"DIR"'
+  python -m experiments.paper.fashion_mnist_study --quick   # 500/class × 4 epochs, 2 seeds
+  python -m experiments.paper.fashion_mnist_study           # 2000/class × 3 epochs, 2 seeds
+  python -m experiments.paper.fashion_mnist_study --smoke --set data.data_dir='"DIR"'
 
 Per (method, setting): mean ± std over seeds of the final clean test accuracy,
 steady-state ms per iteration (Alg. 2: per co-training iteration of both
@@ -48,7 +48,7 @@ import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
-from experiments import digits_study as study
+from experiments.paper import digits_study as study
 from famus_jax.alg2 import analysis
 from famus_jax.training import config as config_lib
 from famus_jax.training import metrics as metrics_lib
@@ -350,7 +350,7 @@ def write_results(args, runs, start, cache, complete: bool) -> dict:
               if s in args.settings or any(r['setting'] == s for r in runs)]
   payload = {
       'stem': stem, 'complete': complete, 'cpu_s_total': time.process_time(),
-      'script': 'fashion_mnist_study', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.fashion_mnist_study', 'quick': args.quick, 'smoke': args.smoke,
       'epochs': args.epochs, 'methods': methods, 'settings': settings,
       'seeds': sorted(set(args.seeds) | {r['seed'] for r in runs}),
       'setting_defs': {s: SETTINGS[s] for s in settings},

@@ -4,7 +4,7 @@ Every row is one full training iteration (Virtual-Train + Meta-Train +
 Actual-Train, or a plain cross-entropy step) on the same model and batch,
 compiled once, warmed up, then timed in interleaved rounds (every variant
 once per round, median over rounds) so that a change of machine load affects
-all rows alike. Rows are built with `experiments.benchmark_iteration.build`:
+all rows alike. Rows are built with `experiments.benchmarks.benchmark_iteration.build`:
 
 - plain CE step (the unit);
 - MW-Net / L2R / MLC with the exact meta gradient and with FaMUS (K=4, L_r+L_g);
@@ -19,8 +19,8 @@ all rows alike. Rows are built with `experiments.benchmark_iteration.build`:
 The paper's numbers are times on one V100 with WRN-28-10, batch 100; they are
 compared as ratios to MW-Net exact (the paper gives no plain-step time).
 
-  python -m experiments.iteration_time --quick                      # CPU, minutes
-  python -m experiments.iteration_time --model=wrn28_10 --batch=100  # GPU (full)
+  python -m experiments.paper.iteration_time --quick                      # CPU, minutes
+  python -m experiments.paper.iteration_time --model=wrn28_10 --batch=100  # GPU (full)
 
 Writes experiments/results/iteration_time_<host>[_quick].{json,png}.
 """
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import famus_jax as fj
-from experiments import benchmark_iteration as bench
+from experiments.benchmarks import benchmark_iteration as bench
 from experiments import common
 from experiments import digits_lab as lab
 from famus_jax import models
@@ -261,7 +261,7 @@ def main(argv=None):
   start = time.perf_counter()
   rows = measure(args, rows_to_run, model, train, val)
   payload = {
-      'script': 'iteration_time', 'model': args.model, 'width': args.width,
+      'script': 'experiments.paper.iteration_time', 'model': args.model, 'width': args.width,
       'batch': args.batch, 'image_size': args.image_size, 'num_classes': args.num_classes,
       'quick': args.quick, 'smoke': args.smoke, 'repeats': args.repeats,
       'rows': rows, 'paper_ms': PAPER_MS, 'wall_s': time.perf_counter() - start,

@@ -12,14 +12,14 @@ supplementary Figure 2 (statistics of the sampled layers, CIFAR-100 60 %):
   layers and the mean relative depth of the selected layers (0 = first layer,
   1 = last; 0.5 for uniform selection) per K.
 
-  python -m experiments.layer_selection --quick   # K = 1, 2, 4, 8; 600 its, 3 seeds: ~4 min
-  python -m experiments.layer_selection           # 2000 its
+  python -m experiments.paper.layer_selection --quick   # K = 1, 2, 4, 8; 600 its, 3 seeds: ~4 min
+  python -m experiments.paper.layer_selection           # 2000 its
 
 A run of the training loop (e.g. CIFAR-100, 60 % noise, on a GPU) logs the
 per-layer selection frequency of every log interval (`layer_frequency` in
 metrics.jsonl); the same figure from it:
 
-  python -m experiments.layer_selection --from-workdir=runs/c100_n60_famus
+  python -m experiments.paper.layer_selection --from-workdir=runs/c100_n60_famus
 
 Writes experiments/results/layer_selection[_quick].{json,png}.
 """
@@ -176,7 +176,7 @@ def from_workdir(workdir: str) -> dict:
     with open(summary_path) as f:
       row['test_accuracy'] = json.load(f).get('final_test_accuracy')
   k = int(config['meta']['k'])
-  return {'script': 'layer_selection', 'from_workdir': os.path.abspath(workdir),
+  return {'script': 'experiments.paper.layer_selection', 'from_workdir': os.path.abspath(workdir),
           'steps': int(steps[-1]), 'seeds': [config.get('seed')], 'ks': [k], 'main_k': k,
           'lambda1': config['meta'].get('lambda1'),
           'noise_type': config['data']['noise_type'],
@@ -238,7 +238,7 @@ def main(argv=None):
     per_k[str(k)] = row
 
   payload = {
-      'script': 'layer_selection', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.layer_selection', 'quick': args.quick, 'smoke': args.smoke,
       'steps': steps, 'seeds': seeds, 'ks': ks, 'main_k': main_k,
       'lambda1': args.lambda1, 'noise_type': args.noise_type,
       'noise_rate': args.noise_rate, 'model': {'name': model[0], **model[1]},

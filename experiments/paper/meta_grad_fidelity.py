@@ -24,8 +24,8 @@ Reported over training (JSON + PNG):
   contributions are parallel, so θ-space cosines are ±1 and say little; the
   per-example signal ∂L^val/∂V_i, n-dimensional, is then the telling one).
 
-  python -m experiments.meta_grad_fidelity --quick      # ~2 min on 2 CPU cores
-  python -m experiments.meta_grad_fidelity              # longer run, more points
+  python -m experiments.paper.meta_grad_fidelity --quick      # ~2 min on 2 CPU cores
+  python -m experiments.paper.meta_grad_fidelity              # longer run, more points
 
 Writes experiments/results/meta_grad_fidelity[_quick].{json,png}.
 """
@@ -321,7 +321,7 @@ def main(argv=None):
   capture = lab.Capture(at)
   test_accuracy = lab.run(config, capture)['final_test_accuracy']
   payload = {
-      'script': 'meta_grad_fidelity', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.meta_grad_fidelity', 'quick': args.quick, 'smoke': args.smoke,
       'steps': steps, 'every': every, 'draws': draws, 'probe_pairs': probe_pairs,
       'k': args.k, 'seed': args.seed,
       'noise_type': args.noise_type, 'noise_rate': args.noise_rate,

@@ -12,8 +12,8 @@ unpaired t-test (scipy, H1: FaMUS > MW-Net; Student's, and Welch's beside it).
 The paper (CIFAR-10/100, PreAct ResNet-18, 300 epochs) reports FaMUS ahead
 at p < 0.05 in all four columns, e.g. CIFAR-10 40 %: 93.64 ± 0.35 vs 95.37 ± 0.15.
 
-  python -m experiments.pseudo_clean_significance --quick     # 20 epochs; ~15 min on 2 cores
-  python -m experiments.pseudo_clean_significance             # 40 epochs (the config)
+  python -m experiments.paper.pseudo_clean_significance --quick     # 20 epochs; ~15 min on 2 cores
+  python -m experiments.paper.pseudo_clean_significance             # 40 epochs (the config)
 
 Writes experiments/results/pseudo_clean_significance[_quick].{json,md,png}.
 """
@@ -32,7 +32,7 @@ from scipy import stats
 
 from experiments import common
 from experiments import digits_lab as lab
-from experiments import digits_study as study
+from experiments.paper import digits_study as study
 
 ARMS = {'mwnet_pseudo_clean': ('MW-Net + Pseudo-clean', {'meta.sampler': 'all'}),
         'famus_pseudo_clean': ('FaMUS (ours) + Pseudo-clean', {'meta.sampler': 'famus'})}
@@ -172,7 +172,8 @@ def _main(argv):
                          row['mwnet_pseudo_clean']['accuracies'])
     table[str(rate)] = row
   payload = {
-      'script': 'pseudo_clean_significance', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.pseudo_clean_significance',
+      'quick': args.quick, 'smoke': args.smoke,
       'epochs': epochs, 'noise_rates': rates, 'seeds': seeds, 'overrides': overrides,
       'arms': {a: v[0] for a, v in ARMS.items()}, 'runs': runs, 'table': table,
       'paper': {c: {a: list(v) for a, v in arms.items()} for c, arms in PAPER.items()},

@@ -13,8 +13,8 @@ Per method and point (JSON): mean and median weight of clean / noisy examples,
 mean relative weight (Ψ / mean Ψ over the training set, scale-free), the AUC of
 Ψ for telling clean from noisy, histograms; and the clean test accuracy.
 
-  python -m experiments.weights_clean_vs_noisy --quick     # 600 its, 3 seeds: ~3 min on 2 cores
-  python -m experiments.weights_clean_vs_noisy            # 2000 its, 3 seeds
+  python -m experiments.paper.weights_clean_vs_noisy --quick   # 600 its, 3 seeds: ~3 min on 2 cores
+  python -m experiments.paper.weights_clean_vs_noisy           # 2000 its, 3 seeds
 
 Writes experiments/results/weights_clean_vs_noisy[_quick].{json,png}.
 """
@@ -151,7 +151,8 @@ def main(argv=None):
                      'test_accuracy': float(np.mean(accs)), 'test_accuracies': accs}
 
   payload = {
-      'script': 'weights_clean_vs_noisy', 'quick': args.quick, 'smoke': args.smoke,
+      'script': 'experiments.paper.weights_clean_vs_noisy',
+      'quick': args.quick, 'smoke': args.smoke,
       'steps': steps, 'points': points, 'seeds': seeds, 'methods': methods,
       'noise_type': args.noise_type, 'noise_rate': args.noise_rate,
       'model': {'name': model[0], **model[1]}, 'bins': BINS.tolist(),

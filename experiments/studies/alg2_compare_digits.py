@@ -1,6 +1,6 @@
 """Digits: cross-entropy vs Algorithm 2 at several symmetric noise rates.
 
-  python -m experiments.alg2_compare_digits --noise=0.4,0.6 --seeds=0 \\
+  python -m experiments.studies.alg2_compare_digits --noise=0.4,0.6 --seeds=0 \\
       --out=/tmp/alg2_digits.json [--workdir=/tmp/alg2_digits_runs] [--set k=v ...]
 
 Both arms use configs/digits_alg2.py's model, data (no clean meta set), batch
@@ -22,12 +22,12 @@ import time
 
 import ml_collections
 
+from experiments import common
 from famus_jax import train
 from famus_jax.alg2 import config as alg2_config
 from famus_jax.training import config as config_lib
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-CONFIG = os.path.join(REPO, 'configs', 'digits_alg2.py')
+CONFIG = os.path.join(common.REPO_ROOT, 'configs', 'digits_alg2.py')
 
 
 def alg2_digits_config(noise: float, seed: int, overrides: dict | None = None):

@@ -23,9 +23,9 @@ iterations that ran each scope's program.
 Rows are written after every run; the same command continues an interrupted
 study (runs already in the JSON are kept, `--fresh` starts over).
 
-  python -m experiments.dispatch_study            # full: 59,000 images × 4 epochs, 42 runs
-  python -m experiments.dispatch_study --quick    # 1,000 images/class × 3 epochs, seed 0
-  python -m experiments.dispatch_study --smoke    # 40 images/class, tiny model (tests)
+  python -m experiments.studies.dispatch_study            # full: 59,000 images × 4 epochs, 42 runs
+  python -m experiments.studies.dispatch_study --quick    # 1,000 images/class × 3 epochs, seed 0
+  python -m experiments.studies.dispatch_study --smoke    # 40 images/class, tiny model (tests)
 
 Writes experiments/results/dispatch_study[_quick|_smoke].{json,md,png}.
 """
@@ -43,8 +43,8 @@ import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
-from experiments import digits_study as study
-from experiments import dispatch_e2e
+from experiments.benchmarks import dispatch_e2e
+from experiments.paper import digits_study as study
 from famus_jax.training import config as config_lib
 
 # Every FaMUS row but `famus_ahead` (the shipped default) runs Algorithm 1's
@@ -255,7 +255,8 @@ def _parse(argv):
 def write(args, runs: list[dict], complete: bool) -> dict:
   per_class, epochs, _ = MODES[args.mode]
   stem = 'dispatch_study' + ('' if args.mode == 'full' else f'_{args.mode}')
-  payload = {'script': 'dispatch_study', 'mode': args.mode, 'complete': complete,
+  payload = {'script': 'experiments.studies.dispatch_study', 'mode': args.mode,
+             'complete': complete,
              'budget': f"{'all 59,000' if per_class is None else f'{per_class}/class'} "
                        f"noisy training images × {epochs} epochs",
              'seeds': sorted({r['seed'] for r in runs}), 'overrides': args.overrides,

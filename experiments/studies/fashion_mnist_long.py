@@ -28,10 +28,10 @@ Resumable: the results are rewritten after every run; a call skips the rows
 its results JSON already holds (`--rerun` repeats them), and a run that was
 stopped resumes from its last checkpoint (every 5 epochs, under `--workdirs`).
 
-  python -m experiments.fashion_mnist_long                  # every row, 3 settings
-  python -m experiments.fashion_mnist_long --methods=ce,ce_true --settings=sym60
-  python -m experiments.fashion_mnist_long --timing         # ms/iteration, one process
-  python -m experiments.fashion_mnist_long --smoke --set data.data_dir='"DIR"'
+  python -m experiments.studies.fashion_mnist_long                  # every row, 3 settings
+  python -m experiments.studies.fashion_mnist_long --methods=ce,ce_true --settings=sym60
+  python -m experiments.studies.fashion_mnist_long --timing         # ms/iteration, one process
+  python -m experiments.studies.fashion_mnist_long --smoke --set data.data_dir='"DIR"'
 
 `--timing` re-measures ms/iteration of chosen methods (default exact MW-Net,
 MW-Net + FaMUS, CE) over whole sym60 runs, interleaved in one process, for a
@@ -56,8 +56,8 @@ import numpy as np
 
 from experiments import common
 from experiments import digits_lab as lab
-from experiments import digits_study as study
-from experiments import fashion_mnist_study as short
+from experiments.paper import digits_study as study
+from experiments.paper import fashion_mnist_study as short
 from famus_jax.alg2 import analysis
 from famus_jax.training import metrics as metrics_lib
 

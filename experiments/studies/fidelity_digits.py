@@ -5,10 +5,10 @@ iterations) with a few fields changed; the seeds are shared, so each variant's
 difference to `ours` (the config as it is) is paired per seed. The README's
 fidelity table quotes the table this prints.
 
-  python -m experiments.fidelity_digits --seeds=0,1,2
-  python -m experiments.fidelity_digits --quick          # 2 epochs, seed 0
-  python -m experiments.fidelity_digits --smoke          # 4 iterations (the test's)
-  python -m experiments.fidelity_digits --variants=ours,sampler_depth2 --seeds=3,4 --merge
+  python -m experiments.studies.fidelity_digits --seeds=0,1,2
+  python -m experiments.studies.fidelity_digits --quick          # 2 epochs, seed 0
+  python -m experiments.studies.fidelity_digits --smoke          # 4 iterations (the test's)
+  python -m experiments.studies.fidelity_digits --variants=ours,sampler_depth2 --seeds=3,4 --merge
 
 Writes experiments/results/fidelity_digits.json (fidelity_digits_quick.json
 with --quick): per run the final and best clean test accuracy, the meta-weight
@@ -32,7 +32,7 @@ from experiments import common
 from famus_jax import train
 from famus_jax.training.config import load_config, with_fields
 
-CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'digits.py')
+CONFIG = os.path.join(common.REPO_ROOT, 'configs', 'digits.py')
 
 # name -> (config overrides, what the variant is)
 VARIANTS = {

@@ -8,14 +8,14 @@ offline, each candidate score is computed from those visits with moving
 averages of several decays and compared against the realised noise: ROC-AUC,
 average precision, and precision / recall of the examples it flags (score > 0.5).
 
-  python -m experiments.label_issue_scores --quick     # digits, mwnet + ce, ~2 min
-  python -m experiments.label_issue_scores             # digits, + l2r and mlc
-  python -m experiments.label_issue_scores --config=configs/fashion_mnist.py \\
+  python -m experiments.studies.label_issue_scores --quick     # digits, mwnet + ce, ~2 min
+  python -m experiments.studies.label_issue_scores             # digits, + l2r and mlc
+  python -m experiments.studies.label_issue_scores --config=configs/fashion_mnist.py \\
       --methods=mwnet                                   # Fashion-MNIST, ~5 min
-  python -m experiments.label_issue_scores --smoke      # seconds, tiny run
-  python -m experiments.label_issue_scores --from-workdir=/tmp/digits_alg2
+  python -m experiments.studies.label_issue_scores --smoke      # seconds, tiny run
+  python -m experiments.studies.label_issue_scores --from-workdir=/tmp/digits_alg2
       # a finished run's own record (any loop, e.g. Alg. 2 with its GMM term)
-  python -m experiments.label_issue_scores --cost       # ms the record adds per iteration
+  python -m experiments.studies.label_issue_scores --cost       # ms the record adds per iteration
 
 Writes experiments/results/label_issue_scores_<data>[_quick].{json,md,png}.
 """

@@ -17,7 +17,7 @@ likely wrong: the mean of
 A label is flagged when its score is above 0.5 (MW-Net: 1 / (1 + w̄) + d̄ > 1;
 e.g. a weight below uniform and a disagreement at over half the visits). The
 averages are exponential over the visits (`train.label_ema`, 0.98 by default).
-Why this score: experiments/label_issue_scores.py compares the candidates
+Why this score: experiments/studies/label_issue_scores.py compares the candidates
 (README, "Which labels are wrong").
 """
 

@@ -1,7 +1,7 @@
 """Batch augmentation: numpy (runs in the grain pipeline) and jax (on device).
 
 Default: the numpy path inside the grain pipeline (``make_loader(augment=...)``).
-Measured with ``experiments/augment_benchmark.py`` on this 2-core CPU (shared,
+Measured with ``experiments/benchmarks/augment_benchmark.py`` on a 2-core CPU (shared,
 load average 6-7; ``experiments/results/augment_benchmark_cpu.json``): alone,
 the jitted kernel is faster on data already on the device (CIFAR batch 64:
 0.17 ms vs 0.48 ms numpy; Clothing1M 256->224, batch 32: 1.2 ms vs 5.5 ms),
@@ -31,7 +31,7 @@ import numpy as np
 
 def _crop_flip(images, padded, oy, ox, flip, h, w):
   # A slice copy per image: 3-5x faster than one fancy-index gather over the
-  # batch (measured in experiments/augment_benchmark.py's development).
+  # batch (measured with experiments/benchmarks/augment_benchmark.py).
   out = np.empty((images.shape[0], h, w, images.shape[3]), images.dtype)
   for i in range(images.shape[0]):
     crop = padded[i, oy[i]:oy[i] + h, ox[i]:ox[i] + w]

@@ -316,7 +316,7 @@ class AheadDispatch(Dispatcher):
 
 # config `meta.dispatch` default: gates drawn one meta iteration ahead (ours),
 # 0.86x the wall time of Algorithm 1's gates ('host') in whole Fashion-MNIST
-# runs at equal accuracy (experiments/dispatch_study.py).
+# runs at equal accuracy (experiments/studies/dispatch_study.py).
 DEFAULT = 'ahead'
 DISPATCHERS: dict[str, type[Dispatcher]] = {  # config `meta.dispatch`
     'host': HostDispatch,
