@@ -503,3 +503,29 @@ def test_quickstart_notebook_runs(monkeypatch):
   assert accuracy and all(0.0 <= float(a) <= 1.0 for a in accuracy.groups()), text
   assert any('image/png' in o.get('data', {}) for c in nb.cells if c.cell_type == 'code'
              for o in c.get('outputs', []))
+
+
+def _index() -> str:
+  """The index section of experiments/README.md, brace groups expanded
+  (`stem.{json,png}` -> `stem.json stem.png`)."""
+  with open(os.path.join(ROOT, 'experiments', 'README.md')) as f:
+    text = f.read()
+  assert '## Index' in text and '## Conventions' in text, 'experiments/README.md: no index'
+  index = text[text.index('## Index'):text.index('## Conventions')]
+  return re.sub(r'([\w-]+)\.\{([\w,]+)\}',
+                lambda m: ' '.join(f'{m.group(1)}.{e}' for e in m.group(2).split(',')), index)
+
+
+def test_index_names_every_result_file_and_every_script():
+  index = _index()
+  named = set(re.findall(r'[\w-]+\.(?:json|md|png)\b', index))
+  results = sorted(os.listdir(os.path.join(ROOT, 'experiments', 'results')))
+  assert not set(results) - named, ('result files missing from the index of '
+                                    f'experiments/README.md: {sorted(set(results) - named)}')
+  tokens = set(re.findall(r'`([^`]+)`', index))
+  scripts = [(group, name) for group in ('paper', 'studies', 'benchmarks', 'cpu')
+             for name in sorted(os.listdir(os.path.join(ROOT, 'experiments', group)))
+             if name.endswith(('.py', '.sh')) and name != '__init__.py']
+  assert len(scripts) > 25
+  unnamed = [f'{g}/{n}' for g, n in scripts if not {n, n.rsplit('.', 1)[0]} & tokens]
+  assert not unnamed, f'scripts missing from the index of experiments/README.md: {unnamed}'

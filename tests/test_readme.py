@@ -1,11 +1,16 @@
 """The README's front door: its "compose it yourself" snippet runs as written."""
 
+import glob
+import importlib.util
 import os
 import re
 
 import numpy as np
 
 README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The documents that show commands (generated result tables keep the commands they ran).
+DOCS = ('*.md', 'docs/*.md', 'experiments/*.md', 'famus_jax/**/*.md')
 
 
 def test_compose_snippet_runs_and_its_meta_gradient_matches_reverse(monkeypatch):
@@ -45,3 +50,34 @@ def test_ci_runs_exactly_the_readme_test_command():
   assert command == 'pip install -e ".[test]" && python -m pytest -n 2 tests'
   lines = [l for l in ci.splitlines() if l.strip() and not l.lstrip().startswith('#')]
   assert lines == ['set -euo pipefail', 'cd "$(dirname "$0")/.."', command], lines
+
+
+def _named(pattern: str) -> set:
+  """(document, match) for every match of `pattern`'s group 1 in the documents."""
+  found = set()
+  for doc in sorted({p for g in DOCS for p in glob.glob(os.path.join(ROOT, g), recursive=True)}):
+    with open(doc) as f:
+      found.update((os.path.relpath(doc, ROOT), m) for m in re.findall(pattern, f.read()))
+  return found
+
+
+def _module_exists(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except ModuleNotFoundError:  # a parent package is missing
+    return False
+
+
+def test_every_experiments_module_the_docs_run_exists(monkeypatch):
+  monkeypatch.syspath_prepend(ROOT)  # `experiments` is not an installed package
+  named = _named(r'python -m (experiments(?:\.\w+)+)')
+  assert {doc for doc, _ in named} >= {'README.md', os.path.join('experiments', 'README.md')}
+  missing = sorted((doc, m) for doc, m in named if not _module_exists(m))
+  assert not missing, f'documented commands name modules that do not exist: {missing}'
+
+
+def test_every_script_path_the_docs_run_exists():
+  named = _named(r'(?:python|bash) ((?:experiments|tests)/[\w/]+\.(?:py|sh))\b')
+  assert any(path.endswith('.sh') for _, path in named)
+  missing = sorted((doc, p) for doc, p in named if not os.path.isfile(os.path.join(ROOT, p)))
+  assert not missing, f'documented commands name files that do not exist: {missing}'
