@@ -1,4 +1,4 @@
-"""experiments/cpu/cpu_levers.py: process commands, environments and the summary table."""
+"""experiments/cpu/cpu_levers.py: process commands, environments, the summary table."""
 
 import pytest
 

@@ -70,7 +70,7 @@ def _module_exists(name: str) -> bool:
 
 def test_every_experiments_module_the_docs_run_exists(monkeypatch):
   monkeypatch.syspath_prepend(ROOT)  # `experiments` is not an installed package
-  named = _named(r'python -m (experiments(?:\.\w+)+)')
+  named = _named(r'python -m\s+(experiments(?:\.\w+)+)')
   assert {doc for doc, _ in named} >= {'README.md', os.path.join('experiments', 'README.md')}
   missing = sorted((doc, m) for doc, m in named if not _module_exists(m))
   assert not missing, f'documented commands name modules that do not exist: {missing}'

@@ -1,1 +1,1 @@
-"""Investigations of the XLA:CPU backend: profiles, levers, convolution layouts, PyTorch beside it."""
+"""Investigations of the XLA:CPU backend: profiles, levers, conv layouts, PyTorch beside it."""
