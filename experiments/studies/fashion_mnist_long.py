@@ -4,7 +4,7 @@ configs/fashion_mnist_long.py (a `fashion_resnet` of width 16 trained for many
 epochs of 500 noisy images per class, batch 100, lr 0.05 ÷10 at 90 % and 95 %
 of the run) is long enough for cross-entropy to memorise the wrong labels: its
 test accuracy rises for a few epochs, then falls. Rows, all from that config
-with only the method and the noise changed (as in experiments/
+with only the method and the noise changed (as in experiments/paper/
 fashion_mnist_study.py, whose method definitions they reuse):
   ce           CE on the noisy labels
   ce_true      CE on the true labels of the same images (upper bound)
