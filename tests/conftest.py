@@ -8,6 +8,11 @@ The directory is chosen once, by the first process that imports this file (the
 pytest-xdist controller), and inherited through the environment by the workers
 and every subprocess they start. Set JAX_COMPILATION_CACHE_DIR to reuse a
 directory across sessions.
+
+XLA compiles without LLVM's optimisations (`--xla_backend_optimization_level=0`
+unless XLA_FLAGS sets a level): the tests build many small programs once each,
+so compiling dominates their time; at level 0 a typical meta-gradient test takes
+about two thirds of the CPU time, and long training runs about 8 % more.
 """
 
 import os
@@ -19,6 +24,9 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='famus_jax_tests_xla_')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_backend_optimization_level=0').strip()
 sys.path.insert(0, os.path.dirname(__file__))
 if 'jax' in sys.modules:  # a plugin imported jax first: it read the environment already
   import jax  # pylint: disable=g-import-not-at-top

@@ -171,7 +171,8 @@ def test_alg2_on_two_devices_matches_one(tmp_path):
   """Alg. 2 with its batches sharded over 2 forced CPU devices: the same epoch
   losses and test loss as on 1 device, every program compiled once."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') +
+                        ' --xla_force_host_platform_device_count=2'),
              PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   proc = subprocess.run([sys.executable, '-c', ALG2_SCRIPT, str(tmp_path),
                          os.path.dirname(__file__)], cwd=REPO, capture_output=True,

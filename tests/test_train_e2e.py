@@ -249,7 +249,8 @@ def test_data_parallel_two_devices_matches_one(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-c', DP_SCRIPT, str(tmp_path), os.path.dirname(__file__)],
       cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+      env=_env(XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+                   ' --xla_force_host_platform_device_count=2'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split('RESULT')[1])
   one, two = out['1'], out['2']
