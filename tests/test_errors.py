@@ -35,7 +35,7 @@ from famus_jax.training.config import ConfigError
 from test_alg2 import _tiny_config as tiny_alg2_config
 from test_robustness import (_assert_one_line_error, _env, _main, _tiny_cmd,
                              _write_fashion_idx)
-from test_train_support import REPO, compilation_cache, read_jsonl, tiny_config
+from test_train_support import REPO, read_jsonl, tiny_config
 
 # ---------------------------------------------------------------------------
 # Config files.
@@ -433,12 +433,6 @@ def test_full_disk_at_the_start_names_the_lock_file(tmp_path, monkeypatch):
   assert not os.path.exists(tmp_path / 'new')  # the workdir it made is gone again
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  with compilation_cache(tmp_path_factory.mktemp('xla_cache_errors')):
-    yield
-
-
 def _fill_after_save(monkeypatch, disk, when):
   """The disk fills up right after the checkpoint of step `when` is saved."""
   save = checkpoint_lib.Checkpointer.save
@@ -466,11 +460,10 @@ def _rows(path, skip=('step_time_s', 'steps_per_s', 'compiled', 'epoch_time_s'))
   return [{k: v for k, v in r.items() if k not in skip} for r in read_jsonl(path)]
 
 
-def test_run_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch, xla_cache):
+def test_run_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch):
   """The disk fills after the checkpoint of step 4; the final checkpoint (step 8)
   fails, after the run wrote its rows up to step 8 (those of an uninterrupted
   run). With space again, the same command resumes at 4 and writes the same rows."""
-  del xla_cache
   c = tiny_config('mwnet', 'all', steps=8)
   workdir = os.path.join(small_disk.path, 'run')
   _fill_after_save(monkeypatch, small_disk, 4)
@@ -488,11 +481,10 @@ def test_run_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch, xla
     assert _rows(os.path.join(workdir, name)) == rows, name
 
 
-def test_alg2_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch, xla_cache):
+def test_alg2_stopped_by_a_full_disk_resumes_exactly(small_disk, monkeypatch):
   """Algorithm 2: the disk is full when the checkpoint of epoch 2 is saved, after
   its row (with the final evaluation) was written; the re-run resumes after
   epoch 1 and writes the same row."""
-  del xla_cache
   c = tiny_alg2_config()
   workdir = os.path.join(small_disk.path, 'run')
   _fill_before_second_save(monkeypatch, small_disk)

@@ -24,7 +24,7 @@ from famus_jax.training import checks
 from famus_jax.training import lock as lock_lib
 from famus_jax.training import run as run_lib
 from famus_jax.training import trainer as trainer_lib
-from test_train_support import REPO, TINY_FLAGS, compilation_cache, read_jsonl, tiny_config
+from test_train_support import REPO, TINY_FLAGS, read_jsonl, tiny_config
 
 # ---------------------------------------------------------------------------
 # Workdir lock.
@@ -366,13 +366,6 @@ def test_second_run_on_a_workdir_is_refused(tmp_path):
   assert not os.path.exists(os.path.join(workdir, lock_lib.LOCK_NAME))
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  directory = tmp_path_factory.mktemp('xla_cache_runs')
-  with compilation_cache(directory):
-    yield str(directory)
-
-
 def _rows_without_timing(path):
   skip = ('step_time_s', 'steps_per_s', 'compiled')
   return [{k: v for k, v in r.items() if k not in skip} for r in read_jsonl(path)]
@@ -383,13 +376,10 @@ _RESUME = ('import json, sys\nfrom famus_jax import train\nfrom test_train_suppo
            'sys.argv[1])))\n')
 
 
-def _resume_in_a_new_process(workdir, xla_cache):
+def _resume_in_a_new_process(workdir):
   """The run restarted as a user restarts it: in a fresh process, so nothing
   read or written before (orbax's in-process caches included) is reused."""
-  env = {**_env(), 'PYTHONPATH': REPO + os.pathsep + os.path.join(REPO, 'tests'),
-         'JAX_COMPILATION_CACHE_DIR': xla_cache,
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  env = {**_env(), 'PYTHONPATH': REPO + os.pathsep + os.path.join(REPO, 'tests')}
   proc = subprocess.run([sys.executable, '-c', _RESUME, workdir], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -398,15 +388,14 @@ def _resume_in_a_new_process(workdir, xla_cache):
 
 @pytest.mark.parametrize('corrupt', [truncate_array_file, flip_bytes],
                          ids=['truncated', 'bit_flipped'])
-def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, xla_cache,
-                                                                corrupt):
+def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, corrupt):
   c = tiny_config('mwnet', 'all', steps=8)
   workdir = str(tmp_path / 'run')
   reference = train.train_and_evaluate(c, workdir)
   ref_eval = _rows_without_timing(os.path.join(workdir, 'eval.jsonl'))
   ref_train = _rows_without_timing(os.path.join(workdir, 'metrics.jsonl'))
   corrupt(os.path.join(workdir, 'checkpoints', '8'))
-  again, stderr = _resume_in_a_new_process(workdir, xla_cache)
+  again, stderr = _resume_in_a_new_process(workdir)
   assert re.findall(r'checkpoint step \d+ is corrupt', stderr) == [
       'checkpoint step 8 is corrupt'], stderr[-3000:]
   assert again['resumed_from'] == 4
@@ -416,8 +405,7 @@ def test_run_falls_back_to_the_older_checkpoint_bit_identically(tmp_path, xla_ca
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
 
 
-def test_no_intact_checkpoint_keeps_the_summary(tmp_path, xla_cache):
-  del xla_cache
+def test_no_intact_checkpoint_keeps_the_summary(tmp_path):
   c = tiny_config('mwnet', 'all', steps=8)
   workdir = tmp_path / 'run'
   train.train_and_evaluate(c, str(workdir))
@@ -439,10 +427,9 @@ def test_a_failure_keeps_a_completed_summary(tmp_path):
   assert json.loads((tmp_path / 'summary.json').read_text()) == completed
 
 
-def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch, xla_cache):
+def test_divergence_stops_within_one_iteration(tmp_path, monkeypatch):
   """lr = 1e6: the run names the first non-finite iteration and runs at most
   one more (the check reads each iteration's flag when the next is launched)."""
-  del xla_cache
   flags = []  # the finiteness flag of every iteration that ran, read eagerly
   iterate = train.Trainer.iterate
 
@@ -481,8 +468,7 @@ def test_chance_level_warns_once(caplog):
       'optim.lr (far too high or too low)']
 
 
-def test_tiny_learning_rate_warns_in_a_run(tmp_path, caplog, xla_cache):
-  del xla_cache
+def test_tiny_learning_rate_warns_in_a_run(tmp_path, caplog):
   c = tiny_config('ce', steps=8, optim__lr=1e-9)
   with caplog.at_level(logging.WARNING, logger='famus_jax.run'):
     train.train_and_evaluate(c, str(tmp_path))
@@ -552,14 +538,6 @@ def test_readme_commands_are_found():
              for c in commands), commands
 
 
-@pytest.fixture(scope='module')
-def xla_cache_env(tmp_path_factory):
-  """One persistent XLA cache for the README runs (shared compiled programs)."""
-  return {'JAX_COMPILATION_CACHE_DIR': str(tmp_path_factory.mktemp('xla_cache')),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-
-
 def _fashion_mnist_installed() -> bool:
   from famus_jax.data import datasets  # pylint: disable=g-import-not-at-top
   return datasets._read_fashion_idx(datasets.FASHION_MNIST_DIR) is not None  # pylint: disable=protected-access
@@ -580,7 +558,7 @@ def _write_fashion_idx(folder, train_per_class=160, test_per_class=20):
 @pytest.mark.slow
 @pytest.mark.parametrize('command', readme_commands(),
                          ids=lambda c: ' '.join(c[3:]).replace('/', '_'))
-def test_readme_command_runs(tmp_path, xla_cache_env, command):
+def test_readme_command_runs(tmp_path, command):
   args = [f'--workdir={tmp_path / "run"}' if a.startswith('--workdir=') else a
           for a in command[3:]]
   if '--config=configs/fashion_mnist.py' in args and not _fashion_mnist_installed():
@@ -588,7 +566,7 @@ def test_readme_command_runs(tmp_path, xla_cache_env, command):
     # written here (the real files take precedence where the package is installed).
     args.append(f'--config.data.data_dir={_write_fashion_idx(tmp_path / "fashion")}')
   proc = subprocess.run([sys.executable, '-m', 'famus_jax.main', *args, *README_BUDGET],
-                        cwd=REPO, env={**_env(), **xla_cache_env}, capture_output=True,
+                        cwd=REPO, env=_env(), capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'famus_jax: done' in proc.stdout

@@ -1,7 +1,7 @@
 """MW-Net (exact and + FaMUS) beats plain cross-entropy on digits with 40 %
 symmetric noise, with the quickstart config as shipped (configs/digits.py: the
 paper's CIFAR recipe in digits epochs, not tuned per method) and the same
-budget for every method, over seeds 0, 1, 2; and every run's label-issue score
+budget for every method, over seeds 0 and 1; and every run's label-issue score
 finds the realised noise (ROC-AUC >= 0.9).
 
 The full table for seeds 0–4 (experiments/results/digits_comparison.json) is
@@ -19,16 +19,9 @@ import pytest
 
 from famus_jax import train
 from famus_jax.training import config as config_lib
-from test_train_support import DIGITS, compilation_cache
+from test_train_support import DIGITS
 
-SEEDS = (0, 1, 2)
-
-
-@pytest.fixture
-def shared_compiles(tmp_path):
-  """Seeds share compiled programs (same HLO): cache them on disk for the test."""
-  with compilation_cache(tmp_path / 'xla_cache'):
-    yield
+SEEDS = (0, 1)  # the margins are 4x the asserted ones: two seeds suffice
 
 
 def _final_accuracy(tmp_path, method, sampler, seed):
@@ -57,8 +50,7 @@ def test_docstring_quotes_the_committed_table():
 
 
 @pytest.mark.slow
-def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path, shared_compiles):
-  del shared_compiles
+def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path):
   acc = {}
   auc = {}
   issues_auc = {}

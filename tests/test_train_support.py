@@ -19,14 +19,18 @@ TINY_FLAGS = {
     'model.name': 'digits_mlp', 'model.kwargs.width': 16, 'model.kwargs.depth': 2,
     'data.batch_size': 32, 'data.meta_batch_size': 20, 'data.eval_batch_size': 150,
     'optim.unit': 'step', 'optim.num_epochs': 0, 'optim.num_steps': 8,
-    'optim.boundaries': '(6,)', 'meta.k': 2, 'meta.s': 2,
+    'optim.boundaries': '(3,)', 'meta.k': 2, 'meta.s': 2,
     'train.log_every': 2, 'train.eval_every': 4, 'train.checkpoint_every': 4,
     'train.progress': False,
 }
 
 
 def tiny_config(method='mwnet', sampler='all', steps=8, **overrides):
-  """configs/digits.py with a 3-layer MLP and a few steps."""
+  """configs/digits.py with a 3-layer MLP and a few steps.
+
+  The learning rate drops at step 3 whatever `steps` is (> 3; as in TINY_FLAGS):
+  the schedule is compiled into the programs, so runs of any length share them
+  through the session's compilation cache."""
   c = config_lib.load_config(DIGITS)
   c.model.name = 'digits_mlp'
   c.model.kwargs = ml_collections.ConfigDict({'width': 16, 'depth': 2})
@@ -34,7 +38,7 @@ def tiny_config(method='mwnet', sampler='all', steps=8, **overrides):
   c.data.meta_batch_size = 20
   c.data.eval_batch_size = 150
   c.optim.unit, c.optim.num_epochs, c.optim.num_steps = 'step', 0, steps
-  c.optim.boundaries = (steps - 2,) if steps > 3 else ()
+  c.optim.boundaries = (3,) if steps > 3 else ()
   c.meta.method, c.meta.sampler, c.meta.k, c.meta.s = method, sampler, 2, 2
   c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 2, 4, 4
   c.train.progress = False
