@@ -419,8 +419,8 @@ def test_digits_end_to_end_beats_ce_without_clean_meta_set(tmp_path):
   if REPO not in sys.path:  # `experiments` is not an installed package
     sys.path.insert(0, REPO)
   from experiments.studies import alg2_compare_digits as compare_digits  # pylint: disable=g-import-not-at-top
-  short = {'optim.num_epochs': 12, 'optim.boundaries': (9,), 'alg2.warmup_epochs': 3,
-           'alg2.ssl.rampup_epochs': 4.0, 'alg2.eval_every_epochs': 0}
+  short = {'optim.num_epochs': 8, 'optim.boundaries': (6,), 'alg2.warmup_epochs': 2,
+           'alg2.ssl.rampup_epochs': 3.0, 'alg2.eval_every_epochs': 0}
   c = compare_digits.alg2_digits_config(0.6, 0, short)
   assert c.data.meta_per_class == 0 and c.meta.sampler == 'famus'
   summary = train.train_and_evaluate(c, str(tmp_path / 'alg2'))
