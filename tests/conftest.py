@@ -33,3 +33,13 @@ if 'jax' in sys.modules:  # a plugin imported jax first: it read the environment
   jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (`-n 2`, `--dist worksteal` from setup.cfg), the tests
+  marked `slow` run first: each worker takes its half of the tests in collection
+  order and steals from the other's when done, so the long end-to-end runs start
+  early and the short tests fill both workers at the end. A run without -n keeps
+  the file order."""
+  if hasattr(config, 'workerinput'):
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
