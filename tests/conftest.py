@@ -37,9 +37,20 @@ if 'jax' in sys.modules:  # a plugin imported jax first: it read the environment
 
 def pytest_collection_modifyitems(config, items):
   """Under pytest-xdist (`-n 2`, `--dist worksteal` from setup.cfg), the tests
-  marked `slow` run first: each worker takes its half of the tests in collection
-  order and steals from the other's when done, so the long end-to-end runs start
-  early and the short tests fill both workers at the end. A run without -n keeps
-  the file order."""
-  if hasattr(config, 'workerinput'):
-    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  marked `slow` are dealt out to the start of each worker's share: worksteal
+  gives each worker a contiguous share of the collection and lets an idle worker
+  steal tests not yet started, so the long end-to-end runs start early on every
+  worker and the short tests fill in at the end. A run without -n keeps the file
+  order."""
+  workers = getattr(config, 'workerinput', {}).get('workercount', 0)
+  if workers < 2:
+    return
+  slow = [item for item in items if item.get_closest_marker('slow')]
+  fast = iter([item for item in items if not item.get_closest_marker('slow')])
+  sizes, left = [], len(items)
+  for i in range(workers):  # the shares worksteal sends first
+    sizes.append(left // (workers - i))
+    left -= sizes[-1]
+  shares = [slow[i::workers] for i in range(workers)]
+  items[:] = [item for share, size in zip(shares, sizes)
+              for item in share + [next(fast) for _ in range(size - len(share))]] + list(fast)
