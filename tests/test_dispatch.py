@@ -429,6 +429,30 @@ def test_batched_gradient_samplers_equal_the_per_layer_networks():
                              rtol=1e-5, atol=1e-6)
 
 
+def test_feature_dims_come_from_the_shapes_alone():
+  """D_l of each layer (every axis but the last pooled, a bias as is, a scalar
+  one) from abstract parameters: nothing is lowered, compiled or allocated."""
+  shapes = {'conv/kernel': (3, 5, 7, 11), 'conv/bias': (11,), 'dense/kernel': (13, 17),
+            'dense/scale': ()}
+  by_path = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+  layers = (models.Layer('conv', (('conv', 'bias'), ('conv', 'kernel')), 0, 'conv'),
+            models.Layer('dense', (('dense', 'kernel'), ('dense', 'scale')), 1, 'dense'))
+  lowered = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    dims = famus.pooling.feature_dims(by_path, layers)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert dims == (11 + 11, 17 + 1)
+  assert not lowered
+
+
 # -------------------------------------------------------------------- configs
 
 def load(name):
