@@ -10,6 +10,7 @@ import logging
 import pathlib
 
 import chex
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,7 +28,8 @@ from famus_jax.training import build as build_lib
 from famus_jax.training import config as config_lib
 from tiny_models import NUM_CLASSES, SGD_META, TinyCNN, init_model, make_batches, tiny_parts
 
-LEVELS = 3
+LEVELS = 2  # scopes of the TinyCNN setups whose programs are compiled (one per scope)
+SAMPLER_LEVELS = 3  # scopes of the samplers' own tests: one per TinyCNN layer
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 STATE_METRICS = ('val_loss', 'meta_grad_norm', 'weights', 'gates', 'loss')
 
@@ -43,7 +45,8 @@ def meta_config(**overrides):
 
 @functools.lru_cache(maxsize=None)
 def problem():
-  """TinyCNN (candidate layers Conv_0, BatchNorm_0, Dense_0: one per scope)."""
+  """TinyCNN: candidate layers Conv_0, BatchNorm_0, Dense_0, each its own block;
+  `LEVELS` scopes {BatchNorm_0, Dense_0} and all, `SAMPLER_LEVELS` one per layer."""
   train, val = make_batches(seed=0)
   model = TinyCNN()
   params, stats = init_model(model, train['image'])
@@ -63,8 +66,10 @@ def setup_for(mode='jvp', **overrides):
 
 
 def sampler_for(**overrides):
+  """The sampler of TinyCNN, by default with a scope per layer (`SAMPLER_LEVELS`)."""
   model, params, _, train, _ = problem()
-  return famus.build_sampler(meta_config(**overrides), model, params, train['image'])
+  return famus.build_sampler(meta_config(**{'prune_levels': SAMPLER_LEVELS, **overrides}),
+                             model, params, train['image'])
 
 
 def force_level(sampler, state, level: int):
@@ -149,15 +154,28 @@ def reference_step(sampler_name):
   return jax.jit(functools.partial(fj.meta_train_step, setup=setup))
 
 
+def dispatcher(name, sampler_name, delta=0.1):
+  """(dispatcher `name` of TinyCNN's `sampler_name` sampler, nothing donated, and
+  its setup), one per process: these tests, tests/test_dispatch_ahead.py and
+  tests/test_protocols.py run the same programs (compiled once per session)."""
+  return _dispatcher(name, sampler_name, delta)
+
+
 @functools.lru_cache(maxsize=None)
-def dispatcher(name, sampler_name):
-  parts = parts_for(sampler=sampler_name, dispatch=name)
+def _dispatcher(name, sampler_name, delta):
+  parts = parts_for(sampler=sampler_name, dispatch=name, delta=delta)
   return parts.dispatcher(famus.Compiler(donate=False)), parts.setup
 
 
+def begin_program(sampler_name, delta=0.1):
+  """`meta_begin` of the one-program setup, jitted (one per process)."""
+  return _begin_program(sampler_name, delta)
+
+
 @functools.lru_cache(maxsize=None)
-def begin_program(sampler_name):
-  return jax.jit(functools.partial(fj.meta_begin, setup=dispatcher('none', sampler_name)[1]))
+def _begin_program(sampler_name, delta):
+  return jax.jit(functools.partial(fj.meta_begin,
+                                   setup=dispatcher('none', sampler_name, delta)[1]))
 
 
 def states_per_level(sampler_name):
@@ -195,7 +213,7 @@ def test_every_dispatcher_equals_algorithm_1_in_one_program(name, sampler_name):
     if name == 'ahead':
       begin = begin_program(sampler_name)(state, train)
       state = state.replace(sampler_state=pending_of(sampler, state, begin))
-    want = reference(state.replace(sampler_state=sampler.init_pending()), train, val)
+    want = reference(state.replace(sampler_state={}), train, val)  # no pending draw
     before = dict(d.counts)
     got = d(state, train, val)
     assert_same_step(got, want, sampler_name == 'famus')
@@ -229,10 +247,9 @@ def test_faithful_gates_are_algorithm_1s_bit_for_bit():
   model, _, _, train, _ = problem()
   net = gumbel.GradientSampler(sampler.hidden)
   mw = setup.meta_model
-  seen = set()
-  for seed in range(6):
-    state = fj.create_train_state(jax.random.PRNGKey(seed), model, train['image'],
-                                  NUM_CLASSES, setup)
+
+  @jax.jit
+  def written_out(state):
     theta = mw.lookahead_params(state.meta_params, train['label'].shape[0])
     virtual = fj.virtual_step(theta, state.params, train, apply_fn=model.apply,
                               meta_model=mw, lr=0.1, batch_stats=state.batch_stats,
@@ -244,7 +261,13 @@ def test_faithful_gates_are_algorithm_1s_bit_for_bit():
                   famus.standardize(famus.pooled_layer_gradient(by_path, l)))
         for i, (l, dim) in enumerate(zip(sampler.layers, sampler.feature_dims))])
     noise = jax.random.gumbel(sampler_key(state), (sampler.num_layers, 2))
-    want = np.asarray(jnp.argmax(logits + noise, axis=-1), np.float32)
+    return jnp.argmax(logits + noise, axis=-1).astype(jnp.float32)
+
+  seen = set()
+  for seed in range(6):
+    state = fj.create_train_state(jax.random.PRNGKey(seed), model, train['image'],
+                                  NUM_CLASSES, setup)
+    want = np.asarray(written_out(state))
     begin = d.programs['meta_begin'](state, train)
     np.testing.assert_array_equal(np.asarray(begin.selection.gates), want)
     _, metrics = d(state, train, problem()[4])
@@ -255,13 +278,13 @@ def test_faithful_gates_are_algorithm_1s_bit_for_bit():
 
 def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
   """XLA's FLOP count on a small residual CNN (random gates: no sampler
-  network to hide the base network's FLOPs): a smaller scope's program runs
+  network to hide the base network's FLOPs): the smaller scope's program runs
   fewer FLOPs; 'host' (two programs, the tangent pass the transpose of the
   passed VJP) runs over the full scope what the one gated program runs, up
   to a fraction of one forward pass (recomputing the forward would add a
   whole one); its top scope's program stays near the three forward passes'
   worth it needs."""
-  model = models.get_model('digits_cnn', num_classes=NUM_CLASSES, width=4, depth=2)
+  model = models.get_model('digits_cnn', num_classes=NUM_CLASSES, width=4, depth=1)
   rng = np.random.default_rng(0)
   train = {'image': jnp.asarray(rng.normal(size=(16, 8, 8, 1)), jnp.float32),
            'label': jnp.asarray(rng.integers(0, NUM_CLASSES, 16), jnp.int32)}
@@ -283,7 +306,7 @@ def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
                                           mutable=['batch_stats'])[0]).lower(
                                               variables).compile().cost_analysis()['flops']
   last = len(sampler.scopes) - 1
-  assert last >= 1
+  assert last == 1  # two scopes: the head and its block, and every layer
   assert flops['meta_scope0'] < flops[f'meta_scope{last}']
   assert flops['meta_begin'] + flops[f'meta_scope{last}'] < flops['meta'] + 0.25 * forward
   # the top scope's program: validation forward, Actual-Train backward (~3
@@ -294,12 +317,13 @@ def test_scope_programs_leave_out_the_layers_below_and_run_no_forward_twice():
 # ------------------------------------------------ the gates' gradient, pruned
 
 def test_gate_gradient_under_pruning():
-  """∂L^val/∂r per gated leaf: gate_grad='all' gives, on every scope and by
-  both tangent passes (and through lax.switch), the unpruned straight-through
-  gradient (−α⟨v_l, g_l⟩ on every candidate leaf); 'scope' gives it on the
-  leaves of the running scope and exactly 0 on the others. θ's gradient is the
-  same in all cases."""
-  sampler = sampler_for()
+  """∂L^val/∂r per gated leaf: gate_grad='all' gives, on every scope (the
+  transpose pass through lax.switch) and by both tangent passes (on the
+  smaller scope, no switch), the unpruned straight-through gradient
+  (−α⟨v_l, g_l⟩ on every candidate leaf); 'scope' gives it on the leaves of
+  the running scope and exactly 0 on the others. θ's gradient is the same in
+  all cases."""
+  sampler = sampler_for(prune_levels=LEVELS)
   model, params, stats, train, val = problem()
   mw = fj.get_meta_model('mwnet')
   theta = mw.lookahead_params(mw.init(jax.random.PRNGKey(1), NUM_CLASSES), 6)
@@ -324,17 +348,18 @@ def test_gate_gradient_under_pruning():
       [float(x) for x in jax.tree_util.tree_leaves(full.gate)],
       [analytic[k] for k in lookahead_lib.leaf_paths(full.gate)], rtol=1e-4, atol=1e-9)
   scopes = sampler.scopes.scopes
+  assert len(scopes) == LEVELS and scopes[0] < scopes[1]
 
-  def switched(level, gate_grad):
-    return jax.lax.switch(level, [functools.partial(grad, s, gate_grad, 'transpose')
-                                  for s in scopes])
-
-  for level in (0, 1):
-    for gate_grad in ('all', 'scope'):
-      results = [jax.jit(lambda gg=gate_grad: grad(scopes[level], gg, 'transpose'))()]
+  for gate_grad in ('all', 'scope'):
+    # every scope by the transpose pass inside lax.switch (one program), the
+    # smallest also by both tangent passes on their own
+    switched = jax.jit(lambda level, gg=gate_grad: jax.lax.switch(
+        level, [functools.partial(grad, s, gg, 'transpose') for s in scopes]))
+    for level in range(LEVELS):
+      results = [switched(jnp.asarray(level))]
       if level == 0:
-        results.append(jax.jit(lambda gg=gate_grad: grad(scopes[0], gg, 'jvp'))())
-        results.append(jax.jit(switched, static_argnums=1)(jnp.asarray(level), gate_grad))
+        results += [jax.jit(lambda gg=gate_grad, p=p: grad(scopes[0], gg, p))()
+                    for p in ('transpose', 'jvp')]
       for got in results:
         chex.assert_trees_all_close(got.theta, full.theta, rtol=1e-5, atol=1e-8)
         for name, value in zip(lookahead_lib.leaf_paths(got.gate),
@@ -354,7 +379,7 @@ def test_flops_rate_cost_weights_lower_layers_more():
   assert c.shape == (flops.num_layers,)
   np.testing.assert_allclose(c.mean(), 1.0, rtol=1e-6)
   assert np.all(np.diff(c) <= 0) and c[0] > c[-1]  # forward order: bottom costs most
-  by_level = {lv: c[np.asarray(flops.scopes.layer_level) == lv] for lv in range(LEVELS)}
+  by_level = {lv: c[np.asarray(flops.scopes.layer_level) == lv] for lv in range(SAMPLER_LEVELS)}
   assert all(np.ptp(x) == 0 for x in by_level.values())  # one cost per scope
   gates = jnp.zeros((flops.num_layers,)).at[0].set(1.0).at[-1].set(1.0)
   np.testing.assert_allclose(flops.rate_loss(gates), (c[0] + c[-1] - flops.k) ** 2,
@@ -375,7 +400,7 @@ def test_scope_rate_cost_prices_the_marginal_scope_one_sided():
   np.testing.assert_allclose(scope.scope_costs, expected, rtol=1e-6, atol=1e-9)
   levels = np.asarray(scope.scopes.layer_level)
   m = np.asarray(scope.scope_costs)
-  assert np.all(m[levels == 0] == 0.0) and np.all(m[levels == LEVELS - 1] == 1.0)
+  assert np.all(m[levels == 0] == 0.0) and np.all(m[levels == SAMPLER_LEVELS - 1] == 1.0)
   gates = jnp.zeros((scope.num_layers,)).at[0].set(1.0).at[-1].set(1.0)
   np.testing.assert_allclose(scope.rate_loss(gates),
                              (2.0 - scope.k) ** 2 + m[0] + m[-1], rtol=1e-6)
@@ -429,6 +454,30 @@ def test_batched_gradient_samplers_equal_the_per_layer_networks():
                              rtol=1e-5, atol=1e-6)
 
 
+def test_feature_dims_come_from_the_shapes_alone():
+  """D_l of each layer (every axis but the last pooled, a bias as is, a scalar
+  one) from abstract parameters: nothing is lowered, compiled or allocated."""
+  shapes = {'conv/kernel': (3, 5, 7, 11), 'conv/bias': (11,), 'dense/kernel': (13, 17),
+            'dense/scale': ()}
+  by_path = {k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()}
+  layers = (models.Layer('conv', (('conv', 'bias'), ('conv', 'kernel')), 0, 'conv'),
+            models.Layer('dense', (('dense', 'kernel'), ('dense', 'scale')), 1, 'dense'))
+  lowered = []
+
+  def listen(event, duration, **kwargs):
+    del duration, kwargs
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowered.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    dims = famus.pooling.feature_dims(by_path, layers)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert dims == (11 + 11, 17 + 1)
+  assert not lowered
+
+
 # -------------------------------------------------------------------- configs
 
 def load(name):
@@ -465,9 +514,12 @@ def test_every_famus_config_runs_scoped_famus_over_every_layer():
       model, images = build_lib.build_model(config, 10), jnp.zeros((1, *shape))
       params = build_lib.abstract_params(config, model, images)
       built[key] = (build_lib.meta_path(config, model, params, images),
-                    len(models.model_layers(model, params, images)))
-    (sampler, scope), num_layers = built[key]
-    assert scope is None and len(sampler.layers) == num_layers, name
+                    set(traverse_util.flatten_dict(params)))
+    (sampler, scope), leaves = built[key]
+    # every module with parameters a candidate layer, every parameter in one
+    candidate_leaves = [path for layer in sampler.layers for path in layer.paths]
+    assert scope is None and sorted(candidate_leaves) == sorted(leaves), name
+    assert len(sampler.layers) == len({path[:-1] for path in leaves}), name
     assert len(sampler.scopes) >= 2 and max(sampler.scope_costs) == 1.0, name
     assert_block_boundary_scopes(sampler, name)
   assert len(built) < len(famus_configs)

@@ -3,8 +3,6 @@ straight-through η gradient of stored gates, the draw kept for the next meta
 iteration, the first meta iteration, the dispatcher and the checkpoint. (Each
 `meta_ahead<j>` program against the one-program step: tests/test_dispatch.py.)"""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ from famus_jax.famus import gumbel
 from famus_jax.training import checkpoint as checkpoint_lib
 from famus_jax.training import sharding as sharding_lib
 from famus_jax.training import strategies
-from test_dispatch import LEVELS, parts_for, problem, setup_for
+from test_dispatch import LEVELS, begin_program, dispatcher, parts_for, problem, setup_for
 from tiny_models import NUM_CLASSES
 
 AHEAD = [f'meta_ahead{j}' for j in range(LEVELS)]
@@ -25,30 +23,25 @@ STATE_METRICS = ('val_loss', 'meta_grad_norm', 'weights', 'gates', 'loss')
 FAMUS_METRICS = ('rate_loss', 'matching_loss', 'sampler_grad_norm')
 
 
-@functools.lru_cache(maxsize=None)
 def setups(name, delta=0.1):
   """(ahead setup, the one-program gated reference setup) of sampler `name`."""
-  return (setup_for(sampler=name, dispatch='ahead', delta=delta),
-          setup_for(sampler=name, dispatch='none', delta=delta))
+  return dispatcher('ahead', name, delta)[1], dispatcher('none', name, delta)[1]
 
 
-@functools.lru_cache(maxsize=None)
 def programs(name, delta=0.1):
-  """Jitted meta_ahead<j> for every j, the reference step and meta_begin."""
-  ahead, ref = setups(name, delta)
-  return ([jax.jit(functools.partial(dispatch_lib.ahead_step, setup=ahead, level=j))
-           for j in range(LEVELS)],
-          jax.jit(functools.partial(fj.meta_train_step, setup=ref)),
-          jax.jit(functools.partial(fj.meta_begin, setup=ref)))
+  """Jitted meta_ahead<j> for every j, the reference step and meta_begin: the
+  programs tests/test_dispatch.py checks against Algorithm 1 (nothing donated)."""
+  ahead, ref = dispatcher('ahead', name, delta)[0], dispatcher('none', name, delta)[0]
+  return ([ahead.programs[p] for p in AHEAD], ref.programs['meta'],
+          begin_program(name, delta))
 
 
-def init_state(setup, seed=0):
-  """A fresh state, replicated as the training loop places it."""
+def init_state(setup, seed=0, mesh=None):
+  """A fresh state; with `mesh`, replicated on it as the training loop places it."""
   model, _, _, train, _ = problem()
-  mesh = sharding_lib.make_mesh(1)
-  return jax.jit(lambda rng: fj.create_train_state(rng, model, train['image'],
-                                                   NUM_CLASSES, setup),
-                 out_shardings=sharding_lib.replicated(mesh))(jax.random.PRNGKey(seed))
+  state = fj.create_train_state(jax.random.PRNGKey(seed), model, train['image'],
+                                NUM_CLASSES, setup)
+  return state if mesh is None else sharding_lib.replicate(state, mesh)
 
 
 def sampler_key(state):
@@ -103,24 +96,28 @@ def test_stored_gates_are_straight_through_in_the_current_eta():
   eta = state.sampler_params
   new_state, metrics = programs('famus')[0][level](state, train, val)
   np.testing.assert_array_equal(metrics['gates'], gates)
-
-  theta = mw.lookahead_params(state.meta_params, train['label'].shape[0])
-  mg = fj.meta_grad(theta, state.params, train, val, apply_fn=model.apply, meta_model=mw,
-                    lr=0.1, mode='reverse', batch_stats=state.batch_stats,
-                    gate=sampler.leaf_gates(gates))
-  d_gates = np.zeros(sampler.num_layers)
-  for layer, g in zip(sampler.leaf_layer, jax.tree_util.tree_leaves(mg.gate)):
-    if layer >= 0:
-      d_gates[layer] += float(g)
-  d_rate = 2.0 * (float(gates.sum()) - sampler.k)
-  cotangent = jnp.asarray(d_gates + sampler.lambda1 * d_rate, jnp.float32)
   net = gumbel.GradientSampler(sampler.hidden)
 
-  def soft(eta):
-    logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(eta, features)
-    return jax.nn.softmax((logits + noise) / sampler.tau, axis=-1)[:, 1]
+  @jax.jit
+  def written_out(state):
+    theta = mw.lookahead_params(state.meta_params, train['label'].shape[0])
+    mg = fj.meta_grad(theta, state.params, train, val, apply_fn=model.apply, meta_model=mw,
+                      lr=0.1, mode='reverse', batch_stats=state.batch_stats,
+                      gate=sampler.leaf_gates(gates))
+    d_gates = jnp.zeros(sampler.num_layers)
+    for layer, g in zip(sampler.leaf_layer, jax.tree_util.tree_leaves(mg.gate)):
+      if layer >= 0:
+        d_gates = d_gates.at[layer].add(g)
+    d_rate = 2.0 * (jnp.sum(gates) - sampler.k)
+    cotangent = d_gates + sampler.lambda1 * d_rate
 
-  eta_grad = jax.grad(lambda e: jnp.vdot(cotangent, soft(e)))(eta)
+    def soft(eta):
+      logits = jax.vmap(lambda p, f: net.apply({'params': p}, f))(eta, features)
+      return jax.nn.softmax((logits + noise) / sampler.tau, axis=-1)[:, 1]
+
+    return jax.grad(lambda e: jnp.vdot(cotangent, soft(e)))(state.sampler_params)
+
+  eta_grad = written_out(state)
   assert float(optax_norm(eta_grad)) > 0
   want = jax.tree_util.tree_map(lambda p, g: p - sampler.delta * g, eta, eta_grad)
   chex.assert_trees_all_close(new_state.sampler_params, want, rtol=1e-4, atol=1e-7)
@@ -151,7 +148,7 @@ def test_next_gates_are_drawn_from_this_iterations_gradient(name):
     got = new_state.sampler_state
     key = jax.random.fold_in(sampler_key(state), 1)
     if name == 'famus':
-      features = padded(sampler.features(begin(state, train).virtual.grads),
+      features = padded(sampler.features(begin(without_pending(state), train).virtual.grads),
                         max(sampler.feature_dims))
       noise = jax.random.gumbel(key, (sampler.num_layers, 2))
       net = gumbel.GradientSampler(sampler.hidden)
@@ -183,10 +180,12 @@ def test_first_meta_iteration_draws_its_gates_now_on_the_full_scope():
   state = init_state(parts.setup)
   assert not bool(state.sampler_state['valid'])
   assert int(state.sampler_state['level']) == LEVELS - 1
-  want = programs('famus')[1](state, train, val)
+  want = programs('famus')[1](without_pending(state), train, val)
   assert float(want[1]['sampler_grad_norm']) > 0
-  dispatch = parts.dispatcher(strategies.compiler(sharding_lib.make_mesh(1)))
-  got = dispatch(jax.tree_util.tree_map(jnp.copy, state), train, val)
+  mesh = sharding_lib.make_mesh(1)
+  dispatch = parts.dispatcher(strategies.compiler(mesh))
+  got = dispatch(sharding_lib.replicate(jax.tree_util.tree_map(jnp.copy, state), mesh),
+                 train, val)
   assert dispatch.counts == {f'meta_ahead{LEVELS - 1}': 1}
   assert_same_step(got, want, famus=True)
   assert bool(got[1]['finite']) and bool(got[0].sampler_state['valid'])
@@ -206,7 +205,7 @@ def test_dispatcher_runs_the_stored_level_and_compiles_each_program_on_first_use
   assert set(dispatch.programs) == set(AHEAD)
   assert all(dispatch.programs[p]._cache_size() == 0 for p in AHEAD)
   _, _, _, train, val = problem()
-  state = init_state(setup)
+  state = init_state(setup, mesh=sharding_lib.make_mesh(1))
   expected = []
   for step in range(13):
     before = jax.device_get(state.sampler_state)
@@ -236,10 +235,13 @@ def test_checkpoint_round_trip_of_the_pending_draw(tmp_path):
   _, _, _, train, val = problem()
   state, _ = programs('famus')[0][LEVELS - 1](init_state(setup), train, val)
   assert bool(state.sampler_state['valid'])
+  mesh = sharding_lib.make_mesh(1)
+  state = sharding_lib.replicate(state, mesh)  # as the training loop places it
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'checkpoints'))
   try:
     ckpt.save(1, state, {'epoch': 0})
-    like = jax.eval_shape(lambda: init_state(setup))
+    like = jax.eval_shape(jax.jit(lambda: init_state(setup),
+                                  out_shardings=sharding_lib.replicated(mesh)))
     restored, _, step = ckpt.restore(like)
   finally:
     ckpt.close()

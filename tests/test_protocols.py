@@ -68,7 +68,8 @@ def test_the_sampler_contract_is_exactly_what_core_and_dispatch_use(sampler):
   """Through every dispatcher (state creation, two meta iterations each, so
   'ahead' also runs on a stored draw) the core and the dispatch layer use
   only members the LayerSampler protocol lists, and together with the
-  harness's all of them."""
+  harness's all of them. (The programs are tests/test_dispatch.py's: nothing
+  donated, compiled once per session.)"""
   model, _, _, train, val = problem()
   used = set()
   for name in sorted(famus.DISPATCHERS):
@@ -76,7 +77,7 @@ def test_the_sampler_contract_is_exactly_what_core_and_dispatch_use(sampler):
     parts = parts.with_sampler(Recording(parts.sampler, used))
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
                                   NUM_CLASSES, parts.setup)
-    dispatcher = parts.dispatcher()
+    dispatcher = parts.dispatcher(famus.Compiler(donate=False))
     for _ in range(2):
       state, _ = dispatcher(state, train, val)
   members = protocol_members(protocols.LayerSampler)

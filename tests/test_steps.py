@@ -2,6 +2,8 @@
 `meta.interval > 1` (Actual-Train with the current θ), and the finiteness flag
 the NaN/Inf stop reads from the weighted and plain programs."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -69,23 +71,28 @@ def test_weighted_step_of_mwnet_matches_hand_reference():
   parts = _parts(meta__interval=2)
   setup = parts.setup
   state = _state(setup, train)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
-  def per_example(params):
-    logits, new = TinyCNN().apply(dict(variables, params=params), train['image'],
-                                  train=True, mutable=['batch_stats'])
+  def per_example(params, batch_stats):
+    logits, new = TinyCNN().apply({'params': params, 'batch_stats': batch_stats},
+                                  train['image'], train=True, mutable=['batch_stats'])
     return optax.softmax_cross_entropy_with_integer_labels(logits, train['label']), new
 
-  losses, new_vars = per_example(state.params)
-  theta = _steep_theta(losses)
+  @jax.jit
+  def by_hand(state):
+    losses, new_vars = per_example(state.params, state.batch_stats)
+    theta = _steep_theta(losses)
+    weights = _mwnet_weights(theta, losses)
+    grads = jax.grad(lambda p: jnp.sum(weights * per_example(p, state.batch_stats)[0]))(
+        state.params)
+    trace = optax.tree_utils.tree_get(state.opt_state, 'trace')
+    new_trace = jax.tree_util.tree_map(lambda m, g, w: MU * m + g + WD * w,
+                                       trace, grads, state.params)
+    want_params = jax.tree_util.tree_map(lambda w, d: w - LR * d, state.params, new_trace)
+    return losses, new_vars, theta, weights, new_trace, want_params
+
+  losses, new_vars, theta, weights, new_trace, want_params = by_hand(state)
   state = state.replace(meta_params=theta, meta_opt_state=setup.meta_tx.init(theta))
-  weights = _mwnet_weights(theta, losses)
   assert float(weights.max() / weights.min()) > 2.0  # V is far from uniform
-  grads = jax.grad(lambda p: jnp.sum(weights * per_example(p)[0]))(state.params)
-  trace = optax.tree_utils.tree_get(state.opt_state, 'trace')
-  new_trace = jax.tree_util.tree_map(lambda m, g, w: MU * m + g + WD * w,
-                                     trace, grads, state.params)
-  want_params = jax.tree_util.tree_map(lambda w, d: w - LR * d, state.params, new_trace)
 
   strategy = parts.strategy(sharding_lib.make_mesh(1))
   assert strategy.program_for(1) == 'weighted' and not strategy.needs_validation(1)
@@ -133,10 +140,14 @@ def test_finite_flag_of_weighted_and_plain_programs(program):
   mesh = sharding_lib.make_mesh(1)
   method = 'mwnet' if program == 'weighted' else 'ce'
 
-  def flag(batch, lr):
+  @functools.lru_cache(maxsize=None)
+  def parts_and_program(lr):
     parts = _parts(method, lr=lr, momentum=0.0, weight_decay=0.0,  # plain SGD
                    meta__interval=2)
-    fn = parts.strategy(mesh).programs[program]
+    return parts, parts.strategy(mesh).programs[program]
+
+  def flag(batch, lr):
+    parts, fn = parts_and_program(lr)
     _, m = fn(_state(parts.setup, train), batch)
     return bool(m['finite']), bool(jnp.isfinite(m['loss']))
 

@@ -37,7 +37,9 @@ SAMPLER_INPUTS = {
 
 
 def feature_dims(params_by_path: dict, layers: Sequence) -> tuple[int, ...]:
-  """Length D_l of each layer's pooled gradient."""
-  return tuple(
-      int(sum(pool_tensor(jnp.zeros(params_by_path['/'.join(p)].shape)).shape[0]
-              for p in layer.paths)) for layer in layers)
+  """Length D_l of each layer's pooled gradient, from the parameters' shapes
+  alone (nothing is allocated or compiled)."""
+  def dim(path) -> int:
+    shape = params_by_path['/'.join(path)].shape
+    return jax.eval_shape(pool_tensor, jax.ShapeDtypeStruct(shape, jnp.float32)).shape[0]
+  return tuple(int(sum(dim(p) for p in layer.paths)) for layer in layers)
