@@ -2,6 +2,7 @@
 its asymmetric noise map, the clean-meta-only and per-class subset options,
 its model (`fashion_resnet`) and its configs. No installed data needed."""
 
+import functools
 import gzip
 import os
 import struct
@@ -264,9 +265,10 @@ def test_train_per_class_subset(tmp_path):
 def test_fashion_resnet_structure_and_forward():
   model = models.get_model("fashion_resnet", num_classes=10)
   x = jnp.linspace(0, 1, 2 * 28 * 28).reshape(2, 28, 28, 1)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  # jitted: one compile each instead of one per operation
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), x)
   assert models.param_count(variables["params"]) == 78_042
-  logits = model.apply(variables, x, train=False)
+  logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
   layers = models.model_layers(model, variables["params"], x)
   assert models.num_blocks(variables["params"]) == 3
@@ -274,7 +276,7 @@ def test_fashion_resnet_structure_and_forward():
   assert layers[0].name == "stem/conv" and layers[-1].name == "head/fc"
   # two blocks in the first stage: 4 blocks, the second at stride 1 (no projection)
   deeper = models.get_model("fashion_resnet", num_classes=10, width=4, stage_sizes=(2, 1, 1))
-  v = deeper.init(jax.random.PRNGKey(0), x, train=False)
+  v = jax.eval_shape(functools.partial(deeper.init, train=False), jax.random.PRNGKey(0), x)
   assert models.num_blocks(v["params"]) == 4 and "shortcut_conv" not in v["params"]["block2"]
   with pytest.raises(ValueError, match="stage_sizes"):
     models.get_model("fashion_resnet", num_classes=10, stage_sizes=())

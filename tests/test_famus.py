@@ -13,6 +13,7 @@ import pytest
 
 import famus_jax as fj
 from famus_jax import famus, models
+from famus_jax.core import forward, meta_gradient
 from famus_jax.core import lookahead as lookahead_lib
 from tiny_models import (NUM_CLASSES as TINY_CLASSES, SGD_META, TinyCNN, init_model,
                          make_batches, tiny_parts)
@@ -37,16 +38,43 @@ def problem():
            'label': jnp.asarray(rng.integers(0, NUM_CLASSES, 8), jnp.int32)}
   val = {'image': jnp.asarray(rng.normal(size=(6, 8, 8, 1)), jnp.float32),
          'label': jnp.asarray(rng.integers(0, NUM_CLASSES, 6), jnp.int32)}
-  variables = model.init(jax.random.PRNGKey(0), train['image'], train=False)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0),
+                                                                  train['image'])
   return model, variables['params'], variables['batch_stats'], train, val
 
 
+@functools.lru_cache(maxsize=None)
+def mlp_problem():
+  """A tiny digits MLP with blocks stem, block1, block2, head (dense layers only:
+  cheap to differentiate unjitted), on `problem()`'s batches; its params."""
+  model = models.get_model('digits_mlp', num_classes=NUM_CLASSES, width=8, depth=3)
+  _, _, _, train, val = problem()
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0),
+                                                                  train['image'])
+  return model, variables['params'], train, val
+
+
+@functools.partial(jax.jit, static_argnames=('tangent', 'tangent_pass'))
+def mlp_meta_grad(theta, gate, tangent=None, tangent_pass='auto'):
+  """θ's meta gradient of the gated look-ahead (SGD, lr 0.1) on `mlp_problem()`,
+  its tangent pass restricted to the leaves in `tangent` (None: all)."""
+  model, params, train, val = mlp_problem()
+  fwd = forward.train_forward(model.apply, params, None, train['image'])
+  return meta_gradient.meta_grad_from_forward(
+      fwd, theta, params, train['label'], val, apply_fn=model.apply,
+      meta_model=fj.get_meta_model('mwnet'), lookahead=fj.core.Lookahead(lr=0.1), gate=gate,
+      tangent=tangent, tangent_pass=tangent_pass).theta
+
+
 def parts_for(mode='jvp', **overrides):
-  """The builder's parts for `problem()`'s CNN with config.meta =
+  """The builder's parts for `tiny_problem()`'s CNN with config.meta =
   `meta_config(**overrides)`, the `mode` path and the SGD meta optimizer."""
-  model, _, _, train, _ = problem()
-  return tiny_parts(model, train['image'], num_classes=NUM_CLASSES,
-                    meta={**meta_config(**overrides).to_dict(), **SGD_META, 'mode': mode})
+  return tiny_famus_parts(**meta_config(**overrides).to_dict(), mode=mode)
+
+
+# One jitted meta gradient for the file: calls with the same static arguments and
+# shapes share one compiled program (gates are data).
+META_GRAD = jax.jit(fj.meta_grad, static_argnames=('apply_fn', 'meta_model', 'mode', 'scope'))
 
 
 def flat(tree):
@@ -99,18 +127,24 @@ def test_candidate_selection_top_and_names():
 # ---------------------------------------------------------------- gates, exactness
 
 def gated_meta_grad(gates, mode, sampler):
-  model, params, stats, train, val = problem()
+  """The meta gradient on `tiny_problem()` with layer gates (None: ungated)."""
+  model, params, stats, train, val = tiny_problem()
   mw = fj.get_meta_model('mwnet')
-  theta = mw.init(jax.random.PRNGKey(1), NUM_CLASSES)
-  return fj.meta_grad(theta, params, train, val, apply_fn=model.apply, meta_model=mw,
-                      lr=0.1, batch_stats=stats, mode=mode,
-                      gate=None if gates is None else sampler.leaf_gates(gates))
+  theta = mw.init(jax.random.PRNGKey(1), TINY_CLASSES)
+  return META_GRAD(theta, params, train, val, apply_fn=model.apply, meta_model=mw,
+                   lr=0.1, batch_stats=stats, mode=mode,
+                   gate=None if gates is None else sampler.leaf_gates(gates))
+
+
+def tiny_sampler(**overrides):
+  """The layer sampler of `meta_config(**overrides)` on `tiny_problem()`'s CNN."""
+  model, params, _, train, _ = tiny_problem()
+  return famus.build_sampler(meta_config(**overrides), model, params, train['image'])
 
 
 @pytest.mark.parametrize('mode', ['jvp', 'reverse'])
 def test_all_gates_on_is_exact_and_all_off_is_zero(mode):
-  model, params, _, train, _ = problem()
-  sampler = famus.build_sampler(meta_config(), model, params, train['image'])
+  sampler = tiny_sampler()
   exact = gated_meta_grad(None, mode, sampler)
   on = gated_meta_grad(jnp.ones(sampler.num_layers), mode, sampler)
   chex.assert_trees_all_close(on.theta, exact.theta, rtol=1e-5, atol=1e-9)
@@ -122,8 +156,7 @@ def test_all_gates_on_is_exact_and_all_off_is_zero(mode):
 def test_gated_jvp_equals_the_gated_reverse_path():
   """The library's two paths agree with gates (the independent jax.grad reference
   is test_zero_one_gates_equal_the_scope_and_a_masked_jax_grad)."""
-  model, params, _, train, _ = problem()
-  sampler = famus.build_sampler(meta_config(), model, params, train['image'])
+  sampler = tiny_sampler()
   gates = jnp.asarray(np.random.default_rng(3).integers(0, 2, sampler.num_layers),
                       jnp.float32).at[-1].set(1.0)
   fast = gated_meta_grad(gates, 'jvp', sampler)
@@ -136,18 +169,19 @@ def test_gated_jvp_equals_the_gated_reverse_path():
 def test_sampler_gradient_is_the_analytic_inner_product_through_st(surrogate):
   """η's gradient = VJP of the soft gates with ∂L/∂r_l = −α⟨v_l, ḡ_l⟩ + λ1·2(Σr − K);
   with the official code's surrogate the L_c term of an off layer is negated."""
-  model, params, stats, train, val = problem()
+  model, _, _, train, val = tiny_problem()
   parts = parts_for(lambda1=0.1, gate_surrogate=surrogate)
   sampler, setup = parts.sampler, parts.setup
-  state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                NUM_CLASSES, setup)
+  # a key whose gates turn one layer on and two off (≠ K: L_r has a gradient)
+  state = fj.create_train_state(jax.random.PRNGKey(1), model, train['image'],
+                                TINY_CLASSES, setup)
   new_state, metrics = jax.jit(functools.partial(fj.meta_train_step, setup=setup))(
       state, train, val)
   # Recompute by hand with the same RNG stream.
   _, fwd_rng, val_rng, sampler_rng = jax.random.split(state.rng, 4)
   mw = setup.meta_model
-  grad = fj.meta_grad(state.meta_params, state.params, train, val, apply_fn=model.apply,
-                      meta_model=mw, lr=0.1, batch_stats=stats, mode='jvp')
+  grad = META_GRAD(state.meta_params, state.params, train, val, apply_fn=model.apply,
+                   meta_model=mw, lr=0.1, batch_stats=state.batch_stats, mode='jvp')
   features = sampler.features(grad.virtual.grads)
   gates, gates_vjp = jax.vjp(lambda eta: sampler.gates(eta, features, sampler_rng),
                              state.sampler_params)
@@ -201,12 +235,12 @@ def test_sampler_input_pooled_is_the_raw_pooled_gradient_standardized_is_scaled(
 
 
 def test_famus_step_jvp_and_reverse_agree():
-  model, params, _, train, val = problem()
+  model, _, _, train, val = tiny_problem()
   results = []
   for mode in ('jvp', 'reverse'):
     setup = parts_for(mode, lambda1=0.1, lambda2=0.1).setup
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                  NUM_CLASSES, setup)
+                                  TINY_CLASSES, setup)
     results.append(jax.jit(functools.partial(fj.meta_train_step, setup=setup))(
         state, train, val))
   chex.assert_trees_all_close(results[0][0].meta_params, results[1][0].meta_params,
@@ -237,27 +271,26 @@ def test_block_sampler_is_the_static_scope_of_block_b():
 
 
 def test_leaves_outside_scope_get_no_path_and_cost_no_flops():
-  model, params, _, train, val = problem()
+  model, params, stats, train, val = tiny_problem()
   scope = famus.static_scope(meta_config(sampler='all', candidate_layers='top:2'),
                              model, params, train['image'])
-  assert scope is not None and all(n.startswith('head/') or n.startswith('block2/')
-                                   for n in scope)
+  assert scope == {'BatchNorm_0/scale', 'BatchNorm_0/bias', 'Dense_0/kernel', 'Dense_0/bias'}
   flops = {}
   for name, candidates in (('all', 'all'), ('top2', 'top:2')):
     parts = parts_for(sampler='all', candidate_layers=candidates)
     assert parts.scope == (None if name == 'all' else scope)
     setup = parts.setup
     state = fj.create_train_state(jax.random.PRNGKey(0), model, train['image'],
-                                  NUM_CLASSES, setup)
+                                  TINY_CLASSES, setup)
     step = jax.jit(functools.partial(fj.meta_train_step, setup=setup))
     flops[name] = step.lower(state, train, val).compile().cost_analysis()['flops']
   assert flops['top2'] < 0.85 * flops['all']
   # and no path: gate gradients and v are exactly zero outside the scope
   mw = fj.get_meta_model('mwnet')
   ones = jax.tree_util.tree_map(lambda x: jnp.ones(()), params)
-  got = fj.meta_grad(mw.init(jax.random.PRNGKey(1), 4), params, train, val,
-                     apply_fn=model.apply, meta_model=mw, lr=0.1,
-                     batch_stats=problem()[2], scope=scope, gate=ones)
+  got = META_GRAD(mw.init(jax.random.PRNGKey(1), TINY_CLASSES), params, train, val,
+                  apply_fn=model.apply, meta_model=mw, lr=0.1, batch_stats=stats,
+                  scope=scope, gate=ones)
   inside = []
   for name, gg, v in zip(lookahead_lib.leaf_paths(params), jax.tree_util.tree_leaves(got.gate),
                          jax.tree_util.tree_leaves(got.val_grads)):
@@ -270,10 +303,10 @@ def test_leaves_outside_scope_get_no_path_and_cost_no_flops():
 
 @pytest.mark.parametrize('tangent_pass', ['jvp', 'transpose'])
 def test_pruning_levels_are_exact_and_pick_the_smallest_scope(tangent_pass):
-  """Nested scopes at the digits CNN's block boundaries: a selection's smallest
+  """Nested scopes at the digits MLP's block boundaries: a selection's smallest
   holding scope gives the meta gradient of the full gated step, by either
   tangent pass (a forward-mode product, or the transpose of the kept VJP)."""
-  model, params, _, train, val = problem()
+  model, params, train, val = mlp_problem()
   cfg = meta_config(sampler='random', s=2, prune_levels=3)
   sampler = famus.build_sampler(cfg, model, params, train['image'])
   scopes = sampler.scopes.scopes
@@ -282,21 +315,15 @@ def test_pruning_levels_are_exact_and_pick_the_smallest_scope(tangent_pass):
   top = jnp.zeros(sampler.num_layers).at[-1].set(1.0)
   bottom = jnp.zeros(sampler.num_layers).at[0].set(1.0)
   assert int(sampler.scopes.level(top)) == 0 and int(sampler.scopes.level(bottom)) == 2
-  from famus_jax.core import forward, meta_gradient  # pylint: disable=g-import-not-at-top
-  mw = fj.get_meta_model('mwnet')
-  theta = mw.init(jax.random.PRNGKey(1), NUM_CLASSES)
-  _, params_, stats, _, _ = problem()
-  fwd = forward.train_forward(model.apply, params_, stats, train['image'])
+  theta = fj.get_meta_model('mwnet').init(jax.random.PRNGKey(1), NUM_CLASSES)
   for gates in (top, bottom, top.at[0].set(1.0)):
-    kw = dict(apply_fn=model.apply, meta_model=mw, lookahead=fj.core.Lookahead(lr=0.1),
-              batch_stats=stats, gate=sampler.leaf_gates(gates))
-    pruned = meta_gradient.meta_grad_from_forward(
-        fwd, theta, params_, train['label'], val,
-        tangent=scopes[int(sampler.scopes.level(gates))], tangent_pass=tangent_pass, **kw)
-    full = meta_gradient.meta_grad_from_forward(fwd, theta, params_, train['label'], val, **kw)
-    scale = float(jnp.max(jnp.abs(flat(full.theta))))
+    gate = sampler.leaf_gates(gates)
+    pruned = mlp_meta_grad(theta, gate, tangent=scopes[int(sampler.scopes.level(gates))],
+                           tangent_pass=tangent_pass)
+    full = mlp_meta_grad(theta, gate)
+    scale = float(jnp.max(jnp.abs(flat(full))))
     assert scale > 0
-    chex.assert_trees_all_close(pruned.theta, full.theta, rtol=0, atol=1e-4 * scale)
+    chex.assert_trees_all_close(pruned, full, rtol=0, atol=1e-4 * scale)
 
 
 # ---------------------------------------------------------------- errors
@@ -323,8 +350,10 @@ def test_config_errors_name_the_field(overrides, message):
 # References below use only jax, optax, the Flax model and the meta model's
 # weights; none of famus_jax.core / famus_jax.famus is on the reference side.
 
+@functools.lru_cache(maxsize=None)
 def tiny_problem(dtype=jnp.float32):
-  """TinyCNN (candidate layers Conv_0, BatchNorm_0, Dense_0) with batches."""
+  """TinyCNN (candidate layers Conv_0, BatchNorm_0, Dense_0) with batches; one
+  model instance, so that jitted functions of its `apply` compile once."""
   train, val = make_batches(seed=0, dtype=dtype)
   model = TinyCNN()
   params, stats = init_model(model, train['image'])
@@ -333,7 +362,8 @@ def tiny_problem(dtype=jnp.float32):
 
 def tiny_famus_parts(**meta):
   """The builder's parts for TinyCNN (lr 0.1, SGD meta optimizer) with `meta`."""
-  return tiny_parts(TinyCNN(), tiny_problem()[3]['image'], meta={**SGD_META, **meta})
+  model, _, _, train, _ = tiny_problem()
+  return tiny_parts(model, train['image'], meta={**SGD_META, **meta})
 
 
 def leaf_name(path):
@@ -370,10 +400,11 @@ def ref_val_loss(model, params, stats, batch):
   return jnp.mean(ref_losses(model, params, stats, batch))
 
 
-def ref_gated_objective(theta, layers, lr, problem_, meta_model, frozen_theta=None):
-  """L^val(w − α g̃(θ)), g̃ = g on the leaves of `layers`, stop_gradient(g) elsewhere.
+def ref_gated_objective(theta, gate, lr, problem_, meta_model, frozen_theta=None):
+  """L^val(w − α g̃(θ)), g̃ = g on the leaves where `gate` (`gate_tree`) is 1,
+  stop_gradient(g) elsewhere.
 
-  With `frozen_theta`, g̃ = g(frozen_theta) outside `layers`: the same
+  With `frozen_theta`, g̃ = g(frozen_theta) outside the gated leaves: the same
   derivative at θ = frozen_theta, and a value that finite differences see.
   """
   model, params, stats, train, val = problem_
@@ -382,10 +413,16 @@ def ref_gated_objective(theta, layers, lr, problem_, meta_model, frozen_theta=No
     g0 = ref_train_grad(model, params, stats, train, meta_model, frozen_theta)
   else:
     g0 = jax.lax.stop_gradient(g)
-  routed = jax.tree_util.tree_map_with_path(
-      lambda p, x, x0: x if leaf_name(p).split('/')[0] in layers else x0, g, g0)
+  routed = jax.tree_util.tree_map(lambda r, x, x0: jnp.where(r > 0, x, x0), gate, g, g0)
   w_hat = jax.tree_util.tree_map(lambda w, d: w - lr * d, params, routed)
   return ref_val_loss(model, w_hat, stats, val)
+
+
+@functools.partial(jax.jit, static_argnames=('meta_model', 'lr'))
+def ref_meta_grad(theta, gate, params, stats, train, val, *, meta_model, lr=0.1):
+  """jax.grad of `ref_gated_objective` on TinyCNN; one program for every gate."""
+  return jax.grad(ref_gated_objective)(theta, gate, lr, (TinyCNN(), params, stats, train, val),
+                                       meta_model)
 
 
 def rel_err(a, b):
@@ -395,6 +432,9 @@ def rel_err(a, b):
 
 TINY_LAYERS = ('Conv_0', 'BatchNorm_0', 'Dense_0')
 SELECTIONS = (('Dense_0',), ('Conv_0',), ('Conv_0', 'Dense_0'), ('BatchNorm_0',))
+# Scopes are static (one program each): two selections, the first and last
+# layers around an unselected one, and the middle (norm) layer alone.
+SCOPED_SELECTIONS = (('Conv_0', 'Dense_0'), ('BatchNorm_0',))
 
 
 @pytest.mark.parametrize('tau', [0.5, 5.0])
@@ -456,17 +496,23 @@ def test_theta_update_is_sgd_on_meta_grad_plus_lambda2_matching_grad():
   mw, theta = setup.meta_model, state.meta_params
   selected = tuple(l.name for l, r in zip(sampler.layers, np.asarray(metrics['gates'])) if r)
   assert selected, 'pick a seed whose gates select at least one layer'
-  g_c = jax.grad(ref_gated_objective)(theta, selected, 0.1, prob, mw)
-  w_hat = jax.tree_util.tree_map(lambda w, g: w - 0.1 * g, params,
-                                 ref_train_grad(model, params, stats, train, mw, theta))
-  v = jax.grad(ref_val_loss, argnums=1)(model, w_hat, stats, val)['Dense_0']
 
-  def matching(t):
-    g = ref_train_grad(model, params, stats, train, mw, t)['Dense_0']
-    return (jnp.sum((jnp.mean(g['kernel'], 0) - jnp.mean(v['kernel'], 0)) ** 2)
-            + jnp.sum((g['bias'] - v['bias']) ** 2))
+  @jax.jit
+  def reference(theta):
+    """(g_c, L_g, ∇_θ L_g), written with jax.grad."""
+    g_c = jax.grad(ref_gated_objective)(theta, gate_tree(params, selected), 0.1, prob, mw)
+    w_hat = jax.tree_util.tree_map(lambda w, g: w - 0.1 * g, params,
+                                   ref_train_grad(model, params, stats, train, mw, theta))
+    v = jax.grad(ref_val_loss, argnums=1)(model, w_hat, stats, val)['Dense_0']
 
-  lg, d_lg = jax.value_and_grad(matching)(theta)
+    def matching(t):
+      g = ref_train_grad(model, params, stats, train, mw, t)['Dense_0']
+      return (jnp.sum((jnp.mean(g['kernel'], 0) - jnp.mean(v['kernel'], 0)) ** 2)
+              + jnp.sum((g['bias'] - v['bias']) ** 2))
+
+    return (g_c, *jax.value_and_grad(matching)(theta))
+
+  g_c, lg, d_lg = reference(theta)
   np.testing.assert_allclose(float(metrics['matching_loss']), float(lg), rtol=1e-4)
   expected = jax.tree_util.tree_map(lambda t, a, b: t - 0.1 * (a + lam * b), theta, g_c, d_lg)
   flipped = jax.tree_util.tree_map(lambda t, a, b: t - 0.1 * (a - lam * b), theta, g_c, d_lg)
@@ -494,20 +540,20 @@ def test_gated_virtual_step_value_is_bit_identical_to_the_full_look_ahead():
 def test_zero_one_gates_equal_the_scope_and_a_masked_jax_grad(mode):
   """For r ∈ {0,1}: the gated θ-gradient = meta_grad(scope=selected leaves) =
   jax.grad of L^val(w − α g̃) with g̃ stop-gradient outside the selection."""
-  prob = tiny_problem()
-  model, params, stats, train, val = prob
+  model, params, stats, train, val = tiny_problem()
   mw = fj.get_meta_model('mwnet')
   theta = mw.init(jax.random.PRNGKey(1), TINY_CLASSES)
-  grad = jax.jit(functools.partial(fj.meta_grad, apply_fn=model.apply, meta_model=mw,
-                                   lr=0.1, mode=mode), static_argnames=('scope',))
+  grad = functools.partial(META_GRAD, theta, params, train, val, apply_fn=model.apply,
+                           meta_model=mw, lr=0.1, mode=mode, batch_stats=stats)
   for layers in SELECTIONS:
-    gated = grad(theta, params, train, val, batch_stats=stats, gate=gate_tree(params, layers))
-    scope = frozenset(n for n in lookahead_lib.leaf_paths(params) if n.split('/')[0] in layers)
-    scoped = grad(theta, params, train, val, batch_stats=stats, scope=scope)
-    ref = jax.grad(ref_gated_objective)(theta, layers, 0.1, prob, mw)
+    gate = gate_tree(params, layers)
+    ref = ref_meta_grad(theta, gate, params, stats, train, val, meta_model=mw)
     assert float(jnp.max(jnp.abs(flat(ref)))) > 0
-    assert rel_err(gated.theta, ref) <= 1e-4, layers
-    assert rel_err(scoped.theta, ref) <= 1e-4, layers
+    assert rel_err(grad(gate=gate).theta, ref) <= 1e-4, layers
+    if layers in SCOPED_SELECTIONS:
+      scope = frozenset(n for n in lookahead_lib.leaf_paths(params)
+                        if n.split('/')[0] in layers)
+      assert rel_err(grad(scope=scope).theta, ref) <= 1e-4, layers
 
 
 @pytest.mark.parametrize('method', ['mwnet', 'l2r'])
@@ -534,8 +580,8 @@ def test_optimizer_look_ahead_in_the_jitted_step(method):
     return jax.tree_util.tree_map(lambda w, mo, d: w - lr * (mu * mo + d + wd * w),
                                   params, m, g)
 
-  meta_grad = jax.grad(lambda t: ref_val_loss(
-      model, update(ref_train_grad(model, params, stats, train, mm, t)), stats, val))(theta)
+  meta_grad = jax.jit(jax.grad(lambda t: ref_val_loss(
+      model, update(ref_train_grad(model, params, stats, train, mm, t)), stats, val)))(theta)
   assert float(jnp.max(jnp.abs(flat(meta_grad)))) > 0
   if method == 'mwnet':
     theta_new = jax.tree_util.tree_map(lambda t, g: t - 0.1 * g, theta, meta_grad)
@@ -548,7 +594,8 @@ def test_optimizer_look_ahead_in_the_jitted_step(method):
     weights = jnp.asarray(raw / raw.sum())
     theta_new = weights
   chex.assert_trees_all_close(metrics['weights'], weights, rtol=1e-4, atol=1e-7)
-  expected = update(ref_train_grad(model, params, stats, train, mm, theta_new))
+  expected = jax.jit(lambda t: update(ref_train_grad(model, params, stats, train, mm, t)))(
+      theta_new)
   chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -564,15 +611,15 @@ def test_gated_meta_grad_under_jit_matches_central_differences_float64():
     rng = np.random.default_rng(1)
     direction = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape)), theta)
     eps = 1e-5
+    objective = jax.jit(lambda t, gate: ref_gated_objective(t, gate, 0.5, prob, mw,
+                                                            frozen_theta=theta))
+    shift = lambda s: jax.tree_util.tree_map(lambda t, d: t + s * eps * d, theta, direction)
     for layers in (TINY_LAYERS, ('Conv_0', 'Dense_0')):
-      objective = jax.jit(lambda t, layers=layers: ref_gated_objective(
-          t, layers, 0.5, prob, mw, frozen_theta=theta))
-      shift = lambda s: jax.tree_util.tree_map(lambda t, d: t + s * eps * d, theta, direction)
-      fd = float(objective(shift(1.0)) - objective(shift(-1.0))) / (2 * eps)
+      fd = float(objective(shift(1.0), gate_tree(params, layers))
+                 - objective(shift(-1.0), gate_tree(params, layers))) / (2 * eps)
       gate = None if layers == TINY_LAYERS else gate_tree(params, layers)
       for mode in ('jvp', 'reverse'):
-        grad = jax.jit(functools.partial(fj.meta_grad, apply_fn=model.apply, meta_model=mw,
-                                         lr=0.5, mode=mode))(
-            theta, params, train, val, batch_stats=stats, gate=gate).theta
+        grad = META_GRAD(theta, params, train, val, apply_fn=model.apply, meta_model=mw,
+                         lr=0.5, mode=mode, batch_stats=stats, gate=gate).theta
         analytic = float(jnp.vdot(flat(grad), flat(direction)))
         assert abs(fd - analytic) <= 1e-6 * max(abs(analytic), 1e-12), (layers, mode)

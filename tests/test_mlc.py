@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import famus_jax as fj
-from famus_jax import meta_models, models
+from famus_jax import meta_models
 from famus_jax.training import config as config_lib
-from tiny_models import tiny_setup
+from tiny_models import TinyCNN, make_batches, tiny_setup
 
 C = 3
 LR, MOMENTUM, WD = 0.05, 0.9, 5e-4  # base optimizer; the look-ahead must use 1e-3
@@ -28,6 +28,9 @@ class TwoLayer(nn.Module):
     del train
     h = jnp.tanh(nn.Dense(4, param_dtype=jnp.float64, name='hidden')(x))
     return nn.Dense(C, param_dtype=jnp.float64, name='out')(h)
+
+
+MODEL = TwoLayer()  # one instance: jitted functions of its apply compile once
 
 
 def logits_by_hand(p, x):
@@ -45,7 +48,8 @@ def problem():
            'label': jnp.asarray([0, 1, 2, 2, 1, 0, 2], jnp.int32)}
   val = {'image': jnp.asarray(rng.normal(size=(5, 2))),
          'label': jnp.asarray([1, 0, 2, 1, 0], jnp.int32)}
-  params = TwoLayer().init(jax.random.PRNGKey(0), train['image'], train=False)['params']
+  params = jax.jit(functools.partial(MODEL.init, train=False))(jax.random.PRNGKey(0),
+                                                                train['image'])['params']
   return params, train, val
 
 
@@ -56,6 +60,13 @@ def val_loss_by_hand(t, params, train, val, inner_lr=1e-3):
   grads = jax.grad(train_loss)(params)
   w_hat = jax.tree_util.tree_map(lambda w, g: w - inner_lr * g, params, grads)
   return jnp.mean(ce_by_hand(logits_by_hand(w_hat, val['image']), val['label']))
+
+
+# One jitted function each for the file (the float64 programs compile once): the
+# hand reference, its meta gradient and the library's meta gradient.
+hand_val_loss = jax.jit(val_loss_by_hand)
+hand_meta_grad = jax.jit(jax.grad(val_loss_by_hand))
+meta_grad = jax.jit(fj.meta_grad, static_argnames=('apply_fn', 'meta_model', 'mode'))
 
 
 def project_by_hand(t):
@@ -74,14 +85,14 @@ def test_meta_gradient_and_new_transition_match_the_hand_reference(mode):
     params, train, val = problem()
     theta = mlc.lookahead_params(mlc.init(jax.random.PRNGKey(1), C), 7)
     np.testing.assert_array_equal(np.asarray(theta['transition']), np.eye(C))
-    got = fj.meta_grad(theta, params, train, val, apply_fn=TwoLayer().apply,
-                       meta_model=mlc, lr=mlc.lookahead_lr(LR), mode=mode)
-    expected = jax.grad(val_loss_by_hand)(jnp.eye(C), params, train, val)
+    got = meta_grad(theta, params, train, val, apply_fn=MODEL.apply, meta_model=mlc,
+                    lr=mlc.lookahead_lr(LR), mode=mode)
+    expected = hand_meta_grad(jnp.eye(C), params, train, val)
     np.testing.assert_allclose(np.asarray(got.theta['transition']), expected,
                                rtol=1e-10, atol=1e-14)
     assert float(jnp.max(jnp.abs(expected))) > 1e-6
     np.testing.assert_allclose(
-        float(got.val_loss), float(val_loss_by_hand(jnp.eye(C), params, train, val)),
+        float(got.val_loss), float(hand_val_loss(jnp.eye(C), params, train, val)),
         rtol=1e-12)
     t_new = mlc.meta_update(theta, got.theta)['transition']
     np.testing.assert_allclose(np.asarray(t_new),
@@ -94,8 +105,8 @@ def test_meta_gradient_matches_central_differences():
   with jax.enable_x64(True):
     params, train, val = problem()
     theta = {'transition': jnp.eye(C)}
-    grad = np.asarray(fj.meta_grad(theta, params, train, val, apply_fn=TwoLayer().apply,
-                                   meta_model=mlc, lr=1e-3).theta['transition'])
+    grad = np.asarray(meta_grad(theta, params, train, val, apply_fn=MODEL.apply,
+                                meta_model=mlc, lr=1e-3).theta['transition'])
     objective = jax.jit(lambda t: val_loss_by_hand(t, params, train, val))
     eps = 1e-5
     fd = np.zeros((C, C))
@@ -133,7 +144,7 @@ def test_loss_corrects_logits_before_the_softmax_and_sums():
 def make_step_state(mode, model=None, images=None, **meta):
   """MLC's setup from the builder (SGD with the test's lr, momentum and weight
   decay; Adam 1e-3 on T) and a fresh state; `meta`: further `config.meta` fields."""
-  model = model or TwoLayer()
+  model = model or MODEL
   setup = tiny_setup(model, images, num_classes=C, meta__method='mlc', meta__mode=mode,
                      meta__weight_decay=0.0, optim__lr=LR, optim__momentum=MOMENTUM,
                      optim__weight_decay=WD, **{f'meta__{k}': v for k, v in meta.items()})
@@ -148,7 +159,7 @@ def test_meta_train_step_actual_update_matches_the_hand_reference(mode):
     setup, state = make_step_state(mode, images=train['image'])
     state = state.replace(params=params, opt_state=setup.tx.init(params))
     new_state, metrics = fj.jit_meta_train_step(setup, donate=False)(state, train, val)
-    g = jax.grad(val_loss_by_hand)(jnp.eye(C), params, train, val)
+    g = hand_meta_grad(jnp.eye(C), params, train, val)
     t_new = jnp.asarray(project_by_hand(np.eye(C) - 0.11 * np.asarray(g)))
     actual_loss = lambda p: jnp.sum(ce_by_hand(logits_by_hand(p, train['image']) @ t_new,
                                                train['label']))
@@ -176,12 +187,8 @@ def test_non_meta_iteration_is_the_plain_batch_sum_cross_entropy():
 
 
 def test_famus_step_runs_and_jvp_equals_reverse():
-  model = models.get_model('digits_cnn', num_classes=C, width=4, depth=2)
-  rng = np.random.default_rng(0)
-  train = {'image': jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
-           'label': jnp.asarray(rng.integers(0, C, 8), jnp.int32)}
-  val = {'image': jnp.asarray(rng.normal(size=(6, 8, 8, 1)), jnp.float32),
-         'label': jnp.asarray(rng.integers(0, C, 6), jnp.int32)}
+  model = TinyCNN(num_classes=C)  # conv, batch norm and dense candidate layers
+  train, val = make_batches(n=8, m=6)
   outs = []
   for mode in ('jvp', 'reverse'):
     setup, state = make_step_state(mode, model, train['image'], sampler='famus', k=2,
