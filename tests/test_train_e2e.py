@@ -318,4 +318,6 @@ def test_two_processes_with_jax_distributed_match_one(tmp_path):
   mh, one = (famus_jax.label_issues(d) for d in (workdir, str(tmp_path / 'ref')))
   assert len(mh) == len(one) == 6 * 32
   np.testing.assert_array_equal(np.sort(mh.index), np.sort(one.index))
-  np.testing.assert_allclose(mh.metrics['roc_auc'], one.metrics['roc_auc'], rtol=1e-4)
+  # scores summed in another order (gloo) may swap a near tie: one swapped pair of
+  # about 70 noisy x 120 clean labels moves the ROC-AUC by ~1.2e-4, as on 2 devices
+  np.testing.assert_allclose(mh.metrics['roc_auc'], one.metrics['roc_auc'], rtol=1e-3)
