@@ -1,8 +1,10 @@
 """MW-Net (exact and + FaMUS) beats plain cross-entropy on digits with 40 %
 symmetric noise, with the quickstart config as shipped (configs/digits.py: the
 paper's CIFAR recipe in digits epochs, not tuned per method) and the same
-budget for every method, over seeds 0 and 1; and every run's label-issue score
-finds the realised noise (ROC-AUC >= 0.9).
+budget for every method, on seed 0; and every run's label-issue score finds
+the realised noise (ROC-AUC >= 0.9). On every one of the five seeds of the
+table below MW-Net and MW-Net + FaMUS are at least 0.13 above CE (0.17 on the
+same seed), so one seed with a 0.10 margin tests the claim.
 
 The full table for seeds 0–4 (experiments/results/digits_comparison.json) is
 CE 0.734, MW-Net 0.940, MW-Net + FaMUS 0.930 mean final clean test accuracy;
@@ -14,14 +16,13 @@ import json
 import os
 import re
 
-import numpy as np
 import pytest
 
 from famus_jax import train
 from famus_jax.training import config as config_lib
 from test_train_support import DIGITS
 
-SEEDS = (0, 1)  # the margins are 4x the asserted ones: two seeds suffice
+SEED = 0
 
 
 def _final_accuracy(tmp_path, method, sampler, seed):
@@ -51,21 +52,15 @@ def test_docstring_quotes_the_committed_table():
 
 @pytest.mark.slow
 def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path):
-  acc = {}
-  auc = {}
-  issues_auc = {}
-  for name, method, sampler in (('ce', 'ce', 'all'), ('mwnet', 'mwnet', 'all'),
-                                ('famus', 'mwnet', 'famus')):
-    results = [_final_accuracy(tmp_path, method, sampler, s) for s in SEEDS]
-    acc[name] = np.array([r[0] for r in results])
-    auc[name] = [r[1] for r in results]
-    issues_auc[name] = np.array([r[2] for r in results])
-  print({k: v.round(4).tolist() for k, v in acc.items()}, auc, issues_auc)
-  # Mean over all seeds (failures included), with a margin well above noise.
-  assert acc['mwnet'].mean() > acc['ce'].mean() + 0.05, acc
-  assert acc['famus'].mean() > acc['ce'].mean() + 0.05, acc
+  results = {name: _final_accuracy(tmp_path, method, sampler, SEED)
+             for name, method, sampler in (('ce', 'ce', 'all'), ('mwnet', 'mwnet', 'all'),
+                                           ('famus', 'mwnet', 'famus'))}
+  acc, auc, issues_auc = ({k: r[i] for k, r in results.items()} for i in range(3))
+  print(acc, auc, issues_auc)
+  assert acc['mwnet'] > acc['ce'] + 0.10, acc
+  assert acc['famus'] > acc['ce'] + 0.10, acc
   # The meta-weights separate clean from noisy labels where MW-Net works.
-  assert np.median(auc['mwnet']) > 0.8 and np.median(auc['famus']) > 0.8, auc
-  # Which labels are wrong: the label-issue score of every seeded run finds the
-  # realised noise (label_issues.csv, ROC-AUC against the true labels).
-  assert all(issues_auc[k].min() >= 0.9 for k in ('mwnet', 'famus', 'ce')), issues_auc
+  assert auc['mwnet'] > 0.8 and auc['famus'] > 0.8, auc
+  # Which labels are wrong: the label-issue score of every run finds the realised
+  # noise (label_issues.csv, ROC-AUC against the true labels).
+  assert all(issues_auc[k] >= 0.9 for k in ('mwnet', 'famus', 'ce')), issues_auc
