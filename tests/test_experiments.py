@@ -430,23 +430,40 @@ def test_fashion_mnist_long_timing(argv, tmp_path):
 
 @pytest.mark.slow
 def test_pseudo_clean_significance_smoke(argv, tmp_path):
+  """Both arms on one seed (the statistics over seeds: next test)."""
   from experiments.paper import pseudo_clean_significance as pcs
-  pcs.main(argv)
+  pcs.main(argv + ['--seeds', '0'])
   payload = check_outputs(str(tmp_path), 'pseudo_clean_significance_smoke')
   row = payload['table']['0.4']
+  assert [(r['arm'], r['seed']) for r in payload['runs']] == [
+      ('mwnet_pseudo_clean', 0), ('famus_pseudo_clean', 0)]
+  for arm in ('famus_pseudo_clean', 'mwnet_pseudo_clean'):
+    (acc,) = row[arm]['accuracies']
+    assert 0.0 <= acc <= 1.0 and row[arm]['mean'] == acc and row[arm]['std'] == 0.0
+  assert row['test']['student_p'] is None  # one seed per arm: no t-test
+
+
+def test_pseudo_clean_table_means_stds_and_student_t():
+  from experiments.paper import pseudo_clean_significance as pcs
+  accuracy = {('famus_pseudo_clean', 0): 0.91, ('famus_pseudo_clean', 1): 0.93,
+              ('mwnet_pseudo_clean', 0): 0.90, ('mwnet_pseudo_clean', 1): 0.89}
+  runs = [{'arm': a, 'noise_rate': 0.4, 'seed': s, 'final_test_accuracy': v}
+          for (a, s), v in accuracy.items()]
+  runs.append({'arm': 'famus_pseudo_clean', 'noise_rate': 0.6, 'seed': 0,
+               'final_test_accuracy': 0.5})  # another rate: not in 0.4's row
+  row = pcs.summarize(runs, [0.4])['0.4']
   famus, mwnet = (row[a]['accuracies'] for a in ('famus_pseudo_clean', 'mwnet_pseudo_clean'))
-  assert len(famus) == len(mwnet) == 2
+  assert famus == [0.91, 0.93] and mwnet == [0.90, 0.89]
   for arm, acc in (('famus_pseudo_clean', famus), ('mwnet_pseudo_clean', mwnet)):
     assert row[arm]['mean'] == pytest.approx(sum(acc) / 2)
     assert row[arm]['std'] == pytest.approx(abs(acc[0] - acc[1]) / math.sqrt(2))
-  # Student's pooled t on the measured accuracies, by hand (n = 2 per arm, 2 dof).
+  # Student's pooled t by hand (n = 2 per arm, 2 dof).
   pooled = math.sqrt((row['famus_pseudo_clean']['std'] ** 2
                       + row['mwnet_pseudo_clean']['std'] ** 2) / 2)
-  if pooled > 0:
-    t = (sum(famus) - sum(mwnet)) / 2 / (pooled * math.sqrt(2 / 2))
-    assert row['test']['student_t'] == pytest.approx(t)
-    # one-tailed p for 2 dof: P(T > t) = 1/2 − t / (2 sqrt(t² + 2))
-    assert row['test']['student_p'] == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)))
+  t = (sum(famus) - sum(mwnet)) / 2 / (pooled * math.sqrt(2 / 2))
+  assert row['test']['student_t'] == pytest.approx(t)
+  # one-tailed p for 2 dof: P(T > t) = 1/2 − t / (2 sqrt(t² + 2))
+  assert row['test']['student_p'] == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)))
 
 
 def test_t_test_direction():

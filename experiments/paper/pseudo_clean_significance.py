@@ -57,6 +57,22 @@ def t_test(famus: list[float], mwnet: list[float]) -> dict:
   return out
 
 
+def summarize(runs: list[dict], rates: list[float]) -> dict:
+  """Per noise rate: each arm's mean, std (n − 1) and accuracies, and the t-tests."""
+  table = {}
+  for rate in rates:
+    row = {}
+    for arm in ARMS:
+      acc = [r['final_test_accuracy'] for r in runs if r['arm'] == arm and r['noise_rate'] == rate]
+      row[arm] = {'mean': float(np.mean(acc)),
+                  'std': float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                  'accuracies': acc}
+    row['test'] = t_test(row['famus_pseudo_clean']['accuracies'],
+                         row['mwnet_pseudo_clean']['accuracies'])
+    table[str(rate)] = row
+  return table
+
+
 def paper_p_values() -> dict:
   """The paper's Table 2 t-tests recomputed from its means and stds (n = 3)."""
   out = {}
@@ -160,17 +176,7 @@ def _main(argv):
         print(f"{arm:<20s} {rate:.0%} seed {seed}: accuracy {row['final_test_accuracy']:.4f} "
               f"wall {row['wall_s']:.0f} s (total {time.perf_counter() - start:.0f} s)",
               file=sys.stderr, flush=True)
-  table = {}
-  for rate in rates:
-    row = {}
-    for arm in ARMS:
-      acc = [r['final_test_accuracy'] for r in runs if r['arm'] == arm and r['noise_rate'] == rate]
-      row[arm] = {'mean': float(np.mean(acc)),
-                  'std': float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
-                  'accuracies': acc}
-    row['test'] = t_test(row['famus_pseudo_clean']['accuracies'],
-                         row['mwnet_pseudo_clean']['accuracies'])
-    table[str(rate)] = row
+  table = summarize(runs, rates)
   payload = {
       'script': 'experiments.paper.pseudo_clean_significance',
       'quick': args.quick, 'smoke': args.smoke,
