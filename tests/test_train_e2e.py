@@ -77,8 +77,8 @@ def test_sigterm_and_kill9_then_resume_give_the_same_final_metrics(tmp_path):
   """SIGTERM, resume, kill -9, resume: the same metrics as an uninterrupted
   run and a bit-identical final checkpoint (train state and data states)."""
   from test_train import assert_same_train_state, restore_checkpoint  # pylint: disable=g-import-not-at-top
-  steps = 2000
-  flags = {'optim.num_steps': steps, 'optim.boundaries': '(1500,)',
+  steps = 1000
+  flags = {'optim.num_steps': steps, 'optim.boundaries': '(750,)',
            'train.log_every': 50, 'train.eval_every': 500,
            'train.checkpoint_every': 300, 'meta.method': 'mwnet', 'meta.sampler': 'all'}
   workdir = str(tmp_path / 'run')
@@ -120,7 +120,7 @@ def test_sigterm_and_kill9_then_resume_give_the_same_final_metrics(tmp_path):
   assert [r['step'] for r in rows] == list(range(50, steps + 1, 50))
 
   # The uninterrupted reference, in this process.
-  c = tiny_config('mwnet', 'all', steps=steps, optim__boundaries=(1500,),
+  c = tiny_config('mwnet', 'all', steps=steps, optim__boundaries=(750,),
                   train__log_every=50, train__eval_every=500,
                   train__checkpoint_every=300)
   ref = train.train_and_evaluate(c, str(tmp_path / 'ref'))
