@@ -1,10 +1,12 @@
-"""MW-Net (exact and + FaMUS) beats plain cross-entropy on digits with 40 %
-symmetric noise, with the quickstart config as shipped (configs/digits.py: the
-paper's CIFAR recipe in digits epochs, not tuned per method) and the same
-budget for every method, on seed 0; and every run's label-issue score finds
-the realised noise (ROC-AUC >= 0.9). On every one of the five seeds of the
-table below MW-Net and MW-Net + FaMUS are at least 0.13 above CE (0.17 on the
-same seed), so one seed with a 0.10 margin tests the claim.
+"""MW-Net + FaMUS, the quickstart config as shipped (configs/digits.py: the
+paper's CIFAR recipe in digits epochs, not tuned per method), beats plain
+cross-entropy with the same budget on digits with 40 % symmetric noise, on
+seed 0; its meta-weights separate clean from noisy labels, and both runs'
+label-issue scores find the realised noise (ROC-AUC >= 0.9). On every one of
+the five seeds of the table below MW-Net + FaMUS is at least 0.13 above CE
+(0.17 on the same seed), so one seed with a 0.10 margin tests the claim.
+Exact MW-Net (at about 3x a plain iteration) is left to the study, and its
+meta gradient to tests/test_core.py.
 
 The full table for seeds 0–4 (experiments/results/digits_comparison.json) is
 CE 0.734, MW-Net 0.940, MW-Net + FaMUS 0.930 mean final clean test accuracy;
@@ -51,16 +53,13 @@ def test_docstring_quotes_the_committed_table():
 
 
 @pytest.mark.slow
-def test_mwnet_and_famus_beat_ce_at_40_percent_noise(tmp_path):
+def test_famus_beats_ce_at_40_percent_noise(tmp_path):
   results = {name: _final_accuracy(tmp_path, method, sampler, SEED)
-             for name, method, sampler in (('ce', 'ce', 'all'), ('mwnet', 'mwnet', 'all'),
-                                           ('famus', 'mwnet', 'famus'))}
+             for name, method, sampler in (('ce', 'ce', 'all'), ('famus', 'mwnet', 'famus'))}
   acc, auc, issues_auc = ({k: r[i] for k, r in results.items()} for i in range(3))
   print(acc, auc, issues_auc)
-  assert acc['mwnet'] > acc['ce'] + 0.10, acc
   assert acc['famus'] > acc['ce'] + 0.10, acc
-  # The meta-weights separate clean from noisy labels where MW-Net works.
-  assert auc['mwnet'] > 0.8 and auc['famus'] > 0.8, auc
-  # Which labels are wrong: the label-issue score of every run finds the realised
+  assert auc['famus'] > 0.8, auc  # the meta-weights separate clean from noisy labels
+  # Which labels are wrong: the label-issue score of both runs finds the realised
   # noise (label_issues.csv, ROC-AUC against the true labels).
-  assert all(issues_auc[k] >= 0.9 for k in ('mwnet', 'famus', 'ce')), issues_auc
+  assert all(issues_auc[k] >= 0.9 for k in ('famus', 'ce')), issues_auc
