@@ -218,6 +218,30 @@ def test_sampler_depth_two_is_fc_prelu_fc_and_three_adds_a_hidden_layer():
                               h @ p2['Dense_1']['kernel'] + p2['Dense_1']['bias'], rtol=1e-6)
 
 
+def test_sampler_init_is_each_layers_own_init_padded_and_stacked():
+  """η of layer l is Γ's init with the l-th key at input size D_l, zero-padded
+  to max D_l, bit for bit (init draws the layers of one D_l in one program)."""
+  model = models.get_model('digits_cnn', num_classes=10, width=8, depth=2)
+  sample = jnp.zeros((1, 8, 8, 1))
+  params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), sample, train=False))()['params']
+  meta_cfg = ml_collections.ConfigDict(dict(
+      sampler='famus', k=4, s=4, b=1, tau=5.0, lambda1=0.1, lambda2=0.0, delta=0.1,
+      candidate_layers='all', granularity='module', prune_levels=1))
+  sampler = famus.build_sampler(meta_cfg, model, params, sample)
+  dims = sampler.feature_dims
+  assert 1 < len(set(dims)) < len(dims)  # layers share some input sizes, not all
+  rng = jax.random.PRNGKey(7)
+  net = famus.GradientSampler(sampler.hidden, sampler.depth)
+  want = [net.init(key, jnp.zeros((d,)))['params']
+          for key, d in zip(jax.random.split(rng, len(dims)), dims)]
+  got = jax.jit(sampler.init)(rng)
+  for layer, (d, own) in enumerate(zip(dims, want)):
+    mine = jax.tree_util.tree_map(lambda x, w: x[layer][tuple(slice(0, n) for n in w.shape)],
+                                  got, own)
+    chex.assert_trees_all_equal(mine, own)
+    assert not np.any(np.asarray(got['Dense_0']['kernel'][layer][d:]))  # the padding
+
+
 def test_sampler_input_pooled_is_the_raw_pooled_gradient_standardized_is_scaled():
   model, params, _, train, _ = problem()
   grads = jax.tree_util.tree_map(lambda x: jnp.cos(jnp.arange(x.size, dtype=x.dtype)

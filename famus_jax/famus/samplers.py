@@ -166,11 +166,18 @@ class FamusSampler(LayerSampler):
   def init(self, rng):
     """η of every layer's Γ (initialised layer by layer with its own key and
     input size D_l), stacked along a leading layer axis and zero-padded to
-    max D_l: (L, ...) leaves."""
+    max D_l: (L, ...) leaves. The layers of one D_l are initialised in one
+    `lax.map` (one initialiser to compile per distinct D_l, not per layer)."""
     net = gumbel.GradientSampler(self.hidden, self.depth)
     keys = jax.random.split(rng, self.num_layers)
-    return gumbel.stack_params([net.init(key, jnp.zeros((d,)))['params']
-                                for key, d in zip(keys, self.feature_dims)])
+    per_layer = [None] * self.num_layers
+    for d in sorted(set(self.feature_dims)):
+      where = [i for i, d_l in enumerate(self.feature_dims) if d_l == d]
+      group = jax.lax.map(lambda key, d=d: net.init(key, jnp.zeros((d,)))['params'],
+                          keys[jnp.asarray(where)])
+      for j, i in enumerate(where):
+        per_layer[i] = jax.tree_util.tree_map(lambda x, j=j: x[j], group)
+    return gumbel.stack_params(per_layer)
 
   def optimizer(self):
     return optax.sgd(self.delta, momentum=0.9)
