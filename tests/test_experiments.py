@@ -415,6 +415,17 @@ def test_fashion_mnist_long_configs():
       ('ce', 'sym40', 1), ('ce', 'sym40', 2)]
 
 
+def test_fashion_mnist_long_cells_say_how_many_seeds():
+  from experiments.studies import fashion_mnist_long as long
+  three = {'final_mean': 0.8, 'final_std': 0.01, 'seeds': [0, 1, 2]}
+  one = {'final_mean': 0.815, 'final_std': 0.0, 'seeds': [0]}
+  assert long._pm(three, 'final') == '80.0 ± 1.0'  # pylint: disable=protected-access
+  assert long._pm(one, 'final') == '81.5'  # no ± from one seed  # pylint: disable=protected-access
+  assert long._pm(None, 'final') == '—'  # pylint: disable=protected-access
+  assert long._seed_counts([three, three, three]) == '3'  # pylint: disable=protected-access
+  assert long._seed_counts([three, one, None]) == '3 / 1 / —'  # pylint: disable=protected-access
+
+
 def test_fashion_mnist_long_timing(argv, tmp_path):
   """`--timing`: rounds of whole runs in one process, medians, ratio to exact."""
   from experiments.studies import fashion_mnist_long as long

@@ -217,9 +217,22 @@ def targets(table) -> list[str]:
 
 
 def _pm(cell, key):
+  """'mean ± std' in %, the mean alone from one seed, '—' without a run."""
   if not cell or cell.get(key + '_mean') is None:
     return '—'
+  if len(cell['seeds']) == 1:
+    return f"{100 * cell[key + '_mean']:.1f}"
   return f"{100 * cell[key + '_mean']:.1f} ± {100 * cell[key + '_std']:.1f}"
+
+
+def _seed_counts(cells) -> str:
+  """The seeds column: one number where every setting ran as many seeds,
+  else the count per setting ('3 / 1 / —')."""
+  counts = [len(c['seeds']) if c else 0 for c in cells]
+  ran = {n for n in counts if n}
+  if len(ran) == 1 and all(counts):
+    return str(ran.pop())
+  return ' / '.join(str(n) if n else '—' for n in counts)
 
 
 def markdown(payload) -> str:
@@ -234,7 +247,7 @@ def markdown(payload) -> str:
     got = [c for c in cells if c]
     ms = _median([c['ms_per_iteration'] for c in got])
     lines.append(f'| {METHODS[m][0]} | ' + ' | '.join(_pm(c, 'final') for c in cells)
-                 + f" | {max(len(c['seeds']) for c in got)} | "
+                 + f" | {_seed_counts(cells)} | "
                  + (f'{ms:.0f}' if ms else '—')
                  + f" | {np.mean([c['cpu_s_mean'] for c in got]) / 60:.1f} |")
   lines += ['', f'Selected (test accuracy at the best clean meta-set accuracy) / best '
