@@ -424,6 +424,7 @@ def test_fashion_mnist_long_cells_say_how_many_seeds():
   assert long._pm(None, 'final') == '—'  # pylint: disable=protected-access
   assert long._seed_counts([three, three, three]) == '3'  # pylint: disable=protected-access
   assert long._seed_counts([three, one, None]) == '3 / 1 / —'  # pylint: disable=protected-access
+  assert long._seed_counts([three, three, None]) == '3 / 3 / —'  # pylint: disable=protected-access
 
 
 def test_fashion_mnist_long_timing(argv, tmp_path):
