@@ -9,13 +9,19 @@ pytest-xdist controller), and inherited through the environment by the workers
 and every subprocess they start. Set JAX_COMPILATION_CACHE_DIR to reuse a
 directory across sessions.
 
-XLA compiles without LLVM's optimisations (`--xla_backend_optimization_level=0`
-unless XLA_FLAGS sets a level): the tests build many small programs once each,
-so compiling dominates their time; at level 0 a typical meta-gradient test takes
-about two thirds of the CPU time, and long training runs about 8 % more.
+The tests build many small programs once each, so compiling dominates their
+time. XLA compiles without LLVM's optimisations
+(`--xla_backend_optimization_level=0` unless XLA_FLAGS sets a level: a typical
+meta-gradient test takes about two thirds of the CPU time, long training runs
+about 8 % more) and, where this jaxlib knows the flag, with XLA:CPU's elemental
+emitters instead of its fusion emitters (`--xla_cpu_use_fusion_emitters=false`
+unless XLA_FLAGS names it): the digits meta-iteration programs compile in half
+the time and run about 1.5x slower, and the whole suite takes about 40 % less
+time. Neither flag is the product's: runs keep XLA's defaults.
 """
 
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -27,6 +33,22 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_backend_optimization_level=0').strip()
+ELEMENTAL_EMITTERS = '--xla_cpu_use_fusion_emitters=false'
+
+
+def xla_accepts(flag: str) -> bool:
+  """Whether this jaxlib's XLA knows `flag` (an unknown flag in XLA_FLAGS
+  aborts the process at the first use of a device)."""
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flag}")
+  probe = subprocess.run([sys.executable, '-c', 'import jax; jax.devices()'], env=env,
+                         capture_output=True, timeout=300, check=False)
+  return probe.returncode == 0
+
+
+# Decided once, by the controller; the workers inherit its XLA_FLAGS.
+if ('xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']
+    and 'PYTEST_XDIST_WORKER' not in os.environ and xla_accepts(ELEMENTAL_EMITTERS)):
+  os.environ['XLA_FLAGS'] += ' ' + ELEMENTAL_EMITTERS
 sys.path.insert(0, os.path.dirname(__file__))
 if 'jax' in sys.modules:  # a plugin imported jax first: it read the environment already
   import jax  # pylint: disable=g-import-not-at-top

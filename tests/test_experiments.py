@@ -498,10 +498,12 @@ def test_label_issue_scores_smoke(tmp_path):
   check_outputs(str(tmp_path), 'label_issue_scores_digits_smoke')
   scores = payload['methods']['mwnet']['scores']
   assert set(scores) == set(lis.CANDIDATES)
-  # the replayed record at the run's own decay gives the run's own table
+  # the replayed record at the run's own decay gives the run's own table (the
+  # run averages in float32 on the device, the replay in float64: scores that
+  # tie to float32 rounding may swap places, a few pairs of the ROC-AUC)
   own = scores['trust+disagreement'][str(0.98)]
   run = payload['methods']['mwnet']['label_issues']['metrics']
-  assert own['roc_auc'] == pytest.approx(run['roc_auc'], abs=1e-6)
+  assert own['roc_auc'] == pytest.approx(run['roc_auc'], abs=1e-4)
   assert own['k'] == run['k']
 
 
